@@ -1,0 +1,31 @@
+# Two entry points, each sets up what is missing first:
+#   make run   - the main job (the benchmark on the default data)
+#   make test  - the test suite (what CI runs)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.faceveil-installed
+export FACEVEIL_DATA ?= $(abspath ../shared/data)
+
+.PHONY: run test test-slow lint setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch is pinned exactly: a CPU build of 2.13.0 lies on local disk; anything looser pulls CUDA.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/faceveil bench --profile quick
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench tools
+	$(VENV)/bin/pytest -q
+
+test-slow: $(STAMP)
+	$(VENV)/bin/pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench tools

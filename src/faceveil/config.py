@@ -1,0 +1,79 @@
+"""Locations (data, cache) and content-addressed cache keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from faceveil.errors import FaceveilDataError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """Resolve the data folder: explicit argument, else ``FACEVEIL_DATA``, else ``../shared/data``.
+
+    Raises a :class:`FaceveilDataError` listing every place looked at when none exists.
+    """
+    tried: list[str] = []
+    candidates: list[tuple[str, Path]] = []
+    if explicit is not None:
+        candidates.append(("--data-dir", Path(explicit)))
+    elif os.environ.get("FACEVEIL_DATA"):
+        candidates.append(("FACEVEIL_DATA", Path(os.environ["FACEVEIL_DATA"])))
+    else:
+        candidates.append(("default ../shared/data", REPO_ROOT.parent / "shared" / "data"))
+        candidates.append(("default ./shared/data", Path.cwd().parent / "shared" / "data"))
+    for how, p in candidates:
+        if p.is_dir():
+            return p.resolve()
+        tried.append(f"{p} ({how})")
+    raise FaceveilDataError(
+        "face data folder not found; looked in: " + "; ".join(tried)
+        + ". Pass --data-dir or set FACEVEIL_DATA to the folder holding lfw/ and celeba-aligned/."
+    )
+
+
+def home() -> Path:
+    """Cache root (``FACEVEIL_HOME``, default ``~/.cache/faceveil``); created on demand."""
+    p = Path(os.environ.get("FACEVEIL_HOME", Path.home() / ".cache" / "faceveil"))
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def cache_dir(kind: str) -> Path:
+    p = home() / kind
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _canon(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _canon(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, list | tuple):
+        return [_canon(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float):
+        return repr(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj
+
+
+def config_hash(*parts: Any, length: int = 16) -> str:
+    """Stable hash of everything that determines a cached artefact's content."""
+    blob = json.dumps(_canon(list(parts)), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def file_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """sha256 of a file (for keying caches on model weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]

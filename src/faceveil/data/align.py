@@ -1,0 +1,388 @@
+"""Face detection, 5-point landmarks and dlib-identical face chips, warped in batches with torch.
+
+Detection uses dlib's HOG frontal face detector (upsample 0, then 1 if nothing was found; dlib's
+MMOD CNN detector as a last resort) and the 5-point shape predictor from ``face_recognition_models``. Chips reproduce
+``dlib.get_face_chip(img, shape, size, padding)``:
+
+1. ``get_face_chip_details`` (dlib/image_transforms/interpolation.h): a similarity transform
+   (Umeyama least squares) from dlib's 5-point template, scaled by ``(padding + p)/(2 padding + 1)
+   * size``, to the detected landmarks gives an angle and a centred rectangle of side
+   ``size * scale`` (dlib's ``centered_drect`` subtracts one from width and height);
+2. ``extract_image_chips``: an affine map sends chip corners (0,0), (size-1,0), (0,size-1) to the
+   rectangle's corners rotated about its centre; each chip pixel is sampled bilinearly.
+
+We do step 2 with ``torch.nn.functional.grid_sample`` (bilinear, ``align_corners=True``) so many
+chips warp in one call. dlib truncates interpolated values to uint8; we do the same. When the
+rectangle is more than twice the chip size dlib first builds an image pyramid; we antialias
+instead (area downscale), a documented approximation that does not arise for LFW/CelebA chips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from faceveil.config import cache_dir, config_hash
+from faceveil.data.io import read_image
+from faceveil.errors import FaceNotFoundError
+from faceveil.models.base import CropSpec
+
+#: dlib's 5-point template (get_face_chip_details), in units of the unpadded template square.
+TEMPLATE_5 = np.array(
+    [
+        [0.8595674595992, 0.2134981538014],
+        [0.6460604764104, 0.2289674387677],
+        [0.1205750620789, 0.2137274526848],
+        [0.3340850613712, 0.2290642403242],
+        [0.4901123135679, 0.6277975316475],
+    ]
+)
+
+#: Fallback landmarks (fractions of image width/height) used when no face is found and the caller
+#: asked for a centre crop: the median 5-point landmarks of dlib detections on LFW deep-funneled
+#: images, whose faces are centred. Results that used it are flagged ``fallback=True``.
+CENTRE_FALLBACK_5 = np.array([[0.612, 0.452], [0.548, 0.452], [0.384, 0.456], [0.448, 0.456], [0.5, 0.576]])
+
+ALIGN_VERSION = 2  # bump when the chip computation changes (invalidates caches)
+
+STATUS_DETECTED = 0
+STATUS_UPSAMPLED = 1
+STATUS_FALLBACK = 2
+STATUS_CNN = 3
+
+
+@dataclass
+class Landmarks:
+    """5-point landmarks of one image: ``points`` (5,2) in pixel (x,y), the detector box
+    ``rect`` (left, top, right, bottom), the image ``shape`` (H, W), and how they were found."""
+
+    points: np.ndarray
+    rect: tuple[int, int, int, int]
+    shape: tuple[int, int]
+    status: int = STATUS_DETECTED
+
+    @property
+    def fallback(self) -> bool:
+        return self.status == STATUS_FALLBACK
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _dlib_models():
+    import dlib
+    import face_recognition_models as frm
+
+    det = dlib.get_frontal_face_detector()
+    sp = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+    return dlib, det, sp
+
+
+@lru_cache(maxsize=1)
+def _dlib_cnn():
+    import dlib
+    import face_recognition_models as frm
+
+    return dlib.cnn_face_detection_model_v1(frm.cnn_face_detector_model_location())
+
+
+SELECT_POLICIES = ("largest", "centre")
+
+
+def _pick(faces: list, h: int, w: int, select: str):
+    if select == "largest":
+        return max(faces, key=lambda f: f.width() * f.height())
+    # "centre": the face whose box centre is nearest the image centre (LFW convention: the
+    # labelled person is the one centred in the image; other people may appear larger)
+    return min(faces, key=lambda f: ((f.left() + f.right()) / 2 - w / 2) ** 2 + ((f.top() + f.bottom()) / 2 - h / 2) ** 2)
+
+
+def detect(
+    img: np.ndarray, fallback: bool = False, source: str = "image", select: str = "largest", cnn: bool = True
+) -> Landmarks:
+    """5 landmarks of one face: HOG detector at upsample 0, then 1; if both find nothing and
+    ``cnn`` is set, dlib's MMOD CNN detector (from ``face_recognition_models``; slow, ~3 s/image on
+    a CPU, so only a last resort). ``select`` picks among several faces ("largest" or "centre").
+    No face: :class:`FaceNotFoundError`, or with ``fallback=True`` the :data:`CENTRE_FALLBACK_5`
+    centre-crop landmarks, flagged ``status=STATUS_FALLBACK``."""
+    if select not in SELECT_POLICIES:
+        raise ValueError(f"select must be one of {SELECT_POLICIES}, got {select!r}")
+    dlib, det, sp = _dlib_models()
+    h, w = img.shape[:2]
+    found, status = None, STATUS_DETECTED
+    for up in (0, 1):
+        faces = list(det(img, up))
+        if faces:
+            found, status = _pick(faces, h, w, select), (STATUS_DETECTED if up == 0 else STATUS_UPSAMPLED)
+            break
+    if found is None and cnn:
+        faces = [d.rect for d in _dlib_cnn()(img, 1)]
+        if faces:
+            found, status = _pick(faces, h, w, select), STATUS_CNN
+    if found is not None:
+        shape = sp(img, found)
+        pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], dtype=np.float64)
+        return Landmarks(pts, (found.left(), found.top(), found.right(), found.bottom()), (h, w), status)
+    if not fallback:
+        raise FaceNotFoundError(f"{source}: no face found (dlib HOG detector at upsample 0 and 1" + (", MMOD CNN)" if cnn else ")"))
+    pts = CENTRE_FALLBACK_5 * np.array([w, h], dtype=np.float64)
+    return Landmarks(pts, (0, 0, w - 1, h - 1), (h, w), STATUS_FALLBACK)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chip geometry (dlib get_face_chip_details + extract_image_chips, in numpy)
+# ---------------------------------------------------------------------------------------------
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transform src -> dst (Umeyama 1991, eqs. 34-43), as a 2x3 matrix."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s0, d0 = src - mu_s, dst - mu_d
+    var_s = (s0**2).sum(1).mean()
+    cov = d0.T @ s0 / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    sgn = np.eye(2)
+    if np.linalg.det(cov) < 0:
+        sgn[1, 1] = -1
+    r = u @ sgn @ vt
+    c = np.trace(np.diag(d) @ sgn) / var_s
+    t = mu_d - c * r @ mu_s
+    return np.hstack([c * r, t[:, None]])
+
+
+def chip_to_image_affine(points: np.ndarray, crop: CropSpec) -> np.ndarray:
+    """2x3 affine mapping chip pixel (u, v) -> image pixel (x, y), exactly as dlib computes it."""
+    size, pad = crop.size, crop.padding
+    tmpl = (pad + TEMPLATE_5) / (2 * pad + 1) * size
+    m = similarity_transform(tmpl, np.asarray(points, dtype=np.float64))
+    p = m[:, :2] @ np.array([1.0, 0.0])
+    angle = np.arctan2(p[1], p[0])
+    scale = np.hypot(p[0], p[1])
+    centre = m[:, :2] @ np.array([size / 2.0, size / 2.0]) + m[:, 2]
+    half = (size * scale - 1.0) / 2.0  # centered_drect: width-- then +-width/2
+    l, t, r, b = centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half
+    ca, sa = np.cos(angle), np.sin(angle)
+
+    def rot(x: float, y: float) -> np.ndarray:
+        dx, dy = x - centre[0], y - centre[1]
+        return np.array([ca * dx - sa * dy + centre[0], sa * dx + ca * dy + centre[1]])
+
+    tl, tr, bl = rot(l, t), rot(r, t), rot(l, b)
+    n = size - 1
+    a = np.empty((2, 3))
+    a[:, 0] = (tr - tl) / n
+    a[:, 1] = (bl - tl) / n
+    a[:, 2] = tl
+    return a
+
+
+def warp_chips(images: torch.Tensor, affines: np.ndarray, size: int) -> torch.Tensor:
+    """Sample chips from a batch of same-size images.
+
+    ``images``: uint8 or float ``[B,H,W,3]`` (0-255); ``affines``: ``[B,2,3]`` chip->image pixel
+    maps. Returns uint8 ``[B,size,size,3]`` (values truncated as dlib does).
+    """
+    b, h, w, _ = images.shape
+    x = images.permute(0, 3, 1, 2).to(torch.float64)
+    aff = torch.as_tensor(np.asarray(affines), dtype=torch.float64).reshape(b, 2, 3)
+    # dlib builds a pyramid when the source rectangle is much bigger than the chip: antialias.
+    scale = float(torch.linalg.matrix_norm(aff[:, :, :2], ord=2).max())
+    if scale > 2.0:
+        f = 2 ** int(np.floor(np.log2(scale)))
+        x = F.interpolate(x, scale_factor=1.0 / f, mode="area")
+        aff = aff.clone()
+        aff[:, :, :2] /= f
+        aff[:, :, 2] = (aff[:, :, 2] + 0.5) / f - 0.5
+        h, w = x.shape[-2:]
+    n_chip = torch.tensor([[2.0 / (size - 1), 0, -1], [0, 2.0 / (size - 1), -1], [0, 0, 1]], dtype=torch.float64)
+    n_img = torch.tensor([[2.0 / (w - 1), 0, -1], [0, 2.0 / (h - 1), -1], [0, 0, 1]], dtype=torch.float64)
+    aff3 = torch.cat([aff, torch.tensor([[[0, 0, 1.0]]], dtype=torch.float64).expand(b, 1, 3)], dim=1)
+    theta = (n_img @ aff3 @ torch.linalg.inv(n_chip))[:, :2]
+    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=True)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.clamp_(0, 255).floor_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def chips_from_images(images: Sequence[np.ndarray], landmarks: Sequence[Landmarks], crop: CropSpec) -> np.ndarray:
+    """Aligned uint8 chips ``[N,S,S,3]``; images of equal size are warped in one batch."""
+    out = np.empty((len(images), crop.size, crop.size, 3), dtype=np.uint8)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(im.shape[:2], []).append(i)
+    for idx in groups.values():
+        for s in range(0, len(idx), 256):
+            part = idx[s : s + 256]
+            batch = torch.from_numpy(np.stack([images[i] for i in part]))
+            aff = np.stack([chip_to_image_affine(landmarks[i].points, crop) for i in part])
+            out[part] = warp_chips(batch, aff, crop.size).numpy()
+    return out
+
+
+def align_image(img: np.ndarray, crop: CropSpec = CropSpec(150, 0.25), fallback: bool = False) -> tuple[np.ndarray, Landmarks]:
+    """Detect and align one RGB uint8 image: returns (chip ``[S,S,3]`` uint8, landmarks)."""
+    lm = detect(img, fallback=fallback)
+    return chips_from_images([img], [lm], crop)[0], lm
+
+
+# ---------------------------------------------------------------------------------------------
+# Cached, parallel alignment of whole datasets
+# ---------------------------------------------------------------------------------------------
+
+
+def _detect_file(args: tuple[str, str]) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int], int, str]:
+    path, select = args
+    try:
+        lm = detect(read_image(path), fallback=False, source=path, select=select)
+    except FaceNotFoundError as e:
+        return np.full((5, 2), np.nan), (0, 0, 0, 0), (0, 0), -1, str(e)
+    return lm.points, lm.rect, lm.shape, lm.status, ""
+
+
+def _workers() -> int:
+    return max(1, min(int(os.environ.get("FACEVEIL_WORKERS", os.cpu_count() or 1)), 8))
+
+
+class _RowStore:
+    """Arrays with one row per image file of a dataset, filled on demand and kept on disk.
+
+    ``FACEVEIL_HOME/align/<stem>.index.json`` lists the files; ``<stem>.<field>.npy`` hold the rows.
+    Writes go to temporary files renamed into place, so an interrupted run never corrupts it.
+    """
+
+    def __init__(self, stem: str) -> None:
+        self.dir = cache_dir("align")
+        self.stem = stem
+        self.index_path = self.dir / f"{stem}.index.json"
+        self.files: list[str] = json.loads(self.index_path.read_text()) if self.index_path.is_file() else []
+        self.row = {f: i for i, f in enumerate(self.files)}
+
+    def _path(self, field: str) -> Path:
+        return self.dir / f"{self.stem}.{field}.npy"
+
+    def get(self, field: str) -> np.ndarray:
+        return np.load(self._path(field), mmap_mode="r")
+
+    def missing(self, files: Sequence[str]) -> list[str]:
+        seen: set[str] = set()
+        out = []
+        for f in files:
+            if f not in self.row and f not in seen:
+                seen.add(f)
+                out.append(f)
+        return out
+
+    def append(self, files: list[str], fields: dict[str, np.ndarray]) -> None:
+        if not files:
+            return
+        for name, rows in fields.items():
+            old = np.load(self._path(name)) if self.files else None
+            arr = rows if old is None else np.concatenate([old, rows])
+            tmp = self._path(name).with_suffix(".tmp.npy")
+            np.save(tmp, arr)
+            tmp.replace(self._path(name))
+        self.files = self.files + list(files)
+        self.row = {f: i for i, f in enumerate(self.files)}
+        tmp = self.index_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.files))
+        tmp.replace(self.index_path)
+
+    def rows(self, files: Sequence[str]) -> np.ndarray:
+        return np.array([self.row[f] for f in files], dtype=np.int64)
+
+
+def _store_stem(name: str, root: Path, *extra: str) -> str:
+    return "-".join([name, config_hash(str(Path(root).resolve()), ALIGN_VERSION, length=8), *extra])
+
+
+def dataset_landmarks(
+    root: Path, rel_paths: Sequence[str], name: str, progress: bool = True, select: str = "largest"
+) -> dict[str, np.ndarray]:
+    """5-point landmarks of image files under ``root`` (detected in parallel once, then cached per
+    dataset). Returns arrays ``points [N,5,2]``, ``rects [N,4]``, ``shapes [N,2]`` and ``status [N]``
+    (0 detected, 1 detected with upsampling, 3 by the CNN detector, -1 no face; the centre-crop
+    fallback is decided later)."""
+    store = _RowStore(_store_stem(name, root, select, "landmarks"))
+    todo = store.missing(rel_paths)
+    if todo:
+        jobs = [(str(Path(root) / p), select) for p in todo]
+        n = len(jobs)
+        pts = np.empty((n, 5, 2))
+        rects = np.empty((n, 4), dtype=np.int64)
+        shapes = np.empty((n, 2), dtype=np.int64)
+        status = np.empty(n, dtype=np.int8)
+        workers = _workers()
+        with tqdm(total=n, desc=f"detecting faces ({name})", disable=not progress, unit="img") as bar:
+            if workers > 1 and n > 64:
+                with ProcessPoolExecutor(workers) as ex:
+                    for i, res in enumerate(ex.map(_detect_file, jobs, chunksize=32)):
+                        pts[i], rects[i], shapes[i], status[i], _ = res
+                        bar.update()
+            else:
+                for i, job in enumerate(jobs):
+                    pts[i], rects[i], shapes[i], status[i], _ = _detect_file(job)
+                    bar.update()
+        store.append(todo, dict(points=pts, rects=rects, shapes=shapes, status=status))
+    r = store.rows(rel_paths)
+    return {k: np.asarray(store.get(k)[r]) for k in ("points", "rects", "shapes", "status")}
+
+
+def aligned_chips(
+    root: Path, rel_paths: Sequence[str], name: str, crop: CropSpec, fallback: bool = True, progress: bool = True,
+    select: str = "largest",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned uint8 chips ``[N,S,S,3]`` of image files under ``root`` plus a status per image:
+    0 detected, 1 detected with upsampling, 3 by the CNN detector, 2 no face -> centre-crop
+    fallback (only with ``fallback=True``; otherwise :class:`FaceNotFoundError`). Cached per
+    (dataset, face-selection policy, crop)."""
+    lmd = dataset_landmarks(root, rel_paths, name, progress, select)
+    status = lmd["status"].copy()
+    if (status < 0).any():
+        if not fallback:
+            bad = [rel_paths[i] for i in np.flatnonzero(status < 0)]
+            raise FaceNotFoundError(f"no face found in {len(bad)} image(s), e.g. {Path(root) / bad[0]}")
+        status[status < 0] = STATUS_FALLBACK
+    store = _RowStore(_store_stem(name, root, select, "chips" + crop.key()))
+    todo = store.missing(rel_paths)
+    if todo:
+        lm_todo = dataset_landmarks(root, todo, name, progress=False, select=select)
+        chips = np.empty((len(todo), crop.size, crop.size, 3), dtype=np.uint8)
+        with tqdm(total=len(todo), desc=f"warping chips {crop.key()}", disable=not progress, unit="img") as bar:
+            for s in range(0, len(todo), 512):
+                part = range(s, min(s + 512, len(todo)))
+                imgs = [read_image(Path(root) / todo[i]) for i in part]
+                lms = []
+                for i, im in zip(part, imgs, strict=True):
+                    if lm_todo["status"][i] < 0:
+                        h, w = im.shape[:2]
+                        pts = CENTRE_FALLBACK_5 * np.array([w, h], dtype=np.float64)
+                        lms.append(Landmarks(pts, (0, 0, w - 1, h - 1), (h, w), STATUS_FALLBACK))
+                    else:
+                        lms.append(Landmarks(lm_todo["points"][i], tuple(lm_todo["rects"][i]),
+                                             tuple(lm_todo["shapes"][i]), int(lm_todo["status"][i])))
+                chips[s : s + len(part)] = chips_from_images(imgs, lms, crop)
+                bar.update(len(part))
+        store.append(todo, dict(chips=chips))
+    return np.asarray(store.get("chips")[store.rows(rel_paths)]), status
+
+
+def to_tensor(chips: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N,H,W,3]`` -> float32 ``[N,3,H,W]`` in [0,1]."""
+    return torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float ``[N,3,H,W]`` in [0,1] -> uint8 ``[N,H,W,3]`` (rounded)."""
+    return x.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

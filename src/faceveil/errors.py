@@ -1,0 +1,17 @@
+"""Exception types. Every user-facing failure names the offending input."""
+
+
+class FaceveilError(Exception):
+    """Base class of all faceveil errors."""
+
+
+class FaceveilDataError(FaceveilError, ValueError):
+    """Bad input data: corrupt image, wrong shape, NaN feature, missing dataset."""
+
+
+class FaceNotFoundError(FaceveilDataError):
+    """The face detector found no face in an image."""
+
+
+class ModelNotInstalledError(FaceveilError):
+    """A model's files are missing and could not be installed."""

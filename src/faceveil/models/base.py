@@ -1,0 +1,123 @@
+"""One recogniser interface for every face model (dlib ResNet, faceres, mobilefacenet, ...).
+
+Conventions used everywhere in faceveil:
+- images are float32 tensors ``[B, 3, H, W]``, RGB, values in ``[0, 1]``;
+- a recogniser declares the aligned crop it expects (:class:`CropSpec`); chips of another size are
+  resized bilinearly in :meth:`Recognizer.prepare`;
+- ``forward`` is batched and differentiable with respect to the input;
+- ``split(at)`` returns ``(client, server)`` with ``server(client(x)) == model(x)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from faceveil.config import cache_dir
+from faceveil.errors import FaceveilDataError
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """Aligned crop a model expects: dlib ``get_face_chip`` geometry (5-point similarity) at
+    ``size`` pixels with ``padding`` (fraction of the landmark template added on each side)."""
+
+    size: int
+    padding: float
+
+    def key(self) -> str:
+        return f"{self.size}p{self.padding:g}"
+
+
+@dataclass
+class OperatingPoint:
+    """A fixed decision threshold for the deployed recogniser (fit once, saved with the model)."""
+
+    metric: str  # "euclidean" or "cosine"
+    threshold: float  # accept when distance <= threshold
+    fit_on: str  # e.g. "lfw pairsDevTrain.txt"
+    train_accuracy: float
+
+    def accept(self, d: Tensor) -> Tensor:
+        return d <= self.threshold
+
+
+def pairwise_distance(a: Tensor, b: Tensor, metric: str) -> Tensor:
+    """Row-wise distance between embeddings: Euclidean, or cosine distance ``1 - cos``."""
+    if metric == "euclidean":
+        return (a - b).norm(dim=-1)
+    if metric == "cosine":
+        return 1.0 - F.cosine_similarity(a, b, dim=-1)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def check_images(x: Tensor, what: str = "images") -> Tensor:
+    """Validate a ``[B,3,H,W]`` float image batch; raise a clear error otherwise."""
+    if not isinstance(x, Tensor):
+        raise FaceveilDataError(f"{what}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise FaceveilDataError(f"{what}: expected shape [B,3,H,W], got {list(x.shape)}")
+    if not torch.is_floating_point(x):
+        raise FaceveilDataError(f"{what}: expected float values in [0,1], got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise FaceveilDataError(f"{what}: contains NaN or infinite values")
+    return x
+
+
+class Recognizer(nn.Module):
+    """Base class. Subclasses set the class attributes and implement ``forward``/``layer_names``."""
+
+    name: str = "base"
+    embedding_dim: int = 0
+    crop: CropSpec = CropSpec(150, 0.25)
+    metric: str = "euclidean"
+
+    @property
+    def input_size(self) -> int:
+        return self.crop.size
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Resize a ``[B,3,H,W]`` image batch to the model's input size (bilinear) if needed."""
+        check_images(x)
+        s = self.input_size
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    @torch.no_grad()
+    def embed(self, x: Tensor, batch_size: int = 64) -> Tensor:
+        """Embeddings of an image batch (no gradient), computed in chunks of ``batch_size``."""
+        self.eval()
+        out = [self(self.prepare(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.embedding_dim)
+
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        return pairwise_distance(a, b, self.metric)
+
+    # --- split / intermediate layers -------------------------------------------------------------
+    def layer_names(self) -> list[str]:
+        raise NotImplementedError(f"{self.name} cannot be split")
+
+    def split(self, at: str | int) -> tuple[nn.Module, nn.Module]:
+        raise NotImplementedError(f"{self.name} cannot be split")
+
+    def features(self, x: Tensor, names: list[str]) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{self.name} does not expose intermediate layers")
+
+    # --- operating point -------------------------------------------------------------------------
+    def operating_point_path(self) -> Path:
+        return cache_dir("models") / f"{self.name}.operating_point.json"
+
+    def operating_point(self) -> OperatingPoint | None:
+        p = self.operating_point_path()
+        if not p.is_file():
+            return None
+        return OperatingPoint(**json.loads(p.read_text()))
+
+    def save_operating_point(self, op: OperatingPoint) -> None:
+        self.operating_point_path().write_text(json.dumps(asdict(op), indent=2))

@@ -1,0 +1,56 @@
+"""Cached embeddings of dataset images, per (model, weights, dataset files, alignment)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from faceveil.config import cache_dir, config_hash
+from faceveil.data.align import ALIGN_VERSION, to_tensor
+from faceveil.data.datasets import FaceDataset
+from faceveil.models.base import Recognizer
+
+
+def model_fingerprint(model: Recognizer) -> str:
+    """Hash of a model's name and weights (so caches never outlive a change of weights)."""
+    h = [model.name]
+    for k, v in model.state_dict().items():
+        h.append((k, float(v.double().sum()), float(v.double().abs().sum()), list(v.shape)))
+    return config_hash(h)
+
+
+def embed_chips(model: Recognizer, chips: np.ndarray, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """Embeddings of uint8 chips ``[N,S,S,3]`` (resized to the model's input when needed)."""
+    out = []
+    for s in tqdm(range(0, len(chips), batch_size), disable=not progress, desc=f"embedding ({model.name})"):
+        out.append(model.embed(to_tensor(chips[s : s + batch_size]), batch_size=batch_size))
+    return torch.cat(out) if out else torch.empty(0, model.embedding_dim)
+
+
+def dataset_embeddings(
+    model: Recognizer, ds: FaceDataset, indices: Sequence[int] | None = None, progress: bool = True
+) -> tuple[torch.Tensor, np.ndarray, float]:
+    """Embeddings of ``ds.files[indices]`` on chips aligned for ``model.crop``.
+
+    Returns (embeddings ``[N,D]``, detection status per image, ms per image of the model forward —
+    NaN when loaded from cache). Cached in ``FACEVEIL_HOME/embeddings``.
+    """
+    idx = np.arange(len(ds)) if indices is None else np.asarray(indices)
+    sub = ds.subset(idx)
+    key = config_hash(model_fingerprint(model), sub.name, sub.files, model.crop.key(), ALIGN_VERSION)
+    path = cache_dir("embeddings") / f"{model.name}-{sub.name}-{key}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return torch.from_numpy(z["emb"]), z["status"], float("nan")
+    chips, status = sub.chips(model.crop, progress=progress)
+    t0 = time.perf_counter()
+    emb = embed_chips(model, chips, progress=progress)
+    ms = 1000.0 * (time.perf_counter() - t0) / max(1, len(chips))
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, emb=emb.numpy(), status=status)
+    tmp.replace(path)
+    return emb, status, ms
