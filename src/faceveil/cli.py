@@ -32,6 +32,7 @@ def eval_lfw(
     data_dir: DataDir = None,
     out: Annotated[Path | None, typer.Option(help="JSON output path.")] = None,
     per_fold: Annotated[int | None, typer.Option(help="Use only N same + N different pairs per fold (quick check).")] = None,
+    flip_tta: Annotated[bool, typer.Option(help="Average each embedding with its mirror image's.")] = False,
 ) -> None:
     """LFW 10-fold verification accuracy (Euclidean and cosine), TPR@FPR, operating point."""
     from faceveil.bench.lfw import LFW, evaluate_lfw, format_table, save_report
@@ -39,11 +40,11 @@ def eval_lfw(
 
     try:
         rec = get_recognizer(model)
-        report = evaluate_lfw(rec, LFW(data_dir), per_fold=per_fold)
+        report = evaluate_lfw(rec, LFW(data_dir), per_fold=per_fold, flip_tta=flip_tta)
     except FaceveilError as e:
         _fail(e)
     typer.echo(format_table(report))
-    path = out or Path("results") / f"lfw-{model}.json"
+    path = out or Path("results") / f"lfw-{model}{'-flip' if flip_tta else ''}.json"
     save_report(report, path)
     typer.echo(f"wrote {path}")
 
@@ -145,6 +146,29 @@ def attack_cmd(
         _fail(e)
     typer.echo(format_result(r))
     typer.echo(f"wrote {r['grid']} and its .json")
+
+
+@app.command("bench")
+def bench_cmd(
+    profile: Annotated[str, typer.Option(help="ci (<= 5 min) | quick (<= 15 min) | full")] = "quick",
+    defenses: Annotated[str | None, typer.Option(help="Comma-separated defenses (default: all registered).")] = None,
+    attacks: Annotated[str | None, typer.Option(help="Comma-separated attacks (default: dn,cgan,whitebox).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/bench"),
+    data_dir: DataDir = None,
+    seed: int = 0,
+    force: Annotated[bool, typer.Option(help="Retrain cached students and attackers.")] = False,
+) -> None:
+    """Defenses x attacks on LFW: utility and privacy tables, grids, scatter plot, report.md/html."""
+    from faceveil.bench.runner import run_bench
+
+    try:
+        r = run_bench(profile, defenses.split(",") if defenses else None, attacks.split(",") if attacks else None,
+                      out, data_dir, seed, force)
+    except (FaceveilError, ValueError) as e:
+        _fail(e)
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"wrote {out}/report.md, report.html, results.json, results.csv; {r['failed']} failed cell(s)")
+    raise typer.Exit(min(r["failed"], 100))
 
 
 def main() -> None:  # pragma: no cover

@@ -48,11 +48,11 @@ def subset_pairs(pairs: PairSet, per_fold: int | None) -> PairSet:
 
 
 def pair_embeddings(
-    model: Recognizer, lfw: LFW, pairs: PairSet, progress: bool = True
+    model: Recognizer, lfw: LFW, pairs: PairSet, progress: bool = True, flip_tta: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Embeddings of both sides of every pair (computing each image once)."""
     uniq, inv = np.unique(np.concatenate([pairs.a, pairs.b]), return_inverse=True)
-    emb, _, ms = dataset_embeddings(model, lfw.dataset(), uniq, progress=progress)
+    emb, _, ms = dataset_embeddings(model, lfw.dataset(), uniq, progress=progress, flip_tta=flip_tta)
     n = len(pairs.a)
     return emb[inv[:n]], emb[inv[n:]], ms
 
@@ -94,17 +94,18 @@ def operating_point(model: Recognizer, lfw: LFW | None = None, progress: bool = 
 
 
 def evaluate_lfw(
-    model: Recognizer, lfw: LFW | None = None, per_fold: int | None = None, progress: bool = True
+    model: Recognizer, lfw: LFW | None = None, per_fold: int | None = None, progress: bool = True, flip_tta: bool = False
 ) -> dict:
-    """Full LFW evaluation of a recogniser; returns a JSON-ready dict."""
+    """Full LFW evaluation of a recogniser; returns a JSON-ready dict. The operating point is always
+    the plain (no test-time augmentation) deployed model's."""
     lfw = lfw or LFW()
     pairs = subset_pairs(lfw.pairs("pairs"), per_fold)
-    ea, eb, ms = pair_embeddings(model, lfw, pairs, progress)
+    ea, eb, ms = pair_embeddings(model, lfw, pairs, progress, flip_tta)
     results = verification(ea, eb, pairs, model.name)
     op = operating_point(model, lfw, progress)
     d = pairwise_distance(ea, eb, op.metric).numpy()
     return {
-        "model": model.name,
+        "model": model.name + (" (+flip TTA)" if flip_tta else ""),
         "pairs": len(pairs.a),
         "ms_per_image": ms,
         "results": [asdict(r) for r in results],

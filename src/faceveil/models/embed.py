@@ -32,23 +32,26 @@ def embed_chips(model: Recognizer, chips: np.ndarray, batch_size: int = 64, prog
 
 
 def dataset_embeddings(
-    model: Recognizer, ds: FaceDataset, indices: Sequence[int] | None = None, progress: bool = True
+    model: Recognizer, ds: FaceDataset, indices: Sequence[int] | None = None, progress: bool = True, flip_tta: bool = False
 ) -> tuple[torch.Tensor, np.ndarray, float]:
     """Embeddings of ``ds.files[indices]`` on chips aligned for ``model.crop``.
 
     Returns (embeddings ``[N,D]``, detection status per image, ms per image of the model forward —
-    NaN when loaded from cache). Cached in ``FACEVEIL_HOME/embeddings``.
+    NaN when loaded from cache). With ``flip_tta`` the embedding is the mean of the image's and its
+    mirror image's embeddings (test-time augmentation). Cached in ``FACEVEIL_HOME/embeddings``.
     """
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices)
     sub = ds.subset(idx)
-    key = config_hash(model_fingerprint(model), sub.name, sub.files, model.crop.key(), ALIGN_VERSION)
-    path = cache_dir("embeddings") / f"{model.name}-{sub.name}-{key}.npz"
+    key = config_hash(model_fingerprint(model), sub.name, sub.files, model.crop.key(), ALIGN_VERSION, flip_tta)
+    path = cache_dir("embeddings") / f"{model.name}-{sub.name}{'-flip' if flip_tta else ''}-{key}.npz"
     if path.is_file():
         with np.load(path) as z:
             return torch.from_numpy(z["emb"]), z["status"], float("nan")
     chips, status = sub.chips(model.crop, progress=progress)
     t0 = time.perf_counter()
     emb = embed_chips(model, chips, progress=progress)
+    if flip_tta:
+        emb = 0.5 * (emb + embed_chips(model, np.ascontiguousarray(chips[:, :, ::-1]), progress=progress))
     ms = 1000.0 * (time.perf_counter() - t0) / max(1, len(chips))
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, emb=emb.numpy(), status=status)

@@ -1,0 +1,319 @@
+"""One Attack interface (ART-style: one base class per kind of attack), budgets and threat models.
+
+- :class:`ReconstructionAttack`: learned feature/image -> face reconstruction. ``fit`` on (protected
+  data, target image) pairs that the attacker builds himself with the black-box client, then
+  ``attack(protected) -> images``. Networks are built lazily from the first batch's shape.
+- :class:`OptimizationAttack`: white-box inversion, no training; ``attack`` optimises images.
+
+Images are float32 ``[B,3,S,S]`` in [0,1], S = the target size (64 quick, 112 full).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from faceveil.config import cache_dir, config_hash
+from faceveil.errors import FaceveilDataError
+from faceveil.registry import Registry
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+
+def register_attack(name: str):
+    def deco(cls):
+        cls.name = name
+        ATTACKS.register(name)(cls)
+        return cls
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------
+# Threat model and budgets
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What the attacker holds and knows; recorded with every result.
+
+    - ``leakage``: "channel" (what the client transmits) or "database" (what the server stores);
+    - ``knowledge``: "black-box client" (can protect any image he owns) or "white-box" (knows
+      architecture, parameters and public constants of client and server; never per-sample
+      randomness or secret keys);
+    - ``attacker_data``: the public faces he trains on (identity-disjoint from the targets);
+    - ``adaptive``: the attacker applies a defense-aware transform (``view``) first.
+    """
+
+    leakage: str = "channel"
+    knowledge: str = "black-box client"
+    attacker_data: str = "CelebA aligned + CelebA wild + LFW identities absent from pairs.txt"
+    targets: str = "LFW images in pairs.txt"
+    adaptive: bool = False
+    view: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.leakage not in ("channel", "database"):
+            raise ValueError(f"leakage must be 'channel' or 'database', got {self.leakage!r}")
+        if self.knowledge not in ("black-box client", "white-box"):
+            raise ValueError(f"knowledge must be 'black-box client' or 'white-box', got {self.knowledge!r}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training budget: stops at whichever of epochs / steps / seconds comes first."""
+
+    epochs: int = 10
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    batch_size: int = 64
+    lr: float = 2e-3
+    target_size: int = 112
+    train_images: int | None = None  # cap on public training images (None = all)
+    eval_pairs: int | None = None  # cap on LFW same-pairs evaluated (None = all 3,000)
+    whitebox_steps: int = 150  # optimisation steps of the white-box inversion
+
+
+PROFILES: dict[str, Budget] = {
+    # CI: a couple of minutes on 2 cores, tiny images
+    "ci": Budget(epochs=3, max_seconds=60, batch_size=64, lr=3e-3, target_size=64, train_images=3000, eval_pairs=100,
+                 whitebox_steps=60),
+    # quick: <= 2 min training per attacker
+    "quick": Budget(epochs=8, max_seconds=120, batch_size=64, lr=2e-3, target_size=64, train_images=None, eval_pairs=300,
+                    whitebox_steps=150),
+    # full: the benchmark
+    "full": Budget(epochs=40, max_seconds=3600, batch_size=64, lr=1e-3, target_size=112, train_images=None, eval_pairs=None,
+                   whitebox_steps=600),
+}
+
+
+def profile_budget(profile: str, **overrides) -> Budget:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; use one of {sorted(PROFILES)}")
+    return replace(PROFILES[profile], **overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training data sources
+# ---------------------------------------------------------------------------------------------
+
+
+class PairSource:
+    """(protected, target) training batches. ``protected`` is precomputed (one draw per image), or,
+    with ``redraw``, produced afresh every epoch from the clean inputs (stochastic defenses)."""
+
+    def __init__(self, targets: Tensor, protected: Tensor | None = None,
+                 inputs: Tensor | None = None, redraw: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+                 seed: int = 0) -> None:
+        if protected is None and (inputs is None or redraw is None):
+            raise ValueError("give precomputed protected data, or inputs and a redraw function")
+        n = len(targets)
+        if protected is not None and len(protected) != n:
+            raise ValueError(f"{len(protected)} protected samples for {n} targets")
+        self.targets, self.protected, self.inputs, self.redraw, self.seed = targets, protected, inputs, redraw, seed
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def sample_shape(self) -> tuple[int, ...]:
+        if self.protected is not None:
+            return tuple(self.protected.shape[1:])
+        g = torch.Generator().manual_seed(self.seed)
+        return tuple(self.redraw(self.inputs[:1], g).shape[1:])
+
+    def batches(self, epoch: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        perm = torch.randperm(len(self), generator=g)
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s : s + batch_size]
+            if len(idx) < 2:
+                continue
+            if self.protected is not None:
+                p = self.protected[idx]
+            else:
+                with torch.no_grad():
+                    p = self.redraw(self.inputs[idx], g)
+            yield p.float(), self.targets[idx].float()
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks
+# ---------------------------------------------------------------------------------------------
+
+
+class Attack:
+    name: ClassVar[str] = "base"
+    trainable: ClassVar[bool] = True
+
+    def attack(self, protected: Tensor, batch_size: int = 64) -> Tensor:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {"name": self.name}
+
+
+@dataclass
+class TrainLog:
+    steps: int = 0
+    epochs: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+
+class ReconstructionAttack(Attack):
+    """A learned reconstruction network. Subclasses implement :meth:`build` (a network from the
+    protected-data shape to ``[B,3,S,S]``) and may override :meth:`train_step`."""
+
+    loss: str = "l1"
+
+    def __init__(self, *, target_size: int = 112, loss: str = "l1", identity_weight: float = 0.0, seed: int = 0) -> None:
+        if loss not in ("l1", "l2"):
+            raise ValueError(f"loss must be 'l1' (AdvFace eq. 1) or 'l2' (PMT eq. 1), got {loss!r}")
+        if target_size < 16:
+            raise ValueError(f"target_size must be >= 16, got {target_size}")
+        self.target_size, self.loss, self.identity_weight, self.seed = target_size, loss, identity_weight, seed
+        self.net: nn.Module | None = None
+        self.in_shape: tuple[int, ...] | None = None
+        self.log = TrainLog()
+        self._id_model: nn.Module | None = None
+
+    def config(self) -> dict:
+        return {"name": self.name, "target_size": self.target_size, "loss": self.loss,
+                "identity_weight": self.identity_weight, "seed": self.seed}
+
+    # --- to implement -------------------------------------------------------------------------
+    def build(self, in_shape: tuple[int, ...]) -> nn.Module:
+        raise NotImplementedError
+
+    def parameters_to_train(self) -> list[nn.Parameter]:
+        assert self.net is not None
+        return list(self.net.parameters())
+
+    def pixel_loss(self, out: Tensor, target: Tensor) -> Tensor:
+        return (out - target).abs().mean() if self.loss == "l1" else ((out - target) ** 2).mean()
+
+    def identity_loss(self, out: Tensor, target: Tensor) -> Tensor:
+        """Optional stronger attacker: cosine distance in the deployed recogniser's space."""
+        if self._id_model is None:
+            from faceveil.models import get_recognizer
+
+            self._id_model = get_recognizer("dlib")
+        m = self._id_model
+        a, b = m(m.prepare(out)), m(m.prepare(target)).detach()
+        return (1 - torch.nn.functional.cosine_similarity(a, b)).mean()
+
+    def train_step(self, p: Tensor, target: Tensor, opt: torch.optim.Optimizer) -> float:
+        assert self.net is not None
+        out = self.net(p)
+        loss = self.pixel_loss(out, target)
+        if self.identity_weight > 0:
+            loss = loss + self.identity_weight * self.identity_loss(out, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def make_optimizer(self, budget: Budget) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters_to_train(), lr=budget.lr, betas=(0.5, 0.999))
+
+    # --- training -----------------------------------------------------------------------------
+    def fit(self, source: PairSource, budget: Budget, progress: bool = True) -> ReconstructionAttack:
+        from tqdm import tqdm
+
+        torch.manual_seed(self.seed)
+        self.in_shape = source.sample_shape()
+        self.net = self.build(self.in_shape)
+        self.net.train()
+        opt = self.make_optimizer(budget)
+        steps_per_epoch = max(1, len(source) // budget.batch_size)
+        total = budget.epochs * steps_per_epoch
+        if budget.max_steps:
+            total = min(total, budget.max_steps)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=budget.lr, total_steps=max(total, 2), pct_start=0.15) \
+            if self.use_one_cycle else None
+        t0 = time.perf_counter()
+        bar = tqdm(total=total, desc=f"training {self.name}", disable=not progress, unit="step", leave=False)
+        done = False
+        for epoch in range(budget.epochs):
+            for p, tgt in source.batches(epoch, budget.batch_size):
+                loss = self.train_step(p, tgt, opt)
+                if sched is not None and self.log.steps < total - 1:
+                    sched.step()
+                self.log.steps += 1
+                self.log.losses.append(loss)
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch)
+                if self.log.steps >= total or (budget.max_seconds and time.perf_counter() - t0 > budget.max_seconds):
+                    done = True
+                    break
+            self.log.epochs = epoch + 1
+            if done:
+                break
+        bar.close()
+        self.log.seconds = time.perf_counter() - t0
+        self.net.eval()
+        return self
+
+    use_one_cycle: ClassVar[bool] = True
+
+    def attack(self, protected: Tensor, batch_size: int = 64) -> Tensor:
+        if self.net is None or self.in_shape is None:
+            raise RuntimeError(f"{self.name}: call fit() (or load()) before attack()")
+        if not isinstance(protected, Tensor) or not torch.is_floating_point(protected):
+            raise FaceveilDataError(f"{self.name}: protected data must be a float tensor, got "
+                                    f"{getattr(protected, 'dtype', type(protected).__name__)}")
+        if tuple(protected.shape[1:]) != tuple(self.in_shape):
+            raise FaceveilDataError(
+                f"{self.name}: trained on protected data of shape [B,{','.join(map(str, self.in_shape))}], "
+                f"got {list(protected.shape)}"
+            )
+        if not torch.isfinite(protected).all():
+            raise FaceveilDataError(f"{self.name}: protected data contains NaN or infinite values")
+        self.net.eval()
+        with torch.no_grad():
+            out = [self.net(protected[s : s + batch_size].float()) for s in range(0, len(protected), batch_size)]
+        return torch.cat(out).clamp(0, 1)
+
+    # --- persistence --------------------------------------------------------------------------
+    def state(self) -> dict:
+        assert self.net is not None
+        return {"config": self.config(), "in_shape": list(self.in_shape or ()), "net": self.net.state_dict(),
+                "log": asdict(self.log)}
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(path)
+
+    def load(self, path: Path) -> ReconstructionAttack:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        self.in_shape = tuple(st["in_shape"])
+        self.net = self.build(self.in_shape)
+        self.net.load_state_dict(st["net"])
+        self.net.eval()
+        self.log = TrainLog(**st["log"])
+        return self
+
+
+class OptimizationAttack(Attack):
+    """White-box inversion: optimise an image so a known differentiable map matches the data."""
+
+    trainable = False
+
+
+def attack_cache_path(attack: Attack, *parts) -> Path:
+    return cache_dir("attacks") / f"{attack.name}-{config_hash(attack.config(), *parts)}.pt"
+
+
+def get_attack(name: str, **kwargs) -> Attack:
+    import faceveil.attacks  # noqa: F401
+
+    return ATTACKS.create(name, **kwargs)

@@ -1,0 +1,348 @@
+"""Run an attack against a defense under an explicit threat model and judge it.
+
+The attacker (black-box client) protects public faces himself — CelebA aligned + wild + LFW
+identities absent from pairs.txt — and trains a reconstruction network on (leaked data, face)
+pairs ("adversarial training" in FaceObfuscator's words). Targets are LFW images from pairs.txt
+(identity-disjoint). The reconstruction is judged by
+
+- pixel metrics against the target chip: MSE (in [0,1] units), PSNR (dB, range 1), SSIM;
+- COS: cosine between an *independent* recogniser's embeddings of reconstruction and original
+  (faceres / mobilefacenet when installed; otherwise dlib, and the result says so);
+- SRRA: the reconstruction replayed to the deployed dlib recogniser, accepted as the victim at
+  the saved operating threshold (from pairsDevTrain); two variants: against the template of the
+  same image, and against the other image of an LFW same-pair (the realistic one);
+
+next to two "no information" baselines: the attacker's mean face, and a random other person.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from faceveil.attacks.base import (
+    Budget,
+    OptimizationAttack,
+    PairSource,
+    ReconstructionAttack,
+    ThreatModel,
+    attack_cache_path,
+    get_attack,
+    profile_budget,
+)
+from faceveil.bench.lfw import operating_point, subset_pairs
+from faceveil.config import config_hash, data_dir
+from faceveil.data.align import to_tensor
+from faceveil.data.datasets import LFW
+from faceveil.defenses.base import Defense
+from faceveil.defenses.system import ProtectedSystem, batch_generator
+from faceveil.metrics.identity import cosine, srra
+from faceveil.metrics.image import mse, psnr, ssim
+from faceveil.models.base import CropSpec, Recognizer
+
+INDEPENDENT_JUDGES = ("faceres", "mobilefacenet")
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry and judges
+# ---------------------------------------------------------------------------------------------
+
+
+def recrop(x: Tensor, src: CropSpec, dst: CropSpec) -> Tensor:
+    """Re-map chips aligned with ``src`` geometry to ``dst`` geometry. Both are dlib 5-point
+    template crops: template point u sits at pixel ``q = a u + b`` with ``a = S/(2 pad + 1)``,
+    ``b = pad a``, so dst pixel q maps to src pixel ``k q + c`` (``k = a_s/a_d``, ``c = b_s - k b_d``).
+    Area outside ``src`` is black."""
+    if src == dst:
+        return x
+    a_s, a_d = src.size / (2 * src.padding + 1), dst.size / (2 * dst.padding + 1)
+    b_s, b_d = src.padding * a_s, dst.padding * a_d
+    k = a_s / a_d
+    c = b_s - k * b_d
+    # grid_sample, align_corners=False: n = (2 q + 1) / S - 1
+    scale = k * dst.size / src.size
+    offset = (k * dst.size - k + 2 * c + 1) / src.size - 1
+    theta = torch.tensor([[scale, 0, offset], [0, scale, offset]], dtype=x.dtype).unsqueeze(0).expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, [len(x), x.shape[1], dst.size, dst.size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def cos_judge(exclude: str = "dlib") -> tuple[Recognizer, bool]:
+    """The recogniser that judges COS: an independent one when installed, else dlib (flagged)."""
+    from faceveil.models import get_recognizer, recognizer_names
+
+    for name in INDEPENDENT_JUDGES:
+        if name in recognizer_names() and name != exclude:
+            try:
+                return get_recognizer(name), True
+            except Exception:  # not installed / no npm: fall back, and say so in the result
+                continue
+    return get_recognizer("dlib"), False
+
+
+def embed_images(model: Recognizer, x: Tensor, crop: CropSpec, batch_size: int = 64) -> Tensor:
+    """Embeddings of images aligned with ``crop`` geometry, re-cropped to the model's geometry."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(x), batch_size):
+            xb = x[s : s + batch_size]
+            xb = F.interpolate(xb, size=(crop.size, crop.size), mode="bilinear", align_corners=False, antialias=True) \
+                if xb.shape[-1] != crop.size else xb
+            out.append(model.embed(recrop(xb, crop, model.crop).clamp(0, 1)))
+    return torch.cat(out)
+
+
+def resize(x: Tensor, size: int) -> Tensor:
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Visualisation
+# ---------------------------------------------------------------------------------------------
+
+
+def visualise_held(t: Tensor, size: int) -> Tensor:
+    """Render what the attacker holds as ``[B,3,size,size]``: images as they are (min-max scaled if
+    outside [0,1]), feature/frequency maps as the first channel (grey, min-max), vectors as a
+    heat-map grid."""
+    t = t.detach().float()
+    if t.ndim == 2:
+        d = t.shape[1]
+        w = int(np.ceil(np.sqrt(d)))
+        v = F.pad(t, (0, w * w - d)).view(-1, 1, w, w)
+    elif t.ndim == 4 and t.shape[1] == 3:
+        v = t
+    else:
+        v = t[:, :1]
+    lo = v.flatten(1).min(1).values.view(-1, 1, 1, 1)
+    hi = v.flatten(1).max(1).values.view(-1, 1, 1, 1)
+    if v.shape[1] != 3 or lo.min() < 0 or hi.max() > 1:
+        v = (v - lo) / (hi - lo).clamp_min(1e-12)
+    v = F.interpolate(v, size=(size, size), mode="nearest" if t.ndim == 2 else "bilinear")
+    return v.expand(-1, 3, -1, -1).clamp(0, 1)
+
+
+def image_grid(rows: list[Tensor], path: Path, pad: int = 2) -> Path:
+    """Save rows of equally sized images ``[N,3,S,S]`` as one PNG."""
+    from PIL import Image
+
+    n, s = rows[0].shape[0], rows[0].shape[-1]
+    canvas = torch.ones(3, len(rows) * (s + pad) + pad, n * (s + pad) + pad)
+    for r, row in enumerate(rows):
+        for c in range(n):
+            y, x = pad + r * (s + pad), pad + c * (s + pad)
+            canvas[:, y : y + s, x : x + s] = resize(row[c : c + 1], s)[0]
+    arr = (canvas.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def _leak_fn(system: ProtectedSystem, threat: ThreatModel):
+    defense = system.defense
+
+    def leak(x: Tensor, rng: torch.Generator) -> Tensor:
+        with torch.set_grad_enabled(defense.needs_grad_to_protect):
+            t = system.leak(x, threat.leakage, rng)
+            if threat.view is not None:
+                t = defense.attacker_view(threat.view, t)
+        return t.detach().float()
+
+    return leak
+
+
+def _leak_batched(leak, chips: np.ndarray, seed: int, salt: int, batch_size: int = 64, progress: bool = False,
+                  desc: str = "protecting") -> Tensor:
+    from tqdm import tqdm
+
+    out = []
+    for bi, s in enumerate(tqdm(range(0, len(chips), batch_size), disable=not progress, desc=desc, leave=False)):
+        out.append(leak(to_tensor(chips[s : s + batch_size]), batch_generator(seed, bi, salt)))
+    return torch.cat(out)
+
+
+def eval_pairs(lfw: LFW, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into LFW) of both images of the first ``n`` same-pairs, spread over the folds."""
+    p = lfw.pairs("pairs")
+    if n is not None:
+        p = subset_pairs(p, max(1, int(np.ceil(n / 10))))
+    a, b = p.a[p.same], p.b[p.same]
+    if n is not None:
+        a, b = a[:n], b[:n]
+    return a, b
+
+
+def train_attacker(system: ProtectedSystem, attack_name: str, threat: ThreatModel, budget: Budget, seed: int = 0,
+                   data=None, attack_kwargs: dict | None = None, force: bool = False, progress: bool = True):
+    """Build the attacker's training pairs with the black-box client and fit (or load) the attack."""
+    from faceveil.train.distill import public_chips
+
+    defense = system.defense
+    kwargs = dict(attack_kwargs or {})
+    if attack_name == "transrec" and "client" not in kwargs and hasattr(defense, "client_network"):
+        kwargs["client"] = defense.client_network()
+    if attack_name == "whitebox":
+        return whitebox_attack(system, threat, budget, seed, data, kwargs), None
+    attack = get_attack(attack_name, target_size=budget.target_size, seed=seed, **kwargs)
+    assert isinstance(attack, ReconstructionAttack)
+    leak = _leak_fn(system, threat)
+    path = attack_cache_path(attack, defense.config(), asdict(threat), asdict(budget), str(data_dir(data)), "harness-v1")
+    if path.is_file() and not force:
+        return attack.load(path), path
+    chips = public_chips(data, defense.recognizer.crop, budget.train_images, seed, progress)
+    targets = resize(to_tensor(chips), budget.target_size)
+    if defense.stochastic and not defense.needs_grad_to_protect:
+        u8 = torch.from_numpy(chips)
+
+        def redraw(c: Tensor, g: torch.Generator) -> Tensor:
+            return leak(c.permute(0, 3, 1, 2).float().div(255), g)
+
+        source = PairSource(targets, inputs=u8, redraw=redraw, seed=seed)
+    else:
+        source = PairSource(targets, protected=_leak_batched(leak, chips, seed, 11, progress=progress,
+                                                             desc="attacker protects public faces"), seed=seed)
+    attack.fit(source, budget, progress=progress)
+    attack.save(path)
+    return attack, path
+
+
+def whitebox_attack(system: ProtectedSystem, threat: ThreatModel, budget: Budget, seed: int, data, kwargs: dict):
+    """White-box inversion (PMT eqs. 2-4) of the defense's differentiable forward map, from the
+    attacker's mean face."""
+    from faceveil.train.distill import public_chips
+
+    defense = system.defense
+    crop = defense.recognizer.crop
+
+    def forward(x: Tensor) -> Tensor:
+        t = defense.whitebox_forward(x, threat.leakage)
+        if threat.view is not None:
+            t = defense.attacker_view(threat.view, t)
+        return defense.whitebox_target(t)
+
+    pub = public_chips(data, crop, min(budget.train_images or 2000, 2000), seed, False)
+    init = resize(to_tensor(pub), budget.target_size).mean(0)
+    kw = {"steps": budget.whitebox_steps, **kwargs}
+    return get_attack("whitebox", forward=lambda x: forward(x), target_size=budget.target_size, input_size=crop.size,
+                      init=init, **kw)
+
+
+def run_attack(defense: Defense, attack_name: str, threat: ThreatModel | None = None, profile: str = "quick",
+               seed: int = 0, data=None, attack_kwargs: dict | None = None, force: bool = False,
+               out_dir: Path | None = None, progress: bool = True, budget: Budget | None = None,
+               server: str = "frozen", return_images: bool = False) -> dict:
+    """Train (or load) an attack on the defense and evaluate it on LFW pair images."""
+    t_start = time.perf_counter()
+    threat = threat or ThreatModel()
+    budget = budget or profile_budget(profile)
+    system = ProtectedSystem(defense, server=server, profile=profile, seed=seed, data=data)
+    attack, cache_path = train_attacker(system, attack_name, threat, budget, seed, data, attack_kwargs, force, progress)
+
+    lfw = LFW(data)
+    ia, ib = eval_pairs(lfw, budget.eval_pairs)
+    ds = lfw.dataset()
+    crop = defense.recognizer.crop
+    chips_a, _ = ds.subset(ia).chips(crop, progress=False)
+    chips_b, _ = ds.subset(ib).chips(crop, progress=False)
+    x_a = to_tensor(chips_a)
+    targets = resize(x_a, budget.target_size)
+    leak = _leak_fn(system, threat)
+    held = _leak_batched(leak, chips_a, seed + 1, 23, progress=progress, desc="protecting LFW targets")
+    t0 = time.perf_counter()
+    if isinstance(attack, OptimizationAttack):
+        recon = attack.attack(defense.whitebox_target(held))
+    else:
+        recon = attack.attack(held)
+    attack_ms = 1000 * (time.perf_counter() - t0) / len(held)
+
+    # baselines: the attacker's mean face, and a random other person
+    from faceveil.train.distill import public_chips
+
+    pub = public_chips(data, crop, min(budget.train_images or 2000, 2000), seed, False)
+    mean_face = resize(to_tensor(pub), budget.target_size).mean(0)
+    names = np.array([ds.files[i].split("/")[0] for i in ia])
+    g = np.random.default_rng(seed)
+    perm = g.permutation(len(ia))
+    for _ in range(10):  # re-draw positions that picked the same person
+        bad = names[perm] == names
+        if not bad.any():
+            break
+        perm[bad] = g.permutation(len(ia))[: bad.sum()]
+    candidates = {"reconstruction": recon, "mean face": mean_face.expand_as(targets), "random person": targets[perm]}
+
+    deployed = defense.recognizer
+    op = operating_point(deployed, lfw, progress=False)
+    e_a = embed_images(deployed, x_a, crop)
+    e_b = embed_images(deployed, to_tensor(chips_b), crop)
+    judge, independent = cos_judge()
+    j_a = embed_images(judge, x_a, crop)
+    metrics = {}
+    for name, imgs in candidates.items():
+        up = resize(imgs, crop.size)
+        e = embed_images(deployed, up, crop)
+        metrics[name] = {
+            "MSE": float(mse(imgs, targets).mean()),
+            "PSNR": float(psnr(imgs, targets, 1.0).mean()),
+            "SSIM": float(ssim(imgs, targets, 1.0).mean()),
+            "COS": float(cosine(embed_images(judge, up, crop), j_a).mean()),
+            "SRRA_same_image": float(srra(e, e_a, op).float().mean()),
+            "SRRA_pair": float(srra(e, e_b, op).float().mean()),
+        }
+    result = {
+        "defense": defense.describe(),
+        "attack": attack.config(),
+        "threat": asdict(threat),
+        "profile": profile,
+        "budget": asdict(budget),
+        "seed": seed,
+        "eval": {"dataset": "LFW pairs.txt same-pairs", "n": len(ia)},
+        "judge": {"cos": judge.name, "independent": independent, "srra": deployed.name, "operating_point": asdict(op)},
+        "metrics": metrics,
+        "train_log": ({k: v for k, v in asdict(attack.log).items() if k != "losses"}
+                      | {"final_loss": float(np.mean(attack.log.losses[-20:])) if attack.log.losses else None})
+        if isinstance(attack, ReconstructionAttack) else None,
+        "attack_ms_per_face": attack_ms,
+        "wall_seconds": time.perf_counter() - t_start,
+        "cache": str(cache_path) if cache_path else None,
+        "versions": {"torch": torch.__version__},
+    }
+    k = min(8, len(ia))
+    rows = [targets[:k], visualise_held(held[:k], budget.target_size), recon[:k]]
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        stem = f"{defense.name}-{config_hash(defense.config(), length=6)}-{attack_name}-{threat.leakage}" + \
+            (f"-{threat.view}" if threat.view else "")
+        result["grid"] = str(image_grid(rows, out_dir / f"{stem}.png"))
+        (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    if return_images:
+        result["images"] = {"original": rows[0], "held": rows[1], "reconstruction": rows[2]}
+    return result
+
+
+def format_result(r: dict) -> str:
+    """A small table of the metrics of one attack run."""
+    t = r["threat"]
+    lines = [
+        f"defense {r['defense']['name']} | attack {r['attack']['name']} | leakage {t['leakage']}"
+        + (f" | adaptive view {t['view']}" if t.get("view") else "") + f" | profile {r['profile']} | n={r['eval']['n']}",
+        f"COS judged by {r['judge']['cos']}" + ("" if r["judge"]["independent"] else " (NOT independent: install faceres)"),
+        f"{'':<16}{'MSE↑':>8}{'PSNR↓':>8}{'SSIM↓':>8}{'COS↓':>8}{'SRRA same':>11}{'SRRA pair':>11}",
+    ]
+    for name, m in r["metrics"].items():
+        lines.append(f"{name:<16}{m['MSE']:>8.4f}{m['PSNR']:>8.2f}{m['SSIM']:>8.3f}{m['COS']:>8.3f}"
+                     f"{100 * m['SRRA_same_image']:>10.1f}%{100 * m['SRRA_pair']:>10.1f}%")
+    return "\n".join(lines)
