@@ -1,0 +1,225 @@
+"""One Defense interface for every protection, and the system that composes it with a recogniser.
+
+A defense declares *where* it acts and *what* leaves the client / sits in the database::
+
+    client:  x (aligned chip, [B,3,S,S] in [0,1]) --protect--> t    (transmitted: channel leakage)
+    server:  t --protect_stored--> s                                (stored: database leakage)
+    server:  s or t --recover--> r --server model--> embedding      (recognition)
+
+- Image-domain defenses (blur, noise, FaceMix, DeepBlur, PMT image mode, ...) transmit images;
+  the server recognises them with the frozen deployed recogniser or an adapted student
+  (:mod:`faceveil.train`).
+- Feature-domain defenses transmit or store features (Laplace DP and random perturbation on
+  embeddings, AdvFace on split-network feature maps, FaceObfuscator's frequency channels).
+
+Per-sample randomness always comes from an explicit ``torch.Generator`` (seeded from the config);
+secret keys are :class:`SecretKey` objects whose ``repr`` never shows the key.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from faceveil.errors import FaceveilDataError
+from faceveil.models.base import Recognizer, check_images
+from faceveil.registry import Registry
+
+DEFENSES: Registry[Defense] = Registry("defense")
+
+
+def register_defense(name: str):
+    """Class decorator: register a Defense subclass under ``name`` (sets ``cls.name``)."""
+
+    def deco(cls):
+        cls.name = name
+        DEFENSES.register(name)(cls)
+        return cls
+
+    return deco
+
+
+class SecretKey:
+    """A secret (key or seed) that is never printed or logged."""
+
+    def __init__(self, value: int) -> None:
+        self._value = int(value)
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed((self._value * 1_000_003 + salt) % (2**63))
+
+    def __repr__(self) -> str:
+        return "SecretKey(<hidden>)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A defense parameter for ``faceveil defenses list`` and CLI parsing."""
+
+    name: str
+    default: object
+    help: str
+
+
+class Defense:
+    """Base class. Subclasses set the class attributes, validate parameters in ``__init__`` and
+    implement :meth:`protect` (and :meth:`protect_stored` / :meth:`recover` when they have a
+    server-side step).
+
+    - ``domain``: ``"image"`` (transmits images) or ``"feature"``;
+    - ``side``: ``"client"``, ``"server"`` or ``"both"``;
+    - ``input_kind`` of the transmitted data: ``"image"``, ``"vector"`` or ``"map"``;
+    - ``stochastic``: fresh randomness per call (needs an rng);
+    - ``differentiable``: :meth:`protect` lets gradients through (white-box attacks, PGD).
+    """
+
+    name: ClassVar[str] = "base"
+    domain: ClassVar[str] = "image"
+    side: ClassVar[str] = "client"
+    stochastic: ClassVar[bool] = False
+    differentiable: ClassVar[bool] = True
+    #: whether the server recogniser must be adapted (a distilled student) to work at all
+    needs_adapted_server: ClassVar[bool] = False
+    #: protect() runs an optimisation (PMT, AdvNoise, DeepBlur, AdvFace) and needs autograd
+    needs_grad_to_protect: ClassVar[bool] = False
+    #: value range of image-domain outputs ((-1, 1) for InstaHide's sign-flipped mixes)
+    output_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    #: keyword arguments that are inputs, not configuration (kept out of config()/cache keys)
+    NOT_CONFIG: ClassVar[tuple[str, ...]] = ("recognizer", "key", "pool", "data")
+
+    def __init__(self, recognizer: Recognizer | None = None) -> None:
+        self._recognizer = recognizer
+
+    # --- configuration ----------------------------------------------------------------------
+    #: parameter help texts, by ``__init__`` keyword
+    HELP: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def params(cls) -> list[ParamSpec]:
+        """Parameters: the keyword-only arguments of ``__init__`` (except the recogniser)."""
+        sig = inspect.signature(cls.__init__)
+        return [
+            ParamSpec(n, p.default, cls.HELP.get(n, ""))
+            for n, p in sig.parameters.items()
+            if p.kind is p.KEYWORD_ONLY and n not in cls.NOT_CONFIG
+        ]
+
+    def config(self) -> dict:
+        """Everything that determines this defense's output (for cache keys and reports)."""
+        return {"name": self.name, **{p.name: getattr(self, p.name, p.default) for p in self.params()}}
+
+    def describe(self) -> dict:
+        return {
+            **self.config(),
+            "domain": self.domain,
+            "side": self.side,
+            "transmitted": self.input_kind,
+            "storage_bytes": self.storage_bytes(),
+        }
+
+    @property
+    def recognizer(self) -> Recognizer:
+        if self._recognizer is None:
+            from faceveil.models import get_recognizer
+
+            self._recognizer = get_recognizer("dlib")
+        return self._recognizer
+
+    # --- data flow ----------------------------------------------------------------------------
+    input_kind: ClassVar[str] = "image"
+
+    def protect(self, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
+        """Client side: aligned chips ``[B,3,S,S]`` in [0,1] -> what is transmitted."""
+        raise NotImplementedError
+
+    def protect_stored(self, t: Tensor, rng: torch.Generator | None = None) -> Tensor:
+        """Server side: transmitted data -> what is stored in the database (default: as is)."""
+        return t
+
+    def recover(self, t: Tensor) -> Tensor:
+        """Server-side identity recovery before the recogniser (default: none)."""
+        return t
+
+    def server_training_input(self, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
+        """What an adapted server model is trained on, from clean chips (distillation): by default
+        the recovered transmitted data; defenses that store something else override it."""
+        return self.recover(self.protect(x, rng))
+
+    def probe_transform(self, t: Tensor) -> Tensor:
+        """Server-side processing of a transmitted probe before recovery (default: none)."""
+        return t
+
+    #: adaptive-attacker transforms of leaked data this defense knows (e.g. FaceObfuscator "abs")
+    ATTACKER_VIEWS: ClassVar[tuple[str, ...]] = ()
+
+    def attacker_view(self, view: str, t: Tensor) -> Tensor:
+        """A defense-aware transform an adaptive attacker applies to leaked data before training
+        and attacking (public knowledge only: no per-sample randomness, no secret key)."""
+        raise ValueError(f"{self.name} defines no attacker view {view!r}; known: {list(self.ATTACKER_VIEWS)}")
+
+    def whitebox_forward(self, x: Tensor, leakage: str = "channel") -> Tensor:
+        """The differentiable map a white-box attacker inverts: image -> leaked representation.
+
+        Default (deterministic, differentiable defenses): the leak itself. Stochastic defenses may
+        override with a map that is invariant to the unknown per-sample randomness."""
+        if self.stochastic or not self.differentiable:
+            raise NotImplementedError(f"{self.name}: no white-box forward map (stochastic or not differentiable)")
+        t = self.protect(x, None)
+        return self.protect_stored(t, None) if leakage == "database" else t
+
+    def whitebox_target(self, t: Tensor) -> Tensor:
+        """What the white-box attacker matches, computed from the leaked data (default: itself)."""
+        return t
+
+    def frozen_server(self) -> nn.Module:
+        """The deployed recogniser applied to recovered protected data, without adaptation.
+
+        Image-domain: the recogniser itself. Feature-domain defenses override this."""
+        return self.recognizer
+
+    def storage_bytes(self) -> int:
+        """Bytes stored per face (float32 unless the defense says otherwise)."""
+        shape = self.stored_shape()
+        n = 1
+        for s in shape:
+            n *= s
+        return 4 * n
+
+    def stored_shape(self) -> tuple[int, ...]:
+        s = self.recognizer.crop.size
+        return (3, s, s)
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _check_rng(self, rng: torch.Generator | None) -> torch.Generator:
+        if self.stochastic and rng is None:
+            raise ValueError(f"{self.name} is stochastic: pass a seeded torch.Generator")
+        return rng if rng is not None else torch.Generator().manual_seed(0)
+
+    @staticmethod
+    def _check_images(x: Tensor) -> Tensor:
+        return check_images(x, "protect() input")
+
+
+def check_features(f: Tensor, shape: tuple[int, ...] | None, what: str) -> Tensor:
+    """Validate a feature batch: tensor, float, finite, expected trailing shape."""
+    if not isinstance(f, Tensor):
+        raise FaceveilDataError(f"{what}: expected a torch.Tensor, got {type(f).__name__}")
+    if not torch.is_floating_point(f):
+        raise FaceveilDataError(f"{what}: expected float features, got dtype {f.dtype}")
+    if shape is not None and tuple(f.shape[1:]) != tuple(shape):
+        raise FaceveilDataError(f"{what}: expected shape [B,{','.join(map(str, shape))}], got {list(f.shape)}")
+    if not torch.isfinite(f).all():
+        raise FaceveilDataError(f"{what}: contains NaN or infinite values")
+    return f
+
+
+def get_defense(name: str, **kwargs) -> Defense:
+    import faceveil.defenses  # noqa: F401  (registers all defenses)
+
+    return DEFENSES.create(name, **kwargs)

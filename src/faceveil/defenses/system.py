@@ -1,0 +1,156 @@
+"""A protected face recognition system: defense + recogniser (frozen or adapted).
+
+What an attacker gets:
+- channel leakage: :meth:`ProtectedSystem.channel` — what the client transmits;
+- database leakage: :meth:`ProtectedSystem.database` — what the server stores.
+
+Recognition: enrolment stores ``protect_stored(protect(x))``; a probe transmits ``protect(x)``;
+the server embeds both through ``recover`` and its server model. LFW utility runs both images of
+every pair through the full protected path (the first as enrolment, the second as probe).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from faceveil.data.align import to_tensor
+from faceveil.data.datasets import LFW
+from faceveil.defenses.base import Defense
+from faceveil.metrics.verification import best_threshold
+from faceveil.models.base import OperatingPoint, pairwise_distance
+
+
+def batch_generator(seed: int, batch_index: int, salt: int = 0) -> torch.Generator:
+    """Per-batch randomness derived from a config seed (reproducible, independent per batch)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + batch_index * 7_919 + salt) % (2**63))
+
+
+@dataclass
+class Timing:
+    client_ms: float
+    server_ms: float
+
+
+class ProtectedSystem:
+    """Defense + server model. ``server="frozen"`` uses the deployed recogniser as is;
+    ``"adapted"`` a student distilled on protected inputs (:mod:`faceveil.train`)."""
+
+    def __init__(self, defense: Defense, server: str = "frozen", profile: str = "quick", seed: int = 0,
+                 metric: str | None = None, data=None) -> None:
+        if server not in ("frozen", "adapted"):
+            raise ValueError(f"server must be 'frozen' or 'adapted', got {server!r}")
+        self.defense = defense
+        self.server_kind = server
+        self.profile = profile
+        self.seed = seed
+        self.data = data
+        self._server: nn.Module | None = None
+        self.metric = metric or ("cosine" if server == "adapted" else defense.recognizer.metric)
+        self.operating: OperatingPoint | None = None
+
+    @property
+    def server(self) -> nn.Module:
+        if self._server is None:
+            if self.server_kind == "frozen":
+                self._server = self.defense.frozen_server()
+            else:
+                from faceveil.train import adapted_server
+
+                self._server = adapted_server(self.defense, profile=self.profile, seed=self.seed, data=self.data)
+            self._server.eval()
+        return self._server
+
+    # --- what leaks ---------------------------------------------------------------------------
+    def channel(self, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
+        return self.defense.protect(x, rng)
+
+    def database(self, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
+        return self.defense.protect_stored(self.defense.protect(x, rng), rng)
+
+    def leak(self, x: Tensor, scenario: str, rng: torch.Generator | None = None) -> Tensor:
+        if scenario == "channel":
+            return self.channel(x, rng)
+        if scenario == "database":
+            return self.database(x, rng)
+        raise ValueError(f"leakage scenario must be 'channel' or 'database', got {scenario!r}")
+
+    # --- recognition ------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed_protected(self, t: Tensor, stored: bool) -> Tensor:
+        """Server-side embedding of transmitted (probe) or stored (enrolled) data."""
+        if not stored:
+            t = self.defense.probe_transform(t)
+        return self.server(self.defense.recover(t)).float()
+
+    def enroll(self, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
+        """Protected templates to store for images ``x`` (only protected data is kept)."""
+        with torch.set_grad_enabled(self.defense.needs_grad_to_protect):
+            return self.database(x, rng).detach()
+
+    def verify(self, probe: Tensor, stored: Tensor, rng: torch.Generator | None = None) -> Tensor:
+        """Accept/reject each probe image against the stored template at the operating point."""
+        op = self.operating or self.fit_operating_point()
+        with torch.set_grad_enabled(self.defense.needs_grad_to_protect):
+            t = self.channel(probe, rng).detach()
+        d = pairwise_distance(self.embed_protected(t, stored=False), self.embed_protected(stored, stored=True), op.metric)
+        return d <= op.threshold
+
+    # --- batched paths over chips -------------------------------------------------------------
+    def embed_chips(self, chips: np.ndarray, stored: bool, batch_size: int = 32, salt: int = 0,
+                    timing: list | None = None) -> Tensor:
+        """Embeddings of uint8 chips through the full protected path (enrolment or probe)."""
+        out = []
+        for bi, s in enumerate(range(0, len(chips), batch_size)):
+            x = to_tensor(chips[s : s + batch_size])
+            rng = batch_generator(self.seed, bi, salt)
+            t0 = time.perf_counter()
+            with torch.set_grad_enabled(self.defense.needs_grad_to_protect):
+                t = self.database(x, rng) if stored else self.channel(x, rng)
+            t = t.detach()
+            t1 = time.perf_counter()
+            out.append(self.embed_protected(t, stored))
+            t2 = time.perf_counter()
+            if timing is not None:
+                timing.append((len(x), t1 - t0, t2 - t1))
+        return torch.cat(out)
+
+    def pair_embeddings(self, lfw: LFW, pairs, batch_size: int = 32) -> tuple[Tensor, Tensor, Timing]:
+        """Enrolment embeddings of pair side A and probe embeddings of side B."""
+        ds = lfw.dataset()
+        crop = self.defense.recognizer.crop
+        ua, ia = np.unique(pairs.a, return_inverse=True)
+        ub, ib = np.unique(pairs.b, return_inverse=True)
+        ca, _ = ds.subset(ua).chips(crop, progress=False)
+        cb, _ = ds.subset(ub).chips(crop, progress=False)
+        timing: list = []
+        ea = self.embed_chips(ca, stored=True, batch_size=batch_size, salt=1, timing=timing)
+        eb = self.embed_chips(cb, stored=False, batch_size=batch_size, salt=2, timing=timing)
+        n = sum(t[0] for t in timing)
+        tm = Timing(1000 * sum(t[1] for t in timing) / n, 1000 * sum(t[2] for t in timing) / n)
+        return ea[ia], eb[ib], tm
+
+    def fit_operating_point(self, lfw: LFW | None = None) -> OperatingPoint:
+        """Threshold re-fit on pairsDevTrain through the protected path."""
+        lfw = lfw or LFW(self.data)
+        pairs = lfw.pairs("devtrain")
+        ea, eb, _ = self.pair_embeddings(lfw, pairs)
+        d = pairwise_distance(ea, eb, self.metric).double().numpy()
+        t, acc = best_threshold(d, pairs.same)
+        self.operating = OperatingPoint(self.metric, t, "lfw pairsDevTrain.txt (protected path)", acc)
+        return self.operating
+
+    def lfw_utility(self, lfw: LFW | None = None, per_fold: int | None = None) -> dict:
+        """LFW 10-fold accuracy of the protected system (both images protected)."""
+        from faceveil.bench.lfw import subset_pairs, verification
+
+        lfw = lfw or LFW(self.data)
+        pairs = subset_pairs(lfw.pairs("pairs"), per_fold)
+        ea, eb, tm = self.pair_embeddings(lfw, pairs)
+        res = verification(ea, eb, pairs, f"{self.defense.name}/{self.server_kind}", metrics=(self.metric,))[0]
+        return {**asdict(res), "client_ms": tm.client_ms, "server_ms": tm.server_ms,
+                "storage_bytes": self.defense.storage_bytes(), "server": self.server_kind}

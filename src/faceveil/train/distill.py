@@ -1,0 +1,248 @@
+"""Server adaptation by distillation: a student recogniser trained on PROTECTED inputs to reproduce
+the frozen dlib ResNet's embeddings of the CLEAN images.
+
+The papers train their server recognisers (ArcFace ResNet-50 on MS1M, 5.1 M images, GPUs) on
+protected inputs; that is impossible on this CPU. The honest equivalent here: a student learns
+``f(protect(x)) ~ teacher(x)`` with a cosine + MSE loss. The default student is the deployed
+dlib ResNet itself, initialised from the teacher and fine-tuned (non-RGB inputs get a small
+trainable input adapter, :class:`~faceveil.train.students.FinetuneStudent`); a from-scratch
+IR-18-like network (``student="ir18"``) is the alternative. Training uses public faces (CelebA
+aligned + wild + LFW identities absent from pairs.txt), fresh protection draws every epoch
+(augmentation, and correct for stochastic defenses) and horizontal flips. Every accuracy is
+reported against the *same-budget* student trained on clean images (:func:`clean_defense`), and
+against the frozen dlib ResNet on clean input.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from faceveil.config import cache_dir, config_hash
+from faceveil.data.align import to_tensor
+from faceveil.data.datasets import public_training_faces
+from faceveil.defenses.base import Defense
+from faceveil.models.base import Recognizer
+from faceveil.models.embed import embed_chips, model_fingerprint
+from faceveil.train.students import FinetuneStudent, StudentNet
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    epochs: int = 20
+    max_seconds: float | None = None
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    width: int = 16
+    input_size: int = 112
+    train_images: int | None = None
+    mse_weight: float = 1.0
+    flip: bool = True
+    fresh_draws: bool | None = None  # None: fresh draws unless protection is an optimisation
+    student: str = "finetune"  # "finetune": dlib ResNet from the teacher's weights; "ir18": from scratch
+    seed: int = 0
+
+
+DISTILL_PROFILES: dict[str, DistillConfig] = {
+    "ci": DistillConfig(epochs=1, max_seconds=60, train_images=512, batch_size=32, lr=1e-3),
+    "quick": DistillConfig(epochs=1, max_seconds=300, train_images=3000, batch_size=32, lr=1e-3),
+    "full": DistillConfig(epochs=3, max_seconds=7200, batch_size=32, lr=1e-3),
+}
+
+
+def distill_config(profile: str, **overrides) -> DistillConfig:
+    if profile not in DISTILL_PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; use one of {sorted(DISTILL_PROFILES)}")
+    return replace(DISTILL_PROFILES[profile], **overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public training data and teacher embeddings (cached)
+# ---------------------------------------------------------------------------------------------
+
+
+def public_chips(data=None, crop=None, limit: int | None = None, seed: int = 0, progress: bool = True) -> np.ndarray:
+    """uint8 chips of the public (attacker / student) faces, identity-disjoint from LFW pairs.
+
+    With ``limit``, a seeded random subset of that size (the same for every consumer), chosen
+    before alignment so only those images are ever aligned."""
+    from faceveil.models.base import CropSpec
+
+    crop = crop or CropSpec(150, 0.25)
+    sets = public_training_faces(data)
+    sizes = [len(ds) for ds in sets]
+    total = sum(sizes)
+    pick = np.arange(total)
+    if limit is not None and limit < total:
+        pick = np.sort(np.random.default_rng(seed).choice(total, limit, replace=False))
+    parts, start = [], 0
+    for ds, n in zip(sets, sizes, strict=True):
+        local = pick[(pick >= start) & (pick < start + n)] - start
+        if len(local):
+            sub = ds if len(local) == n else ds.subset(local)
+            parts.append(sub.chips(crop, progress=progress)[0])
+        start += n
+    return np.concatenate(parts)
+
+
+def teacher_embeddings(teacher: Recognizer, chips: np.ndarray, progress: bool = True) -> tuple[Tensor, Tensor]:
+    """Teacher embeddings of the chips and of their horizontal flips (cached by content)."""
+    key = config_hash(model_fingerprint(teacher), len(chips), int(chips[:: max(1, len(chips) // 64)].astype(np.int64).sum()),
+                      chips.shape)
+    path = cache_dir("teacher") / f"{teacher.name}-{key}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return torch.from_numpy(z["orig"]), torch.from_numpy(z["flip"])
+    orig = embed_chips(teacher, chips, progress=progress)
+    flip = embed_chips(teacher, np.ascontiguousarray(chips[:, :, ::-1]), progress=progress)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, orig=orig.numpy(), flip=flip.numpy())
+    tmp.replace(path)
+    return orig, flip
+
+
+# ---------------------------------------------------------------------------------------------
+# Student construction and training
+# ---------------------------------------------------------------------------------------------
+
+
+class VectorStudent(nn.Module):
+    """MLP student for vector inputs (feature-domain defenses on embeddings)."""
+
+    def __init__(self, dim_in: int, emb_dim: int = 128, hidden: int = 512) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim_in, hidden), nn.BatchNorm1d(hidden), nn.PReLU(), nn.Dropout(0.1),
+                                 nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.PReLU(), nn.Linear(hidden, emb_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+def make_student(sample: Tensor, cfg: DistillConfig, emb_dim: int = 128) -> nn.Module:
+    """A student for inputs shaped like ``sample`` ([C,H,W] maps/images, or vectors)."""
+    if sample.ndim == 3 and cfg.student == "finetune":
+        return FinetuneStudent(in_ch=sample.shape[0], in_size=sample.shape[-1])
+    if sample.ndim == 3:
+        return StudentNet(in_ch=sample.shape[0], width=cfg.width, emb_dim=emb_dim,
+                          input_size=min(cfg.input_size, sample.shape[-1]))
+    return VectorStudent(int(sample.numel()), emb_dim)
+
+
+def distill_loss(s: Tensor, t: Tensor, mse_weight: float) -> Tensor:
+    """Cosine distance + ``mse_weight`` x squared error to the teacher embeddings."""
+    return (1 - F.cosine_similarity(s, t)).mean() + mse_weight * ((s - t) ** 2).sum(1).mean()
+
+
+def _protected_batch(defense: Defense, x: Tensor, rng: torch.Generator) -> Tensor:
+    with torch.set_grad_enabled(defense.needs_grad_to_protect):
+        return defense.server_training_input(x, rng).detach().float()
+
+
+def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: bool = True) -> tuple[nn.Module, dict]:
+    """Distil the frozen recogniser into a student that reads ``defense``'s protected data."""
+    teacher = defense.recognizer
+    chips = public_chips(data, teacher.crop, cfg.train_images, cfg.seed, progress)
+    t_orig, t_flip = teacher_embeddings(teacher, chips, progress)
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    fresh = cfg.fresh_draws if cfg.fresh_draws is not None else not defense.needs_grad_to_protect
+    sample = _protected_batch(defense, to_tensor(chips[:2]), g)[0]
+    student = make_student(sample, cfg, teacher.embedding_dim)
+    cached: list[Tensor] | None = None
+    if not fresh:  # one protection draw per image (and per flip), computed once
+        cached = []
+        for flip in (False, True):
+            parts = []
+            for s in tqdm(range(0, len(chips), cfg.batch_size), disable=not progress, desc="protecting (once)"):
+                c = chips[s : s + cfg.batch_size]
+                parts.append(_protected_batch(defense, to_tensor(c[:, :, ::-1].copy() if flip else c), g))
+            cached.append(torch.cat(parts))
+    groups = student.param_groups(cfg.lr) if hasattr(student, "param_groups") else [{"params": list(student.parameters())}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(chips) // cfg.batch_size
+    total = max(2, cfg.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g.get("lr", cfg.lr) for g in groups], total_steps=total,
+                                                pct_start=0.1)
+    t0 = time.perf_counter()
+    losses: list[float] = []
+    step = 0
+    bar = tqdm(total=total, desc=f"distilling student for {defense.name}", disable=not progress, leave=False)
+    stop = False
+    for epoch in range(cfg.epochs):
+        student.train()
+        perm = torch.randperm(len(chips), generator=g)
+        for s in range(0, steps_per_epoch * cfg.batch_size, cfg.batch_size):
+            idx = perm[s : s + cfg.batch_size]
+            flip = torch.rand(len(idx), generator=g) < 0.5 if cfg.flip else torch.zeros(len(idx), dtype=torch.bool)
+            if cached is not None:
+                p = torch.where(flip.view(-1, *[1] * (cached[0].ndim - 1)), cached[1][idx], cached[0][idx])
+            else:
+                c = chips[idx.numpy()]
+                fl = flip.numpy()
+                c = np.where(fl[:, None, None, None], c[:, :, ::-1], c)
+                p = _protected_batch(defense, to_tensor(c), g)
+            target = torch.where(flip[:, None], t_flip[idx], t_orig[idx])
+            loss = distill_loss(student(p), target, cfg.mse_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step < total - 1:
+                sched.step()
+            step += 1
+            losses.append(loss.item())
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch)
+            if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
+                stop = True
+                break
+        if stop:
+            break
+    bar.close()
+    student.eval()
+    log = {"steps": step, "epochs_run": epoch + 1, "seconds": time.perf_counter() - t0, "images": len(chips),
+           "first_loss": float(np.mean(losses[:20])) if losses else None,
+           "final_loss": float(np.mean(losses[-20:])) if losses else None, "fresh_draws": fresh}
+    return student, log
+
+
+def student_key(defense: Defense, cfg: DistillConfig, data=None) -> str:
+    from faceveil.config import data_dir
+
+    return config_hash(defense.config(), asdict(cfg), model_fingerprint(defense.recognizer), str(data_dir(data)), "distill-v1")
+
+
+def adapted_server(defense: Defense, profile: str = "quick", seed: int = 0, data=None, force: bool = False,
+                   progress: bool = True, **overrides) -> nn.Module:
+    """The distilled student for ``defense`` (trained once, cached by config hash)."""
+    cfg = distill_config(profile, seed=seed, **overrides)
+    key = student_key(defense, cfg, data)
+    path = cache_dir("students") / f"{defense.name}-{key}.pt"
+    if path.is_file() and not force:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        g = torch.Generator().manual_seed(0)
+        s = defense.recognizer.input_size
+        sample = _protected_batch(defense, torch.full((2, 3, s, s), 0.5), g)[0]
+        student = make_student(sample, cfg, defense.recognizer.embedding_dim)
+        student.load_state_dict(st["state"])
+        student.train_log = st["log"]  # type: ignore[attr-defined]
+        return student.eval()
+    student, log = train_student(defense, cfg, data, progress)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state": student.state_dict(), "log": log, "config": asdict(cfg), "defense": defense.config()}, tmp)
+    tmp.replace(path)
+    student.train_log = log  # type: ignore[attr-defined]
+    return student
+
+
+def clean_defense(recognizer: Recognizer | None = None) -> Defense:
+    """The unprotected image defense: its adapted server is the same-budget clean student."""
+    from faceveil.defenses import get_defense
+
+    return get_defense("none", transmit="image", recognizer=recognizer)

@@ -1,0 +1,112 @@
+"""Compact student recognisers for server adaptation (IR-ResNet-18-like, CPU-sized)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class IRBlock(nn.Module):
+    """Improved-residual basic block (ArcFace IR): BN-conv3x3-BN-PReLU-conv3x3(stride)-BN + shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(cin),
+            nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.PReLU(cout),
+            nn.Conv2d(cout, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.short = (
+            nn.Identity() if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x) + self.short(x)
+
+
+class StudentNet(nn.Module):
+    """IR-18-like embedding network: stride-2 stem, 4 stages of 2 IR blocks (width w, 2w, 4w, 8w; each
+    stage halves the resolution), BN-dropout-GAP-FC head to a ``emb_dim`` embedding.
+
+    Accepts image-like inputs (``in_ch=3``) or frequency maps (FaceObfuscator: 2 channels at
+    112x112, or 64 channels); inputs of another size are resized bilinearly to ``input_size``.
+    """
+
+    def __init__(self, in_ch: int = 3, width: int = 32, emb_dim: int = 128, input_size: int = 112,
+                 blocks: tuple[int, ...] = (2, 2, 2, 2)) -> None:
+        super().__init__()
+        self.in_ch, self.input_size = in_ch, input_size
+        # stride-2 stem (ArcFace's IR-ResNet uses stride 1 at 112 px; 4x cheaper here, for CPUs)
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.PReLU(width))
+        layers: list[nn.Module] = []
+        cin = width
+        for i, n in enumerate(blocks):
+            cout = width * 2**i
+            for j in range(n):
+                layers.append(IRBlock(cin, cout, 2 if j == 0 else 1))
+                cin = cout
+        self.body = nn.Sequential(*layers)
+        # no final BatchNorm1d: the student regresses the teacher's embeddings, whose scale is fixed
+        self.head = nn.Sequential(nn.BatchNorm2d(cin), nn.Dropout(0.1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(cin, emb_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] != self.in_ch:
+            raise ValueError(f"student expects {self.in_ch} input channels, got {x.shape[1]}")
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > self.input_size)
+        return self.head(self.body(self.stem(x)))
+
+
+class InputAdapter(nn.Module):
+    """Maps non-RGB protected inputs (e.g. frequency maps) to a 3-channel image-like tensor at the
+    pretrained network's input size: [x, |x|] (so sign-randomised inputs are easy to use),
+    conv3x3-BN-ReLU-conv3x3-sigmoid, bilinear resize."""
+
+    def __init__(self, in_ch: int, size: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.size = size
+        self.net = nn.Sequential(nn.BatchNorm2d(2 * in_ch), nn.Conv2d(2 * in_ch, hidden, 3, 1, 1), nn.BatchNorm2d(hidden),
+                                 nn.ReLU(inplace=True), nn.Conv2d(hidden, 3, 3, 1, 1), nn.Sigmoid())
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.net(torch.cat([x, x.abs()], dim=1))
+        if y.shape[-1] != self.size:
+            y = F.interpolate(y, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return y
+
+
+class FinetuneStudent(nn.Module):
+    """The deployed dlib ResNet, initialised from the teacher's weights and fine-tuned on protected
+    inputs (a CPU-feasible server adaptation); non-RGB inputs get a trainable :class:`InputAdapter`."""
+
+    def __init__(self, in_ch: int = 3, in_size: int = 150) -> None:
+        super().__init__()
+        from faceveil.models import get_recognizer
+
+        base = get_recognizer("dlib")
+        self.size = base.input_size
+        self.adapter: nn.Module = nn.Identity() if in_ch == 3 else InputAdapter(in_ch, self.size)
+        self.in_ch = in_ch
+        self.body = base.units
+        for p in self.body.parameters():
+            p.requires_grad_(True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] != self.in_ch:
+            raise ValueError(f"student expects {self.in_ch} input channels, got {x.shape[1]}")
+        x = self.adapter(x)
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > self.size)
+        return self.body(x)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Pretrained layers at lr/10, the new adapter at lr."""
+        return [{"params": list(self.body.parameters()), "lr": lr / 10},
+                {"params": list(self.adapter.parameters()), "lr": lr}]
