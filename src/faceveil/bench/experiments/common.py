@@ -1,0 +1,52 @@
+"""Shared pieces of the paper experiments: utility / privacy measurements and markdown tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faceveil.attacks.base import ThreatModel
+from faceveil.defenses import Defense, ProtectedSystem
+
+
+def utility(defense: Defense, server: str, ctx: dict) -> dict:
+    """LFW 10-fold utility through the protected path (per the bench profile's pair budget)."""
+    bp = ctx["bench_profile"]
+    system = ProtectedSystem(defense, server=server, profile=bp.attack_profile, seed=ctx["seed"], data=ctx["data"])
+    out = system.lfw_utility(ctx["lfw"], per_fold=bp.utility_per_fold)
+    if server == "adapted":
+        out["train_log"] = getattr(system.server, "train_log", None)
+    return out
+
+
+def privacy(defense: Defense, attack: str, ctx: dict, view: str | None = None, leakage: str = "channel") -> dict:
+    """One attack run (cached attacker) -> the result dict of :func:`faceveil.attacks.harness.run_attack`."""
+    from faceveil.attacks.harness import run_attack
+
+    threat = ThreatModel(leakage=leakage, knowledge="white-box" if attack == "whitebox" else "black-box client",
+                         adaptive=view is not None, view=view)
+    r = run_attack(defense, attack, threat, profile=ctx["bench_profile"].attack_profile, seed=ctx["seed"], data=ctx["data"],
+                   force=ctx.get("force", False), out_dir=Path(ctx["out_dir"]) / "cells", progress=ctx.get("progress", True))
+    return r
+
+
+def md_table(headers: list[str], rows: list[list]) -> str:
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+        return str(v)
+
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def attempt(fn, *args, **kwargs) -> tuple[object | None, str | None]:
+    """Run one measurement; a failure is returned as an error string (the experiment continues)."""
+    try:
+        return fn(*args, **kwargs), None
+    except Exception as e:  # recorded in the report
+        return None, f"{type(e).__name__}: {e}"

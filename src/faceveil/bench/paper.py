@@ -1,0 +1,39 @@
+"""Numbers the seed papers report, for a "paper" column beside ours (same cell, their setup)."""
+
+from __future__ import annotations
+
+#: (defense, metric, qualifier) -> (value, source). qualifier: server kind for accuracy, attack
+#: name for privacy metrics; "*" matches any.
+PAPER: dict[tuple[str, str, str], tuple[str, str]] = {
+    # FaceObfuscator (Jin et al.), Table 3 (LFW accuracy, ArcFace backbone) and Table 4 (DN attack, LFW)
+    ("faceobfuscator", "acc", "adapted"): ("99.68", "FaceObfuscator Tab. 3"),
+    ("faceobfuscator", "SSIM", "dn"): ("0.471", "FaceObfuscator Tab. 4"),
+    ("faceobfuscator", "SRRA", "dn"): ("0.00%", "FaceObfuscator Tab. 4"),
+    # AdvFace (Wang et al., CVPR 2023) Table 1 (LFW, resrec attacker) and Table 2
+    ("advface", "SSIM", "*"): ("0.28", "AdvFace Tab. 1"),
+    ("advface", "SRRA", "*"): ("4.03%", "AdvFace Tab. 1"),
+    ("advface", "acc", "frozen"): ("96.43 (online)", "AdvFace Tab. 2"),
+    ("advface", "acc", "adapted"): ("97.78 (offline)", "AdvFace Tab. 2"),
+    # PMT (Pu et al.): authorised-model accuracy on LFW, obfuscated-image SSIM
+    ("pmt", "acc", "frozen"): ("≈99 (authorised)", "PMT Tab. 7"),
+    ("pmt", "SSIM", "*"): ("≈0.03", "PMT Tab. 6"),
+}
+
+#: unprotected rows of the papers (their recognisers: ArcFace), for the 'none' settings
+UNPROTECTED: dict[tuple[str, str], tuple[str, str]] = {
+    ("SSIM", "*"): ("0.93", "AdvFace Tab. 1 (unprotected)"),
+    ("SRRA", "*"): ("97.40%", "AdvFace Tab. 1 (unprotected)"),
+    ("acc", "frozen"): ("99.72 (ArcFace)", "FaceObfuscator Tab. 3"),
+}
+
+
+def paper_value(defense: str, setting: str, metric: str, qualifier: str | None) -> str | None:
+    """The paper's number for a cell, formatted "value (source)", or None."""
+    table = {(k[1], k[2]): v for k, v in PAPER.items() if k[0] == defense}
+    if defense == "none":
+        table = UNPROTECTED
+    for key in ((metric, qualifier or "*"), (metric, "*")):
+        if key in table:
+            v, src = table[key]
+            return f"{v} ({src})"
+    return None

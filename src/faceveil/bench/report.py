@@ -1,0 +1,257 @@
+"""Benchmark report: utility and privacy tables (FaceObfuscator Table 3/4 layouts), image grids per
+attack, a privacy-utility scatter plot, paper numbers beside ours; report.md, report.html (one
+self-contained file), results.csv."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import re
+from pathlib import Path
+
+import torch
+
+from faceveil.bench.paper import paper_value
+
+BASELINES = ("mean face", "random person")
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{100 * x:.{digits}f}"
+
+
+def utility_rows(results: dict) -> list[dict]:
+    rows = []
+    for c in results["cells"]:
+        if c["kind"] != "utility":
+            continue
+        base = {"setting": c["setting"], "defense": c["defense"], "status": c["status"], "error": c["error"]}
+        servers = c["result"].get("servers", {}) if c["status"] == "ok" else {}
+        if not servers:
+            rows.append(base)
+        for server, u in servers.items():
+            rows.append({**base, "server": server, "acc": u["acc_mean"], "std": u["acc_std"], "tpr2": u["tpr_at_fpr_1e2"],
+                         "tpr3": u["tpr_at_fpr_1e3"], "storage_kb": u["storage_bytes"] / 1024, "client_ms": u["client_ms"],
+                         "server_ms": u["server_ms"], "pairs": u["n_pairs"], "metric": u["metric"],
+                         "paper": paper_value(c["defense"], c["setting"], "acc", server)})
+    return rows
+
+
+def privacy_rows(results: dict) -> list[dict]:
+    rows = []
+    for c in results["cells"]:
+        if c["kind"] != "privacy":
+            continue
+        r = c["result"]
+        base = {"setting": c["setting"], "defense": c["defense"], "status": c["status"], "error": c["error"],
+                "attack": r.get("attack", {}).get("name"), "leakage": r.get("threat", {}).get("leakage")}
+        if c["status"] != "ok":
+            rows.append(base)
+            continue
+        for who, m in r["metrics"].items():
+            rec = who == "reconstruction"
+            rows.append({**base, "who": who, **m, "n": r["eval"]["n"], "judge": r["judge"]["cos"],
+                         "paper_ssim": paper_value(c["defense"], c["setting"], "SSIM", base["attack"]) if rec else None,
+                         "paper_srra": paper_value(c["defense"], c["setting"], "SRRA", base["attack"]) if rec else None})
+    return rows
+
+
+def utility_table(rows: list[dict]) -> str:
+    out = ["| defense setting | server | LFW acc % (± std) | paper | TPR@1e-2 | TPR@1e-3 | storage KB/face | client ms/face "
+           "| server ms/face | pairs |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["status"] != "ok" or "acc" not in r:
+            out.append(f"| {r['setting']} | — | FAILED: {html.escape(str(r['error']))[:120]} | | | | | | | |")
+            continue
+        out.append(f"| {r['setting']} | {r['server']} | {_pct(r['acc'])} ± {_pct(r['std'])} | {r['paper'] or ''} | "
+                   f"{_pct(r['tpr2'], 1)} | {_pct(r['tpr3'], 1)} | {r['storage_kb']:.1f} | {r['client_ms']:.1f} | "
+                   f"{r['server_ms']:.1f} | {r['pairs']} |")
+    return "\n".join(out)
+
+
+def privacy_table(rows: list[dict]) -> str:
+    out = ["| defense setting | attack | leakage | MSE↑ | PSNR↓ | SSIM↓ | COS↓ | SRRA same-image↓ | SRRA pair↓ | paper |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["status"] != "ok":
+            out.append(f"| {r['setting']} | {r['attack']} | {r['leakage']} | FAILED: {html.escape(str(r['error']))[:120]} "
+                       "| | | | | | |")
+            continue
+        if r["who"] in BASELINES:  # printed once, below the table
+            continue
+        paper = " ".join(x for x in (r.get("paper_ssim"), r.get("paper_srra")) if x)
+        out.append(f"| {r['setting']} | {r['attack']} | {r['leakage']} | {r['MSE']:.4f} | {r['PSNR']:.2f} | {r['SSIM']:.3f} | "
+                   f"{r['COS']:.3f} | {_pct(r['SRRA_same_image'], 1)} | {_pct(r['SRRA_pair'], 1)} | {paper} |")
+    return "\n".join(out)
+
+
+def _baseline_rows(rows: list[dict]) -> str:
+    seen = {}
+    for r in rows:
+        if r["status"] == "ok" and r.get("who") in BASELINES and r["who"] not in seen:
+            seen[r["who"]] = r
+    lines = []
+    for who, r in seen.items():
+        lines.append(f"| *{who}* (no information) | — | — | {r['MSE']:.4f} | {r['PSNR']:.2f} | {r['SSIM']:.3f} | "
+                     f"{r['COS']:.3f} | {_pct(r['SRRA_same_image'], 1)} | {_pct(r['SRRA_pair'], 1)} | |")
+    return "\n".join(lines)
+
+
+def grids(images: dict, out_dir: Path) -> list[tuple[str, Path]]:
+    """One grid per (attack, leakage): originals on top, then per setting what the attacker holds
+    and the reconstruction (same LFW faces everywhere)."""
+    from faceveil.attacks.harness import image_grid
+
+    by_attack: dict[tuple[str, str], list] = {}
+    for (label, attack, leakage), im in images.items():
+        by_attack.setdefault((attack, leakage), []).append((label, im))
+    out = []
+    for (attack, leakage), items in sorted(by_attack.items()):
+        size = max(im["original"].shape[-1] for _, im in items)
+        rows = [items[0][1]["original"]]
+        labels = ["original"]
+        for label, im in items:
+            rows += [im["held"], im["reconstruction"]]
+            labels += [f"{label}: held", f"{label}: reconstruction"]
+        rows = [torch.nn.functional.interpolate(r, size=(size, size), mode="bilinear") if r.shape[-1] != size else r
+                for r in rows]
+        path = image_grid(rows, out_dir / f"grid-{attack}-{leakage}.png")
+        out.append((f"{attack} ({leakage} leakage): rows = " + "; ".join(labels), path))
+    return out
+
+
+def scatter(urows: list[dict], prows: list[dict], out_dir: Path) -> Path | None:
+    """Privacy-utility scatter: x = LFW accuracy (best server), y = strongest attack's SRRA (pair)
+    and COS; one point per defense setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc: dict[str, float] = {}
+    for r in urows:
+        if r["status"] == "ok" and "acc" in r:
+            acc[r["setting"]] = max(acc.get(r["setting"], 0), r["acc"])
+    srra: dict[str, float] = {}
+    cos: dict[str, float] = {}
+    for r in prows:
+        if r["status"] == "ok" and r.get("who") == "reconstruction":
+            srra[r["setting"]] = max(srra.get(r["setting"], 0), r["SRRA_pair"])
+            cos[r["setting"]] = max(cos.get(r["setting"], -1), r["COS"])
+    pts = [s for s in acc if s in srra]
+    if not pts:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    panels = ((axes[0], srra, "SRRA (pair) of the strongest attack"), (axes[1], cos, "COS of the strongest attack"))
+    for ax, vals, name in panels:
+        for s in pts:
+            ax.scatter(100 * acc[s], vals[s] * (100 if ax is axes[0] else 1))
+            ax.annotate(s, (100 * acc[s], vals[s] * (100 if ax is axes[0] else 1)), fontsize=7)
+        ax.set_xlabel("LFW accuracy % (best server)")
+        ax.set_ylabel(name + (" %" if ax is axes[0] else ""))
+        ax.grid(alpha=0.3)
+    axes[0].set_title("privacy–utility: lower right is better")
+    fig.tight_layout()
+    path = out_dir / "privacy_utility.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_csv(urows: list[dict], prows: list[dict], path: Path) -> None:
+    keys: list[str] = []
+    rows = [{"table": "utility", **r} for r in urows] + [{"table": "privacy", **r} for r in prows]
+    for r in rows:
+        for k in r:
+            if k not in keys:
+                keys.append(k)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_report(results: dict, images: dict, out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    urows, prows = utility_rows(results), privacy_rows(results)
+    write_csv(urows, prows, out_dir / "results.csv")
+    md = [f"# faceveil benchmark ({results['profile']} profile)", "",
+          f"Seed {results['seed']}; wall time {results['wall_seconds'] / 60:.1f} min; failed cells: {results['failed']}; "
+          f"versions: {results['versions']}.", "",
+          "## Utility (LFW 10-fold verification through the full protected path)", "",
+          "Frozen = the deployed dlib ResNet as is; adapted = a student distilled on protected inputs "
+          "(see README: a CPU stand-in for the papers' retrained servers).", "", utility_table(urows), "",
+          "## Privacy (attacks trained as a real attacker would, judged on LFW pair images)", "",
+          "COS: cosine of an independent recogniser's embeddings (reconstruction vs original); SRRA: replay to the deployed "
+          "recogniser at its operating threshold, against the same image's template and against the other image of a "
+          "same-pair.", "", privacy_table(prows), _baseline_rows(prows), ""]
+    figs = grids(images, out_dir)
+    if figs:
+        md += ["## Reconstructions", ""]
+        for caption, path in figs:
+            md += [f"**{caption}**", "", f"![{caption}]({path.name})", ""]
+    sc = scatter(urows, prows, out_dir)
+    if sc is not None:
+        md += ["## Privacy–utility", "", f"![privacy-utility scatter]({sc.name})", ""]
+    for name, exp in results.get("experiments", {}).items():
+        md += [f"## Experiments: {name}", ""]
+        if exp.get("status") != "ok":
+            md += [f"FAILED: {exp.get('error')}", ""]
+            continue
+        md += [exp.get("markdown", ""), ""]
+    failed = [c for c in results["cells"] if c["status"] != "ok"]
+    if failed:
+        md += ["## Failed cells", ""] + [f"- {c['setting']} / {c['kind']}: `{c['error']}`" for c in failed] + [""]
+    text = "\n".join(md)
+    (out_dir / "report.md").write_text(text)
+    (out_dir / "report.html").write_text(markdown_to_html(text, out_dir))
+    return out_dir / "report.md"
+
+
+def markdown_to_html(md: str, base: Path) -> str:
+    """A small converter for the report's markdown (headings, tables, images, bold, code), with
+    images embedded as data URIs so the HTML is one self-contained file."""
+
+    def inline(s: str) -> str:
+        s = html.escape(s)
+        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+        s = re.sub(r"\*(.+?)\*", r"<i>\1</i>", s)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+    out = ["<!doctype html><html><head><meta charset='utf-8'><title>faceveil report</title><style>",
+           "body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
+           "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child{text-align:left}img{max-width:100%}",
+           "</style></head><body>"]
+    lines = md.splitlines()
+    i = 0
+    while i < len(lines):
+        ln = lines[i]
+        if ln.startswith("#"):
+            level = len(ln) - len(ln.lstrip("#"))
+            out.append(f"<h{level}>{inline(ln[level:].strip())}</h{level}>")
+        elif ln.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            out.append("<table>")
+            for k, r in enumerate(rows):
+                if k == 1 and all(set(c) <= set("-:") for c in r):
+                    continue
+                tag = "th" if k == 0 else "td"
+                out.append("<tr>" + "".join(f"<{tag}>{inline(c)}</{tag}>" for c in r) + "</tr>")
+            out.append("</table>")
+            continue
+        elif m := re.match(r"!\[(.*?)\]\((.+?)\)", ln):
+            p = base / m.group(2)
+            if p.is_file():
+                data = base64.b64encode(p.read_bytes()).decode()
+                out.append(f"<p><img alt='{html.escape(m.group(1))}' src='data:image/png;base64,{data}'></p>")
+        elif ln.startswith("- "):
+            out.append(f"<li>{inline(ln[2:])}</li>")
+        elif ln.strip():
+            out.append(f"<p>{inline(ln)}</p>")
+        i += 1
+    out.append("</body></html>")
+    return "\n".join(out)

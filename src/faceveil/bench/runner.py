@@ -1,0 +1,203 @@
+"""The benchmark: defenses x attacks on LFW -> utility and privacy tables, grids, a scatter plot.
+
+A *setting* is a defense with parameters (e.g. ``blur k=16``). For every setting the runner
+measures utility (LFW 10-fold accuracy with the frozen recogniser, and with an adapted student
+where the defense transmits images or needs one) and privacy (every attack, under channel leakage
+and — where the server stores something else — database leakage). Every cell records its config,
+seed, threat model, data subset, versions and wall time; a failing cell is recorded with its error
+and the run continues. Trained students and attackers come from the cache on re-runs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from faceveil.attacks.base import ThreatModel
+from faceveil.data.datasets import LFW
+from faceveil.defenses import DEFENSES, Defense, ProtectedSystem, get_defense
+from faceveil.registry import Registry
+
+
+@dataclass
+class Setting:
+    """A defense configuration to benchmark."""
+
+    label: str
+    defense: str
+    params: dict = field(default_factory=dict)
+    attacks: tuple[str, ...] | None = None  # None: the run's attacks
+    utility_servers: tuple[str, ...] | None = None  # None: decided from the defense
+    views: tuple[str | None, ...] = (None,)  # None = non-adaptive; else adaptive attacker views
+
+    def build(self, data=None) -> Defense:
+        """The defense; ``data`` reaches defenses that draw from a public pool."""
+        import inspect
+
+        kw = dict(self.params)
+        if "data" in inspect.signature(DEFENSES.get(self.defense).__init__).parameters:
+            kw["data"] = data
+        return get_defense(self.defense, **kw)
+
+
+@dataclass(frozen=True)
+class BenchProfile:
+    name: str
+    utility_per_fold: int | None  # LFW pairs per fold and class for utility (None = all 6,000)
+    adapted: bool  # train adapted students
+    attack_profile: str
+
+
+BENCH_PROFILES = {
+    "ci": BenchProfile("ci", utility_per_fold=5, adapted=False, attack_profile="ci"),
+    "quick": BenchProfile("quick", utility_per_fold=50, adapted=True, attack_profile="quick"),
+    "full": BenchProfile("full", utility_per_fold=None, adapted=True, attack_profile="full"),
+}
+
+#: benchmark settings per defense name; defense modules may register more (ablations)
+SETTINGS: dict[str, list[Setting]] = {
+    "none": [Setting("none (embedding)", "none", {"transmit": "embedding"}),
+             Setting("none (res1 map)", "none", {"transmit": "res1"}),
+             Setting("none (image)", "none", {"transmit": "image"})],
+}
+
+#: per-defense experiments (paper tables/figures), run when that defense is named in --defenses:
+#: fn(context) -> {"markdown": str, "figures": [paths], "data": {...}}
+EXPERIMENTS: Registry[Callable] = Registry("experiment")
+
+DEFAULT_ATTACKS = ("dn", "cgan", "whitebox")
+
+
+def settings_for(name: str) -> list[Setting]:
+    if name in SETTINGS:
+        return SETTINGS[name]
+    return [Setting(name, name, {})]
+
+
+def _stores_differently(d: Defense) -> bool:
+    return type(d).protect_stored is not Defense.protect_stored
+
+
+def _supports_whitebox(d: Defense) -> bool:
+    return d.differentiable and not d.stochastic or type(d).whitebox_forward is not Defense.whitebox_forward
+
+
+def utility_servers(d: Defense, setting: Setting, profile: BenchProfile) -> tuple[str, ...]:
+    if setting.utility_servers is not None:
+        return setting.utility_servers
+    servers = () if d.needs_adapted_server else ("frozen",)
+    if profile.adapted and (d.domain == "image" or d.needs_adapted_server):
+        servers += ("adapted",)
+    return servers
+
+
+@dataclass
+class Cell:
+    kind: str  # "utility" or "privacy"
+    setting: str
+    defense: str
+    status: str = "ok"
+    error: str | None = None
+    seconds: float = 0.0
+    result: dict = field(default_factory=dict)
+
+
+def _versions() -> dict:
+    import faceveil
+
+    return {"faceveil": faceveil.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks: list[str] | None = None,
+              out_dir: Path = Path("results/bench"), data=None, seed: int = 0, force: bool = False,
+              progress: bool = True) -> dict:
+    """Run every (setting, utility/attack) cell; write results.json/csv, report.md/html."""
+    import faceveil.bench.experiments  # noqa: F401  (registers settings and experiments)
+    from faceveil.attacks.harness import run_attack
+    from faceveil.bench.report import write_report
+
+    if profile not in BENCH_PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; use one of {sorted(BENCH_PROFILES)}")
+    bp = BENCH_PROFILES[profile]
+    names = defenses or DEFENSES.names()
+    for n in names:
+        DEFENSES.get(n)  # clear error for unknown names
+    attack_names = tuple(attacks or DEFAULT_ATTACKS)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lfw = LFW(data)
+    t_start = time.perf_counter()
+
+    plan: list[tuple[str, Setting, str | None, str | None, str | None]] = []  # kind, setting, attack, leakage, view
+    for n in names:
+        for st in settings_for(n):
+            d = st.build(data)
+            plan.append(("utility", st, None, None, None))
+            for a in st.attacks or attack_names:
+                if a == "whitebox" and not _supports_whitebox(d):
+                    continue
+                for view in st.views:
+                    plan.append(("privacy", st, a, "channel", view))
+                    if _stores_differently(d):
+                        plan.append(("privacy", st, a, "database", view))
+    cells: list[Cell] = []
+    images: dict = {}
+    bar = tqdm(plan, desc=f"bench ({profile})", disable=not progress, unit="cell")
+    for kind, st, a, leakage, view in bar:
+        bar.set_postfix_str(f"{st.label} {kind} {a or ''} {leakage or ''} {view or ''}".strip())
+        t0 = time.perf_counter()
+        cell = Cell(kind, st.label + (f" [adaptive: {view}]" if view else ""), st.defense)
+        try:
+            d = st.build(data)
+            if kind == "utility":
+                cell.result = {"config": d.describe(), "servers": {}}
+                for server in utility_servers(d, st, bp):
+                    sysm = ProtectedSystem(d, server=server, profile=bp.attack_profile, seed=seed, data=data)
+                    cell.result["servers"][server] = sysm.lfw_utility(lfw, per_fold=bp.utility_per_fold)
+                    if server == "adapted":
+                        cell.result["servers"][server]["train_log"] = getattr(sysm.server, "train_log", None)
+            else:
+                threat = ThreatModel(leakage=leakage, knowledge="white-box" if a == "whitebox" else "black-box client",
+                                     adaptive=view is not None, view=view)
+                r = run_attack(d, a, threat, profile=bp.attack_profile, seed=seed, data=data, force=force,
+                               out_dir=out_dir / "cells", progress=progress, return_images=True)
+                label = st.label + (f" [adaptive: {view}]" if view else "")
+                images[(label, a, leakage)] = r.pop("images")
+                cell.result = r
+        except Exception as e:  # a failing cell is recorded and the run continues
+            cell.status, cell.error = "failed", f"{type(e).__name__}: {e}"
+            cell.result["traceback"] = traceback.format_exc(limit=8)
+        cell.seconds = time.perf_counter() - t0
+        cells.append(cell)
+    bar.close()
+
+    experiments = {}
+    for n in (defenses or []):
+        if n in EXPERIMENTS:
+            t0 = time.perf_counter()
+            try:
+                experiments[n] = EXPERIMENTS.get(n)(dict(profile=profile, bench_profile=bp, data=data, seed=seed,
+                                                         out_dir=out_dir, lfw=lfw, force=force, progress=progress))
+                experiments[n]["status"] = "ok"
+            except Exception as e:
+                experiments[n] = {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                  "traceback": traceback.format_exc(limit=8)}
+            experiments[n]["seconds"] = time.perf_counter() - t0
+
+    results = {
+        "profile": profile, "seed": seed, "defenses": names, "attacks": list(attack_names),
+        "versions": _versions(), "wall_seconds": time.perf_counter() - t_start,
+        "cells": [asdict(c) for c in cells], "experiments": experiments,
+        "failed": sum(c.status == "failed" for c in cells) + sum(e.get("status") == "failed" for e in experiments.values()),
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_report(results, images, out_dir)
+    return results

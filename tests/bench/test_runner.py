@@ -1,0 +1,51 @@
+"""`faceveil bench --profile ci`: report structure, and the unprotected cell is really attacked."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from faceveil.cli import app
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory, data_root):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("bench")
+    res = CliRunner().invoke(app, ["bench", "--profile", "ci", "--defenses", "none", "--attacks", "urec", "--out", str(out),
+                                   "--data-dir", str(data_root)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_report_files_and_structure(bench_out):
+    for f in ("report.md", "report.html", "results.json", "results.csv", "grid-urec-channel.png", "privacy_utility.png"):
+        assert (bench_out / f).is_file(), f
+    md = (bench_out / "report.md").read_text()
+    assert "## Utility" in md and "## Privacy" in md and "mean face" in md and "random person" in md
+    html = (bench_out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html
+    r = json.loads((bench_out / "results.json").read_text())
+    assert r["failed"] == 0 and r["profile"] == "ci"
+    kinds = {(c["kind"], c["setting"]) for c in r["cells"]}
+    assert ("utility", "none (embedding)") in kinds and ("privacy", "none (res1 map)") in kinds
+    for c in r["cells"]:
+        if c["kind"] == "privacy":
+            assert c["result"]["threat"]["leakage"] == "channel" and c["result"]["seed"] == 0
+            assert "wall_seconds" in c["result"] and "versions" in c["result"]
+    rows = list(csv.DictReader((bench_out / "results.csv").open()))
+    assert {r["table"] for r in rows} == {"utility", "privacy"}
+
+
+def test_unprotected_cell_is_attacked(bench_out):
+    r = json.loads((bench_out / "results.json").read_text())
+    cell = next(c for c in r["cells"] if c["kind"] == "privacy" and c["setting"] == "none (res1 map)")
+    m = cell["result"]["metrics"]
+    assert m["reconstruction"]["COS"] > m["random person"]["COS"] + 0.05
+    assert m["reconstruction"]["closer_to_own"] > m["random person"]["closer_to_own"]
+    util = next(c for c in r["cells"] if c["kind"] == "utility" and c["setting"] == "none (image)")
+    assert util["result"]["servers"]["frozen"]["acc_mean"] > 0.9

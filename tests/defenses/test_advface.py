@@ -1,0 +1,218 @@
+"""AdvFace: the cut, the PGD bound (eqs. 5-6), test-batch BN statistics (Section 4.2), what leaks
+where, online / offline paths, the cached shadow model, and (slow) offline vs online accuracy."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from faceveil.attacks import get_attack
+from faceveil.data.align import to_tensor
+from faceveil.defenses import ProtectedSystem, get_defense
+from faceveil.defenses.advface import RES1_FEATURE_STD, AdvFace, batch_statistics
+
+SHAPE = (32, 35, 35)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def faces(lfw_sample):
+    return to_tensor(lfw_sample[1][:8])
+
+
+def tiny_shadow(seed: int = 0) -> torch.nn.Module:
+    """An untrained small resrec S (32x32 output) with non-trivial running statistics."""
+    torch.manual_seed(seed)
+    net = get_attack("resrec", target_size=32, width=4, n_blocks=1).build(SHAPE)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def make(dlib_model, shadow=None, **kw) -> AdvFace:
+    d = get_defense("advface", shadow_model=shadow if shadow is not None else tiny_shadow(), recognizer=dlib_model, **kw)
+    assert isinstance(d, AdvFace)
+    return d
+
+
+def test_cut_feature_shape_and_parts(faces, dlib_model):
+    d = make(dlib_model, iterations=2)
+    assert d.feature_shape == SHAPE and d.stored_shape() == SHAPE
+    assert d.storage_bytes() == 4 * 32 * 35 * 35
+    E, P = dlib_model.split("res1")
+    assert [type(m).__name__ for m in E].count("Conv2d") == 1 and sum(
+        isinstance(m, torch.nn.Conv2d) for m in E.modules()) == 3  # conv1 + res1's two convs
+    with torch.no_grad():
+        z = d.protect(faces)
+        torch.testing.assert_close(z, E(faces), rtol=0, atol=0)
+        torch.testing.assert_close(d.frozen_server()(z), dlib_model(faces), rtol=1e-5, atol=1e-5)
+    assert d.client_network() is d._parts[0]
+    assert {p.name for p in AdvFace.params()} >= {"at", "shadow", "alpha", "eps", "iterations", "eps_relative", "mode"}
+    desc = d.describe()
+    assert desc["feature_shape"] == list(SHAPE) and desc["eps_abs"] == pytest.approx(0.2)
+    assert "shadow_model" in d.config()  # an injected shadow is fingerprinted into the cache keys
+
+
+def test_channel_leak_is_plain_z_database_is_not(faces, dlib_model):
+    d = make(dlib_model, iterations=3)
+    plain = get_defense("none", transmit="res1", recognizer=dlib_model)
+    sysm = ProtectedSystem(d)
+    with torch.no_grad():
+        ch = sysm.channel(faces)
+    torch.testing.assert_close(ch, plain.protect(faces), rtol=0, atol=0)
+    db = sysm.enroll(faces)
+    assert db.shape == ch.shape and not db.requires_grad
+    assert (db - ch).abs().mean() > 0.1
+
+
+def test_pgd_respects_the_bound_and_moves_away_from_the_reconstruction(faces, dlib_model):
+    S = tiny_shadow()
+    d = make(dlib_model, S, iterations=8)
+    z = d.protect(faces)
+    x_rec, z0 = d.reconstruct_and_reencode(z)
+    adv = d.protect_stored(z)
+    delta = (adv - z0).abs()
+    assert delta.max() <= 0.2 + 1e-6  # eq. 6: within ε of the starting point z̃
+    assert (delta > 0.2 - 1e-5).float().mean() > 0.5  # α = ε: most coordinates sit on the boundary
+    with torch.no_grad(), batch_statistics(S):
+        assert (S(adv) - x_rec).abs().mean() > (S(z0) - x_rec).abs().mean() + 0.01  # ascent of ‖S(z) − x̃‖₁
+    # ε = 0 stores z̃ = E(S(z)) itself; relative ε scales by the res1 feature std
+    torch.testing.assert_close(make(dlib_model, S, eps=0.0).protect_stored(z), z0, rtol=0, atol=0)
+    rel = make(dlib_model, S, iterations=3, eps=0.1, alpha=0.05, eps_relative=True)
+    assert rel.eps_abs == pytest.approx(0.1 * RES1_FEATURE_STD) and rel.step_abs == pytest.approx(0.05 * RES1_FEATURE_STD)
+    assert (rel.protect_stored(z) - z0).abs().max() <= 0.1 * RES1_FEATURE_STD + 1e-6
+
+
+def test_bn_uses_test_batch_statistics_and_keeps_running_stats(faces, dlib_model):
+    S = tiny_shadow()
+    d = make(dlib_model, S, iterations=3)
+    z = d.protect(faces)
+    before = {k: v.clone() for k, v in S.state_dict().items()}
+    seen = {}
+    h = S[0].register_forward_hook(lambda m, a, out: seen.__setitem__("norm", out.detach()))  # InputNorm (BN, no affine)
+    with torch.no_grad():
+        eval_out = S(z)
+        eval_norm = seen["norm"]
+        with batch_statistics(S):
+            batch_out = S(z)
+    h.remove()
+    # inside the context the input BN standardises with this batch's mean/var, not the running ones
+    torch.testing.assert_close(seen["norm"].mean(dim=(0, 2, 3)), torch.zeros(32), atol=1e-4, rtol=0)
+    assert eval_norm.mean(dim=(0, 2, 3)).abs().max() > 0.1
+    assert (batch_out - eval_out).abs().mean() > 1e-3
+    d.protect_stored(z)
+    after = S.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running stats untouched
+    assert not any(m.training for m in S.modules())  # eval mode restored
+    # consequence: a face's stored features depend on its batch-mates; not with running stats
+    a = d.protect_stored(z[:4])[0]
+    b = d.protect_stored(z[[0, 5, 6, 7]])[0]
+    assert (a - b).abs().max() > 1e-3
+    r = make(dlib_model, S, iterations=3, bn_batch_stats=False)
+    torch.testing.assert_close(r.protect_stored(z[:4])[0], r.protect_stored(z[[0, 5, 6, 7]])[0], atol=1e-4, rtol=0)
+
+
+def test_online_and_offline_paths(faces, dlib_model):
+    on = make(dlib_model, iterations=2)
+    off = on.with_mode("offline")
+    assert off.mode == "offline" and on.mode == "online" and off.shadow_network() is on.shadow_network()
+    assert not on.needs_adapted_server and off.needs_adapted_server
+    z = on.protect(faces)
+    assert torch.equal(on.probe_transform(z), z)
+    stored = on.protect_stored(z)
+    torch.testing.assert_close(off.probe_transform(z), stored, rtol=0, atol=0)
+    torch.testing.assert_close(off.server_training_input(faces), stored, rtol=0, atol=0)
+    # the ProtectedSystem path: enrolment embeds stored features, probes embed plain z (online)
+    sysm = ProtectedSystem(on)
+    e_probe = sysm.embed_protected(z, stored=False)
+    torch.testing.assert_close(e_probe, dlib_model(faces), rtol=1e-5, atol=1e-5)
+    assert ProtectedSystem(off).embed_protected(z, stored=False).shape == (8, 128)  # runs PGD under no_grad
+
+
+def test_memo_returns_exactly_the_recomputed_features(faces, dlib_model):
+    d = make(dlib_model, iterations=2)
+    z = d.protect(faces[:4])
+    ref = d.protect_stored(z)
+    d.enable_memo(10)
+    a, b = d.protect_stored(z), d.protect_stored(z)
+    assert torch.equal(a, ref) and torch.equal(b, ref) and len(d._memo) == 1
+
+
+def test_offline_student_starts_as_psi(faces, dlib_model):
+    from faceveil.train.advface_student import ServerPartStudent
+
+    st = make(dlib_model).make_student(torch.zeros(*SHAPE), None)
+    assert isinstance(st, ServerPartStudent)
+    with torch.no_grad():
+        torch.testing.assert_close(st(dlib_model.split("res1")[0](faces)), dlib_model(faces), rtol=1e-5, atol=1e-5)
+    assert all(p.requires_grad for p in st.parameters())
+    assert not any(p.requires_grad for p in dlib_model.parameters())  # the teacher is untouched
+
+
+def test_whitebox_forward(faces, dlib_model):
+    d = make(dlib_model, iterations=2)
+    assert d.whitebox_forward(faces[:2], "channel").shape == (2, *SHAPE)
+    x = faces[:2].clone().requires_grad_(True)
+    d.whitebox_forward(x, "database").sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"shadow": "dn"}, "shadow"), ({"mode": "both"}, "mode"), ({"eps": -0.1}, "eps"), ({"alpha": float("nan")}, "alpha"),
+    ({"iterations": -1}, "iterations"), ({"profile": "huge"}, "profile"), ({"at": "embedding"}, "layer name"),
+    ({"at": "res99"}, "unknown layer"), ({"shadow_images": 10}, "shadow_images"),
+])
+def test_parameter_validation(kw, msg, dlib_model):
+    with pytest.raises(ValueError, match=msg):
+        get_defense("advface", recognizer=dlib_model, **kw)
+
+
+def test_shadow_is_trained_once_and_cached(faces, dlib_model):
+    """S trained by the server on public faces with L1 (eq. 3), ci profile with 128 faces."""
+    d = get_defense("advface", recognizer=dlib_model, profile="ci", shadow_images=128, iterations=2)
+    t0 = time.perf_counter()
+    S = d.shadow_network(progress=False)
+    assert d.shadow_path().is_file()
+    d2 = get_defense("advface", recognizer=dlib_model, profile="ci", shadow_images=128, iterations=2)
+    S2 = d2.shadow_network(progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(S.state_dict().values(), S2.state_dict().values(), strict=True))
+    assert not any(p.requires_grad for p in S2.parameters())
+    out = d2.protect_stored(d2.protect(faces[:4]))
+    assert out.shape == (4, *SHAPE) and torch.isfinite(out).all()
+    assert time.perf_counter() - t0 < 80
+
+
+@pytest.mark.slow
+def test_offline_beats_online_on_lfw_subset(lfw, dlib_model):
+    """Offline (retrained Ψ, probes converted) vs online (deployed Ψ, plain probes) on 200 LFW pairs,
+    with the ci-profile shadow (3,000 public faces, <= 60 s) and a student retrained on 300 public
+    faces (x2 flips). About 15 minutes on one core."""
+    from faceveil.bench.lfw import subset_pairs, verification
+    from faceveil.train.advface_student import adapted_server_part
+
+    on = get_defense("advface", profile="ci").enable_memo(2000)
+    off = on.with_mode("offline")
+    student = adapted_server_part(off, "res1", profile="ci", train_images=300, epochs=8, max_seconds=180, progress=False)
+    pairs = subset_pairs(lfw.pairs("pairs"), 10)
+    accs = {}
+    for name, d, server, metric in (("online", on, None, "euclidean"), ("offline", off, student, "cosine")):
+        sysm = ProtectedSystem(d, server="adapted" if server is not None else "frozen", metric=metric)
+        if server is not None:
+            sysm._server = server.eval()
+        ea, eb, _ = sysm.pair_embeddings(lfw, pairs)
+        accs[name] = verification(ea, eb, pairs, name, metrics=(metric,))[0].acc_mean
+    print(f"\nLFW 200 pairs: online {100 * accs['online']:.2f}%, offline {100 * accs['offline']:.2f}%")
+    assert accs["offline"] > accs["online"]
+    assert np.isfinite(list(accs.values())).all()
