@@ -142,9 +142,12 @@ def attack_cmd(
     data_dir: DataDir = None,
     out: Annotated[Path, typer.Option(help="Output folder for the PNG grid and JSON.")] = Path("results/attacks"),
     force: Annotated[bool, typer.Option(help="Retrain even if a cached attacker exists.")] = False,
+    max_seconds: Annotated[float | None, typer.Option(help="Override the profile's training time budget (s).")] = None,
+    identity_weight: Annotated[float, typer.Option(
+        help="Add an identity loss through the deployed recogniser (a stronger attacker than the papers').")] = 0.0,
 ) -> None:
     """Train an attack on a defense (as a real attacker would) and judge it on LFW."""
-    from faceveil.attacks.base import ThreatModel
+    from faceveil.attacks.base import ThreatModel, profile_budget
     from faceveil.attacks.harness import format_result, run_attack
     from faceveil.defenses.cli_support import make_defense
 
@@ -152,7 +155,10 @@ def attack_cmd(
         d = make_defense(defense, parse_params(param), data_dir)
         threat = ThreatModel(leakage=leakage, adaptive=view is not None, view=view,
                              knowledge="white-box" if attack == "whitebox" else "black-box client")
-        r = run_attack(d, attack, threat, profile=profile, seed=seed, data=data_dir, force=force, out_dir=out)
+        budget = profile_budget(profile, **({"max_seconds": max_seconds} if max_seconds else {}))
+        kwargs = {"identity_weight": identity_weight} if identity_weight else None
+        r = run_attack(d, attack, threat, profile=profile, seed=seed, data=data_dir, force=force, out_dir=out,
+                       budget=budget, attack_kwargs=kwargs)
     except (FaceveilError, ValueError) as e:
         _fail(e)
     typer.echo(format_result(r))
