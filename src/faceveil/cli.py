@@ -49,6 +49,43 @@ def eval_lfw(
     typer.echo(f"wrote {path}")
 
 
+@eval_app.command("utility")
+def eval_utility(
+    defense: Annotated[str, typer.Option(help="Defense name (see `faceveil defenses list`).")] = "none",
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Defense parameter NAME=VALUE (repeatable).")] = None,
+    server: Annotated[str, typer.Option(help="frozen (deployed dlib ResNet) | adapted (distilled student) | clean-student")] = "frozen",
+    profile: Annotated[str, typer.Option(help="Student training budget: ci | quick | full")] = "quick",
+    per_fold: Annotated[int | None, typer.Option(help="N same + N different pairs per fold (default: all 6,000).")] = None,
+    seed: int = 0,
+    data_dir: DataDir = None,
+    out: Annotated[Path | None, typer.Option(help="JSON output path.")] = None,
+) -> None:
+    """LFW 10-fold accuracy through a defense's full protected path (enrolment and probe protected)."""
+    import json
+
+    from faceveil.bench.lfw import LFW
+    from faceveil.defenses import ProtectedSystem
+    from faceveil.defenses.cli_support import make_defense
+
+    try:
+        d = make_defense(defense, parse_params(param), data_dir)
+        if server == "clean-student":  # the same-budget student trained on clean images (the baseline of every adapted number)
+            d, server = make_defense("none", {"transmit": "image"}, data_dir), "adapted"
+        sysm = ProtectedSystem(d, server=server, profile=profile, seed=seed, data=data_dir)
+        r = sysm.lfw_utility(LFW(data_dir), per_fold=per_fold)
+    except (FaceveilError, ValueError) as e:
+        _fail(e)
+    r["train_log"] = getattr(sysm.server, "train_log", None)
+    r["config"] = d.describe()
+    typer.echo(f"{d.name} ({server}, {r['n_pairs']} pairs): {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} %; "
+               f"TPR@1e-3 {100 * r['tpr_at_fpr_1e3']:.1f} %; client {r['client_ms']:.1f} ms, server {r['server_ms']:.1f} ms per face")
+    tag = "".join(f"-{x}" for x in (param or [])).replace("/", "_")
+    path = out or Path("results") / "utility" / f"{defense}{tag}-{server}-{profile}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r, indent=2, default=str))
+    typer.echo(f"wrote {path}")
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Recognisers, and every installable model file with status, size, source and licence."""

@@ -40,3 +40,19 @@ def test_full_lfw_accuracy(dlib_model, lfw):
     # measure 98.90 +- 0.28 % (README, "LFW accuracy"): the gap is the image set, not the model
     # (the torch port matches dlib's own descriptors to ~2e-7 in test_dlib_resnet.py).
     assert report["pairs"] == 6000 and euc["acc_mean"] >= 0.985
+
+
+def test_cli_eval_utility_through_a_defense(tmp_path, data_root):
+    """Pixelation with 30-pixel blocks (5x5 blocks per 150-px chip) costs accuracy on real pairs."""
+    accs = {}
+    for k in ("1", "30"):
+        out = tmp_path / f"u{k}.json"
+        res = CliRunner().invoke(app, ["eval", "utility", "--defense", "pixelate", "-p", f"k={k}", "--per-fold", "5",
+                                       "--data-dir", str(data_root), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        r = json.loads(out.read_text())
+        assert r["n_pairs"] == 100 and r["server"] == "frozen" and r["config"]["name"] == "pixelate"
+        accs[k] = r["acc_mean"]
+    assert accs["1"] > 0.95 and accs["30"] < accs["1"] - 0.1
+    res = CliRunner().invoke(app, ["eval", "utility", "--defense", "pixelate", "-p", "k=0", "--data-dir", str(data_root)])
+    assert res.exit_code != 0 and "k" in res.output
