@@ -61,7 +61,8 @@ class ProtectedSystem:
             else:
                 from faceveil.train import adapted_server
 
-                self._server = adapted_server(self.defense, profile=self.profile, seed=self.seed, data=self.data)
+                with torch.enable_grad():  # first use may come from a no_grad path (embed_protected); training needs grad
+                    self._server = adapted_server(self.defense, profile=self.profile, seed=self.seed, data=self.data)
             self._server.eval()
         return self._server
 

@@ -15,6 +15,7 @@ against the frozen dlib ResNet on clean input.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -145,6 +146,16 @@ def _protected_batch(defense: Defense, x: Tensor, rng: torch.Generator) -> Tenso
         return defense.server_training_input(x, rng).detach().float()
 
 
+def _lr_factor(step: int, total: int, elapsed: float, max_seconds: float | None, warmup: int = 5) -> float:
+    """Linear warm-up over the first steps, then cosine decay over the training progress, where
+    progress is whichever budget is further used up (steps or wall time): a time-bounded run on a
+    busy CPU still anneals instead of stopping at its peak learning rate."""
+    frac = step / total
+    if max_seconds:
+        frac = max(frac, elapsed / max_seconds)
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
 def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: bool = True) -> tuple[nn.Module, dict]:
     """Distil the frozen recogniser into a student that reads ``defense``'s protected data."""
     teacher = defense.recognizer
@@ -166,10 +177,9 @@ def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: boo
             cached.append(torch.cat(parts))
     groups = student.param_groups(cfg.lr) if hasattr(student, "param_groups") else [{"params": list(student.parameters())}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    peak = [grp.get("lr", cfg.lr) for grp in groups]
     steps_per_epoch = len(chips) // cfg.batch_size
     total = max(2, cfg.epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g.get("lr", cfg.lr) for g in groups], total_steps=total,
-                                                pct_start=0.1)
     t0 = time.perf_counter()
     losses: list[float] = []
     step = 0
@@ -189,12 +199,12 @@ def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: boo
                 c = np.where(fl[:, None, None, None], c[:, :, ::-1], c)
                 p = _protected_batch(defense, to_tensor(c), g)
             target = torch.where(flip[:, None], t_flip[idx], t_orig[idx])
+            for grp, lr in zip(opt.param_groups, peak, strict=True):
+                grp["lr"] = lr * _lr_factor(step, total, time.perf_counter() - t0, cfg.max_seconds)
             loss = distill_loss(student(p), target, cfg.mse_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if step < total - 1:
-                sched.step()
             step += 1
             losses.append(loss.item())
             bar.update()
@@ -206,16 +216,17 @@ def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: boo
             break
     bar.close()
     student.eval()
+    k = max(1, min(20, len(losses) // 4))  # loss averaged over the first / last quarter (at most 20 steps)
     log = {"steps": step, "epochs_run": epoch + 1, "seconds": time.perf_counter() - t0, "images": len(chips),
-           "first_loss": float(np.mean(losses[:20])) if losses else None,
-           "final_loss": float(np.mean(losses[-20:])) if losses else None, "fresh_draws": fresh}
+           "first_loss": float(np.mean(losses[:k])) if losses else None,
+           "final_loss": float(np.mean(losses[-k:])) if losses else None, "fresh_draws": fresh}
     return student, log
 
 
 def student_key(defense: Defense, cfg: DistillConfig, data=None) -> str:
     from faceveil.config import data_dir
 
-    return config_hash(defense.config(), asdict(cfg), model_fingerprint(defense.recognizer), str(data_dir(data)), "distill-v1")
+    return config_hash(defense.config(), asdict(cfg), model_fingerprint(defense.recognizer), str(data_dir(data)), "distill-v2")
 
 
 def adapted_server(defense: Defense, profile: str = "quick", seed: int = 0, data=None, force: bool = False,

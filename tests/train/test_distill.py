@@ -1,0 +1,40 @@
+"""Server adaptation by distillation on real faces: the student starts as the teacher, and a short
+training on protected inputs brings its embeddings of protected faces closer to the teacher's
+embeddings of the clean faces than the frozen recogniser's are."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from faceveil.data.align import to_tensor
+from faceveil.defenses import ProtectedSystem, get_defense
+from faceveil.train.distill import adapted_server
+from faceveil.train.students import FinetuneStudent
+
+
+def test_finetune_student_starts_as_the_teacher(lfw_sample, dlib_model):
+    _, chips = lfw_sample
+    x = to_tensor(chips[:8])
+    with torch.no_grad():
+        assert torch.allclose(FinetuneStudent(3)(x), dlib_model(x), atol=1e-5)
+
+
+def test_student_adapts_to_pixelation_and_is_cached(lfw_sample, dlib_model, data_root):
+    torch.set_num_threads(1)
+    d = get_defense("pixelate", k=12)
+    sysm = ProtectedSystem(d, server="adapted", profile="ci", data=data_root)
+    with torch.no_grad():  # first use from a no_grad path (as in lfw_utility) must still train
+        student = sysm.server
+    log = student.train_log
+    assert log["steps"] >= 5 and log["final_loss"] < log["first_loss"]
+    assert adapted_server(d, profile="ci", data=data_root).train_log == log  # from the cache, not retrained
+
+    _, chips = lfw_sample  # LFW pair images: identity-disjoint from the public training faces
+    x = to_tensor(chips)
+    p = d.protect(x, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        target = dlib_model(x)
+        frozen = F.cosine_similarity(dlib_model(p), target).mean()
+        adapted = F.cosine_similarity(student(p), target).mean()
+    assert adapted > frozen + 0.01, (float(frozen), float(adapted))
