@@ -155,3 +155,20 @@ def test_age_formulas() -> None:
     age += 0.3 * (28 - age)
     age += 0.1 * (15 - age)
     assert torch.allclose(gear_age(p), torch.tensor([age]))
+
+
+def test_mobilefacenet_published_graph_is_degenerate(mfn: MobileFaceNet, reference: dict) -> None:
+    """Why mobilefacenet scores ~62 % on LFW (see the MobileFaceNet docstring): TF.js itself (the
+    stored reference, no interpreter involved) gives six different people embeddings with cosine
+    similarity >= 0.999, and the graph carries the converter's broken depthwise PReLUs."""
+    e = torch.from_numpy(reference["mobilefacenet"])
+    c = torch.nn.functional.normalize(e, dim=1) @ torch.nn.functional.normalize(e, dim=1).T
+    assert c[~torch.eye(6, dtype=torch.bool)].min() > 0.999
+    g = mfn.graph
+    consumers: dict[str, list[str]] = {}
+    for n in g.nodes.values():
+        for i in n.inputs:
+            consumers.setdefault(i, []).append(n.op)
+    broken = [n.name for n in g.nodes.values() if n.op == "FusedDepthwiseConv2dNative"
+              and n.attr.get("fused_ops") == ["BiasAdd", "Relu"] and "Abs" in consumers.get(n.name, [])]
+    assert len(broken) == 16  # PReLU's negative part reads the post-Relu tensor -> always 0

@@ -52,8 +52,8 @@ from faceveil.metrics.image import mse, psnr, ssim
 from faceveil.models.base import CropSpec, Recognizer
 
 #: best first: faceres fed BGR scores 97.2 % on LFW (cosine), faceres as Human feeds it (RGB) 95.6 %,
-#: mobilefacenet 61.7 % (see README, "Recognisers")
-INDEPENDENT_JUDGES = ("faceres-bgr", "faceres", "mobilefacenet")
+#: (mobilefacenet, 61.7 %, is degenerate and never judges; see README, "Recognisers")
+INDEPENDENT_JUDGES = ("faceres-bgr", "faceres")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Recognisers (registered in :data:`faceveil.models.RECOGNIZERS`):
   224 and multiplies by 255: **the graph sees RGB in 0..255**, no mean subtraction.
 - ``mobilefacenet`` — MobileFaceNet (``models/mobilefacenet.json``, float32): 112x112 input,
   192-D L2-normalised embedding (``embeddings``). Human (``src/face/mobilefacenet.ts``) only
-  resizes the face crop to 112: **the graph sees RGB in 0..1**.
+  resizes the face crop to 112: **the graph sees RGB in 0..1**. The published graph is
+  degenerate (LFW 61.7 %, whatever the preprocessing; see :class:`MobileFaceNet`).
 
 Both compare descriptors with Euclidean distance (Human ``src/face/match.ts``: squared Euclidean).
 
@@ -179,8 +180,9 @@ class FaceRes(HumanRecognizer):
 
 class FaceResBGR(FaceRes):
     """``faceres`` fed BGR instead of Human's RGB, compared with cosine distance: not what Human
-    does, but what the network was evidently trained on — LFW accuracy rises from 95.6 % (RGB,
-    cosine) to 98.x % (see the module docs / report). Same weights, same crop."""
+    does, but what the network was evidently trained on — LFW 10-fold accuracy (cosine) rises from
+    95.63 ± 1.16 % (RGB) to 97.18 ± 0.79 % (BGR), Euclidean 93.78 -> 94.83 % (README, issue 3
+    note). Same weights, same crop."""
 
     name = "faceres-bgr"
     metric = "cosine"
@@ -188,7 +190,31 @@ class FaceResBGR(FaceRes):
 
 
 class MobileFaceNet(HumanRecognizer):
-    """Human ``mobilefacenet``: ``[B,3,112,112]`` RGB in [0,1] -> 192-D unit-norm embedding."""
+    """Human ``mobilefacenet``: ``[B,3,112,112]`` RGB in [0,1] -> 192-D unit-norm embedding.
+
+    Exactly Human's model and preprocessing (agrees with TF.js to 2e-7), but **not a usable
+    recogniser**: LFW 61.7 % (10-fold, full ``pairs.txt``). Diagnosis (issue 3 note):
+
+    - the node names (``MobileFaceNet/Logits/LinearConv1x1``, ``embeddings`` =
+      ``l2_normalize``, ``img_inputs``) are those of sirius-ai/MobileFaceNet_TF, trained on
+      InsightFace's 112x112 MS1M crops with ``(x - 127.5) / 128`` RGB input — not what Human feeds;
+    - but no preprocessing helps (LFW ``pairsDevTrain.txt``, best-threshold accuracy): Human's
+      crop and 0..1 input 60.7 % (all 2,200 pairs); on 300 + 300 pairs, an ArcFace-template crop
+      (a 152 px dlib chip at padding 0.6, the square that least-squares-fits dlib's mean face to
+      ArcFace's 112 px 5-point template, resized to 112) with ``(x - 127.5) / 128`` 60.0 % (BGR
+      59.3 %, 0..1 60.5 %, 0..255 62.5 %, [-1, 1] 60.0 %) — all far below a working network;
+    - the embeddings collapse: in TF.js itself (the stored reference) six different people get
+      cosine similarity >= 0.9997 (faceres: 0.29..0.47); identity is a ~1 % perturbation of a
+      constant vector (the last layers carry very large biases, up to 147 in the ``Logits`` GDConv);
+    - the graph carries two defects: in all 16 depthwise blocks the converter fused the ``Relu``
+      of the PReLU into ``FusedDepthwiseConv2dNative`` while PReLU's ``Abs``/``Sub`` still read
+      that node, so every depthwise PReLU is a plain ReLU; and ``Logits/Conv``'s folded batch-norm
+      bias is exactly 0 in all 512 channels (beta = moving mean = 0, their initial values: the
+      exported batch-norm statistics look never updated). Repairing the PReLUs (62-63 %) or re-estimating every batch norm on
+      LFW images outside ``pairs.txt`` (59 %) does not recover a working network.
+
+    Kept for what it is: Human's model, exact, splittable (a second architecture for PMT's
+    authorised/unauthorised experiments), with its measured accuracy; never an accuracy judge."""
 
     name = "mobilefacenet"
     embedding_dim = 192
