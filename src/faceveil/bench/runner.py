@@ -141,7 +141,7 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
         for st in settings_for(n):
             d = st.build(data)
             plan.append(("utility", st, None, None, None))
-            for a in st.attacks or attack_names:
+            for a in (attack_names if st.attacks is None else st.attacks):
                 if a == "whitebox" and not _supports_whitebox(d):
                     continue
                 for view in st.views:

@@ -47,6 +47,10 @@ Tables:
   authorised / unauthorised strict accuracy, SSIM of x~ and of its low-pass, and robustness to
   server-side preprocessing (8-bit PNG, JPEG q75, x0.5 resize, Gaussian noise 0.03).
 
+Columns: every authorisable model plus ``faceres-bgr`` (evaluated only: faceres's weights fed BGR,
+cosine distance). mobilefacenet is weak on LFW here even on clean faces (Human's preprocessing is
+under investigation), so its rows/columns carry little signal; read them against the clean rows.
+
 Budgets per bench profile: :data:`PMT_BUDGETS` (each PMT face costs K forward/backward passes of
 the shallow models; see ``bench/pmt.py`` for ms/face).
 
@@ -71,20 +75,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from faceveil.bench.experiments.common import attempt, md_table
-from faceveil.bench.runner import BENCH_PROFILES, EXPERIMENTS, SETTINGS, Setting
+from faceveil.bench.runner import BENCH_PROFILES, EXPERIMENTS, SETTINGS
 from faceveil.config import cache_dir, config_hash
 from faceveil.defenses import get_defense
 from faceveil.defenses.pmt import PMT, gaussian_blur
 from faceveil.models.base import CropSpec, Recognizer
 
-SETTINGS["pmt"] = [
-    # the generic cells: white-box inversion of E_c(x~) only (a learned attacker would PMT every
-    # public face, and the frozen-server utility every LFW pair image: see the experiment's budgets)
-    Setting("PMT (dlib res1, image upload, K=100)", "pmt", {}, attacks=("whitebox",), utility_servers=()),
-]
+#: no generic cells: the generic bench would PMT every LFW pair image (and, for attacks, thousands of
+#: public faces) at ~1-3 s per face on this CPU; this module's experiment runs the white-box and
+#: urec reconstructions (Table 6) at :data:`PMT_BUDGETS`.
+SETTINGS["pmt"] = []
 
 KAPPA = 0.2
+#: recognisers that can be authorised (they have a shallow model / default cut)
 MODELS = ("dlib", "mobilefacenet", "faceres")
+#: evaluated only: Human's faceres fed BGR with cosine distance — the same weights as ``faceres``
+#: (so, for PMT authorised on faceres, an unauthorised model that shares E_c's weights but sees the
+#: channels swapped), and the strongest Human recogniser on LFW here
+EVAL_ONLY = ("faceres-bgr",)
 LOWPASS_SIGMA = 2.0  # px at the chip's resolution
 
 
@@ -101,6 +109,9 @@ class PMTBudget:
     iterations: int | None = None  # None: the defense default (K = 100)
 
 
+#: measured: ``quick`` took 65 min with Tables 7/9's obfuscations already cached, on one core shared
+#: ~3x (about 3.7-7 s per face for K = 100, see ``bench/pmt.py``); ``full`` is ~5,800 PMT faces plus
+#: 300 white-box inversions of 600 steps: ~9 h at that load, roughly 3-5 h on a dedicated core.
 PMT_BUDGETS: dict[str, PMTBudget] = {
     "ci": PMTBudget(8, 4, 4, 48, 8, 40, 20),
     "quick": PMTBudget(50, 24, 24, 300, 30, 150),
@@ -252,32 +263,40 @@ def data_abuse(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str,
         xt = obfuscate_lfw(d, lfw, probes.a, seed, ctx.get("progress", True))
         xts[a] = xt
         res["pmt"][a], res["clean"][a] = {}, {}
-        for b in models:
-            ev = evals[b]
+        for b, ev in evals.items():
             own = ev.embed(x, crop)
             res["pmt"][a][b] = ev.scores(ev.embed(xt, crop), probes, own)
             res["clean"][a][b] = ev.scores(own, probes)
     return res, xts
 
 
-def table7_md(res: dict, models: list[str]) -> list[str]:
+def table7_md(res: dict, models: list[str], evaluated: list[str]) -> list[str]:
+    """``models``: the authorised rows (and the models averaged as unauthorised); ``evaluated``:
+    the columns (``models`` plus evaluated-only ones such as faceres-bgr)."""
     md = []
     for rule, title in (("op", "each model's own operating threshold (pairsDevTrain)"),
                         ("kappa", f"centred cosine > κ = {KAPPA} (the paper's rule)")):
         rows = []
         for kind in ("pmt", "clean"):
             for a in models:
-                cells = [res[kind][a][b][rule] for b in models]
+                cells = [res[kind][a][b][rule] for b in evaluated]
                 unauth = [res[kind][a][b][rule]["strict"] for b in models if b != a]
                 label = f"PMT for **{a}**" if kind == "pmt" else f"*clean, {a} crop*"
                 rows.append([label] + [f"{_pct(c['strict'])} ({_pct(c['tar'])}/{_pct(c['far'])})" for c in cells]
                             + [_pct(float(np.mean(unauth))) if unauth else "—",
                                "≈99 / <10" if kind == "pmt" else ""])
         md += [f"**Rule: {title}.** Cells: strict % (TAR % / FAR %); diagonal = authorised.", "",
-               md_table(["upload"] + [f"eval {b}" for b in models] + ["unauthorised mean", "paper (auth / unauth avg)"], rows), ""]
-    rows = [[f"PMT for {a}"] + [f"{res['pmt'][a][b]['cos_own']:.3f}" for b in models] for a in models]
+               md_table(["upload"] + [f"eval {b}" for b in evaluated] + [f"unauthorised mean ({', '.join(models)})",
+                                                                        "paper (auth / unauth avg)"], rows), ""]
+    rows = [[f"PMT for {a}"] + [f"{res['pmt'][a][b]['cos_own']:.3f}" for b in evaluated] for a in models]
     md += ["Centred cosine between each model's embeddings of PMT(x) and of x itself (same re-crop):", "",
-           md_table(["upload"] + models, rows), ""]
+           md_table(["upload"] + evaluated, rows), ""]
+    extra = [b for b in evaluated if b not in models]
+    if extra:
+        md += [f"Evaluated only (not in the unauthorised mean): {', '.join(extra)} — faceres-bgr has the same weights as "
+               "faceres (BGR input, cosine): for PMT authorised on faceres it is an unauthorised model whose first layers "
+               "share E_c's weights but see the colour channels swapped.", ""]
+    return md
     return md
 
 
@@ -291,21 +310,21 @@ def mr_pmt(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, Eva
         crop = d.recognizer.crop
         xt = obfuscate_lfw(d, lfw, probes.a, seed, ctx.get("progress", True))
         x = chips(lfw, probes.a, crop)
-        out["combos"]["+".join(combo)] = {b: evals[b].scores(evals[b].embed(xt, crop), probes, evals[b].embed(x, crop))
-                                          for b in models}
+        out["combos"]["+".join(combo)] = {b: ev.scores(ev.embed(xt, crop), probes, ev.embed(x, crop))
+                                          for b, ev in evals.items()}
     return out
 
 
-def table9_md(res: dict, models: list[str]) -> list[str]:
+def table9_md(res: dict, evaluated: list[str]) -> list[str]:
     rows = []
     for combo, cells in res["combos"].items():
         auth = combo.split("+")
         row = [combo]
-        for b in models:
+        for b in evaluated:
             v = f"{_pct(cells[b]['op']['strict'])} / {_pct(cells[b]['kappa']['strict'])}"
             row.append(f"**{v}**" if b in auth else v)
         rows.append(row)
-    return [md_table(["authorised models (x~ in the first one's crop)"] + [f"eval {b}" for b in models], rows), "",
+    return [md_table(["authorised models (x~ in the first one's crop)"] + [f"eval {b}" for b in evaluated], rows), "",
             "Cells: strict % at the model's own threshold / at centred cosine κ = 0.2; bold = authorised.", ""]
 
 
@@ -438,7 +457,7 @@ def attributes(x: Tensor, variants: dict[str, Tensor], crop: CropSpec) -> dict:
             for key in ("expression", "gender", "race"):
                 if key in p:
                     out[v][f"{name}:{key} cos"] = float(F.cosine_similarity(p[key], ref[key]).mean())
-            out[v][f"{name}:age |Δ| (y)"] = float((p["age"] - ref["age"]).abs().mean())
+            out[v][f"{name}:age abs. diff. (y)"] = float((p["age"] - ref["age"]).abs().mean())
     return out
 
 
@@ -555,8 +574,8 @@ def ablations(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, 
                 xt = obfuscate_lfw(d, lfw, probes.a, seed, ctx.get("progress", True))
                 row: dict = {"ssim": float(ssim(xt, x, 1.0).mean()),
                              "ssim_lowpass": float(ssim(gaussian_blur(xt, LOWPASS_SIGMA), x, 1.0).mean())}
-                for b in models:
-                    row[b] = evals[b].scores(evals[b].embed(xt, crop), probes)["op"]["strict"]
+                for b, ev in evals.items():
+                    row[b] = ev.scores(ev.embed(xt, crop), probes)["op"]["strict"]
                 ev = evals["dlib"]
                 row["robust"] = {name: ev.scores(ev.embed(v, crop), probes)["op"]["strict"]
                                  for name, v in server_preprocessing(xt, seed).items()}
@@ -565,9 +584,9 @@ def ablations(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, 
     return out
 
 
-def ablation_md(res: dict, models: list[str]) -> list[str]:
+def ablation_md(res: dict, evaluated: list[str]) -> list[str]:
     md = []
-    others = [m for m in models if m != "dlib"]
+    others = [m for m in evaluated if m != "dlib"]
     for title, rows in res["tables"].items():
         table = []
         for label, r in rows.items():
@@ -608,23 +627,36 @@ def run(ctx: dict) -> dict:
     lfw, data = ctx["lfw"], ctx["data"]
     from faceveil.defenses.pmt import _shared_recognizer
 
-    evals = {m: Evaluator(_shared_recognizer(m), lfw, data) for m in models}
-    out: dict = {"budget": asdict(budget), "models": models, "missing_models": missing, "errors": {}}
+    extra, missing_extra = available_models(tuple(m for m in ctx.get("eval_only", EVAL_ONLY) if m not in models))
+    missing.update(missing_extra)
+    evaluated = models + extra
+    evals = {m: Evaluator(_shared_recognizer(m), lfw, data) for m in evaluated}
+    out: dict = {"budget": asdict(budget), "models": models, "evaluated": evaluated, "missing_models": missing, "errors": {}}
     md = [f"PMT defaults: {pmt(budget).config()} — cuts: "
           + ", ".join(f"{m} `{pmt(budget, model=m).cut}`" for m in models)
           + (f". Not available here: {missing}" if missing else "") + ".", ""]
 
+    def checkpoint() -> None:
+        """Partial results after every table (a long run stopped early still leaves its tables)."""
+        d = Path(ctx["out_dir"])
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "pmt_partial.md").write_text("\n".join(md) + "\n")
+        (d / "pmt_partial.json").write_text(json.dumps(out, indent=2, default=str))
+
     res, xts = data_abuse(ctx, budget, models, evals)
     out["table7"] = res
-    md += [f"### Table 7 analogue: data abuse — strict accuracy of eq. 10 on {res['n']} LFW same-pairs", ""] + table7_md(res, models)
+    md += [f"### Table 7 analogue: data abuse — strict accuracy of eq. 10 on {res['n']} LFW same-pairs", ""]
+    md += table7_md(res, models, evaluated)
     md += ["Read each PMT row against the clean row of the same crop: the clean rows show what each model achieves on "
            "the same re-cropped geometry without PMT (mobilefacenet, Human's model, is weak on LFW even clean).", ""]
+    checkpoint()
 
     if len(models) >= 2:
         r, err = attempt(mr_pmt, ctx, budget, models, evals)
         out["table9"] = r or {"error": err}
         md += [f"### Table 9 analogue: MR-PMT (eq. 8), {r['n'] if r else '?'} LFW probes", ""]
-        md += table9_md(r, models) if r else [f"FAILED: {err}", ""]
+        md += table9_md(r, evaluated) if r else [f"FAILED: {err}", ""]
+        checkpoint()
 
     r, err = attempt(reconstruction, ctx, budget)
     out["table6"] = r or {"error": err}
@@ -635,6 +667,7 @@ def run(ctx: dict) -> dict:
            "model by design — whoever holds the upload and the shared E_c (the service, or anyone E_c was given to) "
            "inverts E_c to a recognisable face (white-box row) or simply runs the authorised model. The low-pass row is "
            "the cheapest adaptive attacker: the face sits in the low frequencies of x~ under high-frequency noise.", ""]
+    checkpoint()
 
     x_d = chips(lfw, probe_set(lfw, budget.probes, ctx["seed"]).a, CropSpec(150, 0.25))
     if "dlib" in xts:
@@ -647,10 +680,11 @@ def run(ctx: dict) -> dict:
         if r:
             keys = [k for k in next(v for k, v in r.items() if not k.startswith("_"))]
             md += [md_table(["images"] + keys, [[v] + [f"{r[v][k]:.3f}" for k in keys] for v in r if not v.startswith("_")]), "",
-                   "cos: cosine of probability vectors (1 = same prediction); |Δ age| in years. face-api: AgeGenderNet + "
+                   "cos: cosine of probability vectors (1 = same prediction); age abs. diff. in years. face-api: AgeGenderNet + "
                    "FaceExpressionNet; gear: Human GEAR (race, age).", ""]
         else:
             md += [f"FAILED: {err}", ""]
+    checkpoint()
 
     r, err = attempt(up_scores, ctx, budget, xts, evals)
     out["up"] = r or {"error": err}
@@ -665,7 +699,7 @@ def run(ctx: dict) -> dict:
 
     r, err = attempt(ablations, ctx, budget, models, evals)
     out["ablations"] = r or {"error": err}
-    md += ["### Ablations (Tables 3, 4, 5, 10 analogues)", ""] + (ablation_md(r, models) if r else [f"FAILED: {err}", ""])
+    md += ["### Ablations (Tables 3, 4, 5, 10 analogues)", ""] + (ablation_md(r, evaluated) if r else [f"FAILED: {err}", ""])
 
     fig, err = attempt(grid_figure, ctx, xts, budget)
     figs = [str(fig)] if fig else []
