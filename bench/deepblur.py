@@ -5,7 +5,7 @@
     OMP_NUM_THREADS=1 python bench/deepblur.py grid [--n 6] [--space feature]
     OMP_NUM_THREADS=1 python bench/deepblur.py frame [--n 300]
     OMP_NUM_THREADS=1 python bench/deepblur.py generators [--n 6] [--train-seconds 900]
-    OMP_NUM_THREADS=1 python bench/deepblur.py tables [--profile quick]
+    OMP_NUM_THREADS=1 python bench/deepblur.py tables [--profile ci|quick|paper|celeba200]
 
 Faces are LFW pair images (fixed, spread over the list), dlib 150x150 chips. Outputs go to
 ``--out`` (default ``results/deepblur``).
@@ -188,6 +188,12 @@ def tables(args: argparse.Namespace) -> None:
     cfg = EXPERIMENT_PROFILES[args.profile]
     if args.n_ids:
         cfg = replace(cfg, n_ids=args.n_ids)
+    if args.embedders is not None:
+        cfg = replace(cfg, embedders=tuple(e for e in args.embedders.split(",") if e))
+    if args.table1_ids is not None:
+        cfg = replace(cfg, table1_ids=args.table1_ids or None)
+    if args.cnn_seconds is not None:
+        cfg = replace(cfg, cnn_budget=replace(cfg.cnn_budget, max_seconds=args.cnn_seconds))
     r = run_experiment(cfg, out_dir=Path(args.out), progress=True)
     print(r["markdown"])
     print(f"wall time {r['data']['wall_seconds']:.0f} s")
@@ -204,8 +210,11 @@ def main() -> None:
     ap.add_argument("--generator", default="digiface", choices=("digiface", "public"))
     ap.add_argument("--train-seconds", type=float, default=900.0, help="generators: CPU budget of our DCGAN")
     ap.add_argument("--ngf", type=int, default=64, help="generators: width of our DCGAN (ngf = ndf)")
-    ap.add_argument("--profile", default="quick", help="tables: ci | quick | paper | full")
+    ap.add_argument("--profile", default="quick", help="tables: ci | quick (50x10) | paper (100x10) | celeba200 (200x30)")
     ap.add_argument("--n-ids", type=int, default=None, help="tables: override the number of identities")
+    ap.add_argument("--embedders", default=None, help="tables: override the embedding attackers (e.g. dlib,faceres)")
+    ap.add_argument("--cnn-seconds", type=float, default=None, help="tables: override the CNN attackers' time budget")
+    ap.add_argument("--table1-ids", type=int, default=None, help="tables: Table 1 on the first N identities (0 = all)")
     ap.add_argument("--out", default="results/deepblur")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()

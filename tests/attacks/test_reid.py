@@ -38,6 +38,19 @@ def test_split_counts_and_determinism():
         make_split(labels, n_ids=2, per_id=10, split=(7, 1, 1))
 
 
+def test_split_is_nested():
+    """A smaller subset is a prefix of identities of a larger one (per-identity caches are shared)."""
+    labels = np.repeat(np.arange(40), 12)
+    small, big = make_split(labels, 10, 10, seed=3), make_split(labels, 25, 10, seed=3)
+    ids_small = set(labels[small.index].tolist())
+    assert np.array_equal(small.index, big.index[: len(small.index)])  # a prefix, identities in the same order
+    for ident in ids_small:  # the same images, in the same split, for every shared identity
+        for part in ("train", "val", "test"):
+            a = sorted(small.index[getattr(small, part)][labels[small.index[getattr(small, part)]] == ident].tolist())
+            b = sorted(big.index[getattr(big, part)][labels[big.index[getattr(big, part)]] == ident].tolist())
+            assert a == b
+
+
 def test_topk():
     scores = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.5], [0.1, 0.3, 0.2]])
     y = np.array([1, 2, 0])

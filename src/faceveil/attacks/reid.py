@@ -61,7 +61,12 @@ class ReidSplit:
 
 def make_split(labels: np.ndarray, n_ids: int, per_id: int, split: tuple[int, int, int] = (7, 1, 2), seed: int = 0) -> ReidSplit:
     """Pick ``n_ids`` identities with at least ``per_id`` images and ``per_id`` images of each (seeded),
-    split per identity into ``split`` = (train, val, test) counts summing to ``per_id``."""
+    split per identity into ``split`` = (train, val, test) counts summing to ``per_id``.
+
+    Nested: the identities are the first ``n_ids`` of one seeded permutation of the eligible ones, and
+    each identity's images (and their split) come from a generator seeded by ``(seed, identity)``, so
+    a smaller subset (same ``per_id``, ``split`` and seed) is exactly a prefix-of-identities of a
+    larger one and per-identity caches are shared between them."""
     if sum(split) != per_id or min(split) < 0 or split[0] < 1 or split[2] < 1:
         raise ValueError(f"split {split} must have train >= 1 and test >= 1 and sum to per_id={per_id}")
     labels = np.asarray(labels)
@@ -69,10 +74,11 @@ def make_split(labels: np.ndarray, n_ids: int, per_id: int, split: tuple[int, in
     eligible = ids[counts >= per_id]
     if len(eligible) < n_ids:
         raise ValueError(f"only {len(eligible)} identities have >= {per_id} images; asked for {n_ids}")
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(eligible, n_ids, replace=False))
+    order = np.random.default_rng(seed).permutation(eligible)
+    chosen = order[:n_ids]  # label k = the k-th identity of the permutation
     index, lab, tr, va, te = [], [], [], [], []
     for k, ident in enumerate(chosen):
+        rng = np.random.default_rng([seed, int(ident)])
         imgs = rng.permutation(np.flatnonzero(labels == ident))[:per_id]
         base = len(index)
         index += imgs.tolist()

@@ -14,7 +14,13 @@
 
 Methods: blurring, pixelation, masking and AdvNoise (the project's baselines at their defaults)
 and DeepBlur at several sigma from ONE latent search per image. Every stage (latents, obfuscated
-chips, embeddings) is cached in ``cache_dir("deepblur")``; the tables are in the returned markdown.
+chips, embeddings) is cached per identity (:class:`Blocks`) in ``cache_dir("deepblur")``; since
+:func:`~faceveil.attacks.reid.make_split` is nested, the quick profile's 50 identities are the first
+50 of the paper profile's 100 and their work is shared (an interrupted run resumes block by block).
+
+Profiles (:data:`EXPERIMENT_PROFILES`): ``ci`` 5x10; ``quick`` 50x10 (dlib attackers; faceres as the
+Table 1 judge on 20 identities); ``paper`` 100x10 (dlib and faceres attackers); ``celeba200`` 200x30
+(21/3/6). ``faceveil bench --profile full`` runs ``paper`` then ``celeba200`` (:data:`BENCH_RUNS`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ from faceveil.attacks.reid import ReidBudget, ReidSplit, cnn_attack, embedding_a
 from faceveil.bench.experiments.common import md_table
 from faceveil.bench.runner import EXPERIMENTS, SETTINGS, Setting
 from faceveil.config import cache_dir, config_hash, data_dir
-from faceveil.data.align import to_tensor
 from faceveil.defenses import Defense, get_defense
 from faceveil.models.base import CropSpec
 
@@ -49,6 +54,10 @@ SETTINGS["deepblur"] = [
 PAPER_T2 = {("original", "vgg", "T1"): 0.208, ("deepblur σ=1", "vgg", "T1"): 0.016}
 
 
+#: blur levels of the sigma grid figure (0 = the plain inversion, 100 = the average face)
+GRID_SIGMAS = (0.0, 0.5, 1.0, 2.0, 5.0, 100.0)
+
+
 @dataclass(frozen=True)
 class DeepBlurExperiment:
     """What one run measures."""
@@ -56,7 +65,7 @@ class DeepBlurExperiment:
     n_ids: int = 100
     per_id: int = 10
     split: tuple[int, int, int] = (7, 1, 2)
-    sigmas: tuple[float, ...] = (1.0, 2.0, 5.0)
+    sigmas: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0)
     deepblur: dict = field(default_factory=dict)  # DeepBlur parameters besides sigma
     baselines: tuple[str, ...] = ("blur", "pixelate", "mask", "advnoise")
     cnn_archs: tuple[str, ...] = ("vgg", "resnet18")
@@ -64,16 +73,28 @@ class DeepBlurExperiment:
     embedders: tuple[str, ...] = ("dlib", "faceres")
     classifiers: tuple[str, ...] = ("centroid", "linear")
     judge: str = "faceres"
+    table1_ids: int | None = None  # Table 1 on the first identities only (None: all); the judge is the slow part
     seed: int = 0
 
 
+#: CPU budget of the from-scratch attackers: 32x32 inputs, width 16 (a 64x64 / width-32 net
+#: manages only 2-5 epochs in a minute here)
+CNN_CPU = ReidBudget(epochs=40, max_seconds=60, size=32, width=16, batch_size=32, lr=3e-3)
+
 EXPERIMENT_PROFILES: dict[str, DeepBlurExperiment] = {
-    "ci": DeepBlurExperiment(n_ids=5, per_id=10, cnn_budget=ReidBudget(epochs=5, max_seconds=20), deepblur={"steps": 3},
-                             baselines=("blur", "pixelate", "mask"), embedders=("dlib",), judge="dlib"),
-    "quick": DeepBlurExperiment(n_ids=30, per_id=10, cnn_budget=ReidBudget(epochs=40, max_seconds=45)),
-    "paper": DeepBlurExperiment(n_ids=100, per_id=10, cnn_budget=ReidBudget(epochs=60, max_seconds=180)),
-    "full": DeepBlurExperiment(n_ids=200, per_id=30, split=(21, 3, 6), cnn_budget=ReidBudget(epochs=60, max_seconds=900)),
+    "ci": DeepBlurExperiment(n_ids=5, per_id=10, sigmas=(1.0, 2.0), cnn_budget=replace(CNN_CPU, epochs=5, max_seconds=20),
+                             deepblur={"steps": 3}, baselines=("blur", "pixelate", "mask"), embedders=("dlib",), judge="dlib"),
+    # ~40-60 min on one (shared) CPU thread from an empty cache; faceres (~0.25-0.5 s/face) only as the
+    # Table 1 judge on the first 20 identities. Its identities are the first 50 of "paper" (caches shared).
+    "quick": DeepBlurExperiment(n_ids=50, per_id=10, cnn_budget=replace(CNN_CPU, epochs=30, max_seconds=40), embedders=("dlib",),
+                                table1_ids=20),
+    # the paper's CelebA subset: 100 identities x 10 images, 7/1/2
+    "paper": DeepBlurExperiment(n_ids=100, per_id=10, cnn_budget=CNN_CPU),
+    # the whole CelebA identity set of the paper (200 x 30; here: every image of data/celeba aligned)
+    "celeba200": DeepBlurExperiment(n_ids=200, per_id=30, split=(21, 3, 6), cnn_budget=replace(CNN_CPU, max_seconds=300)),
 }
+#: what ``faceveil bench --profile P`` runs (in order)
+BENCH_RUNS = {"ci": ("ci",), "quick": ("quick",), "full": ("paper", "celeba200")}
 
 
 def frechet_distance(a: Tensor, b: Tensor) -> float:
@@ -102,56 +123,94 @@ def _cache(kind: str, *parts) -> Path:
     return cache_dir("deepblur") / f"{kind}-{config_hash(*parts)}"
 
 
-def deepblur_latents(d, x: Tensor, key: str, progress: bool = True) -> tuple[Tensor, float]:
-    """Latents of ``x`` (cached by the inversion config and the image set) and ms per face."""
-    from tqdm import tqdm
+@dataclass
+class Blocks:
+    """The image set cut into per-identity blocks; every cached stage is stored per block, keyed by
+    the block's files, so nested subsets (:func:`~faceveil.attacks.reid.make_split`: the quick
+    profile's identities are a prefix of the full profile's) share their work."""
 
-    path = _cache("latents", d.inversion_config(), d.gen.source, key).with_suffix(".pt")
-    if path.is_file():
-        st = torch.load(path, weights_only=True)
-        return st["w"], float(st["ms"])
-    out, t0 = [], time.perf_counter()
-    for s in tqdm(range(0, len(x), 8), desc="DeepBlur latent search", disable=not progress, leave=False):
-        out.append(d.invert(x[s : s + 8]))
-    ms = 1000 * (time.perf_counter() - t0) / max(1, len(x))
-    w = torch.cat(out)
-    torch.save({"w": w, "ms": ms}, path)
-    return w, ms
+    index: list[np.ndarray]  # positions into the image set, one array per identity
+    keys: list[str]  # content key per block (its files and the data root)
+    seeds: list[int]  # per-block randomness index (the source identity label)
+
+    @classmethod
+    def per_identity(cls, files: list[str], labels: np.ndarray, source_labels: np.ndarray, root: str) -> Blocks:
+        index = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+        return cls(index, [_files_key([files[i] for i in b], root) for b in index], [int(source_labels[b[0]]) for b in index])
+
+    def head(self, k: int) -> Blocks:
+        """The first ``k`` blocks (they must cover the first positions: make_split lays identities out in order)."""
+        n = sum(len(b) for b in self.index[:k])
+        if not np.array_equal(np.sort(np.concatenate(self.index[:k])), np.arange(n)):
+            raise ValueError("blocks are not laid out in order")
+        return Blocks(self.index[:k], self.keys[:k], self.seeds[:k])
+
+    def map(self, kind: str, parts: tuple, x: Tensor, fn, desc: str = "", progress: bool = True) -> tuple[Tensor, float, list[dict]]:
+        """``fn(x_block, block_seed) -> (tensor [n,...], extra dict)`` per block, cached as
+        ``{kind}-hash(parts, block key).pt``. Returns the tensors in image order, the mean ms per
+        image (as measured when each block was computed) and the per-block extras."""
+        from tqdm import tqdm
+
+        outs, extras, ms_total = [None] * len(self.index), [], 0.0
+        for b, (blk, key) in enumerate(tqdm(list(zip(self.index, self.keys, strict=True)), desc=desc, disable=not progress,
+                                            leave=False)):
+            path = _cache(kind, *parts, key).with_suffix(".pt")
+            if path.is_file():
+                st = torch.load(path, weights_only=True)
+            else:
+                xb = x[torch.as_tensor(blk)]
+                t0 = time.perf_counter()
+                y, extra = fn(_f(xb), self.seeds[b])
+                st = {"y": y, "ms": 1000 * (time.perf_counter() - t0) / len(blk), "extra": extra}
+                tmp = path.with_suffix(".tmp")
+                torch.save(st, tmp)
+                tmp.replace(path)
+            outs[b] = st["y"]
+            extras.append(st.get("extra", {}))
+            ms_total += float(st["ms"]) * len(blk)
+        first = outs[0]
+        y = torch.empty(len(x), *first.shape[1:], dtype=first.dtype)
+        for blk, o in zip(self.index, outs, strict=True):
+            y[torch.as_tensor(blk)] = o
+        return y, ms_total / max(1, len(x)), extras
 
 
-def protect_cached(defense: Defense, x: Tensor, key: str, seed: int, progress: bool = True) -> tuple[Tensor, float]:
-    """Obfuscated chips (uint8-rounded, cached) and ms per face of a baseline defense."""
-    from tqdm import tqdm
+def deepblur_latents(d, x: Tensor, blocks: Blocks, progress: bool = True) -> tuple[Tensor, float, Tensor]:
+    """Latents of ``x`` (cached per block by the inversion config), ms per face, per-face search loss."""
 
+    def fn(xb: Tensor, _seed: int) -> tuple[Tensor, dict]:
+        w = d.invert(xb)
+        return w, {"loss": d.inversion_loss(xb, w)}
+
+    w, ms, extras = blocks.map("latents", (d.inversion_config(), d.gen.source), x, fn, "DeepBlur latent search", progress)
+    loss = torch.empty(len(x))
+    for blk, e in zip(blocks.index, extras, strict=True):
+        loss[torch.as_tensor(blk)] = e["loss"]
+    return w, ms, loss
+
+
+def protect_cached(defense: Defense, x: Tensor, blocks: Blocks, seed: int, progress: bool = True) -> tuple[Tensor, float]:
+    """Obfuscated chips (uint8 ``[N,3,S,S]``, cached per block) and ms per face of a baseline defense."""
     from faceveil.defenses.system import batch_generator
 
-    path = _cache("protected", defense.config(), key, seed).with_suffix(".npz")
-    if path.is_file():
-        with np.load(path) as z:
-            return to_tensor(z["chips"]), float(z["ms"])
-    out, t0 = [], time.perf_counter()
-    for bi, s in enumerate(tqdm(range(0, len(x), 32), desc=f"protecting ({defense.name})", disable=not progress, leave=False)):
+    def fn(xb: Tensor, bseed: int) -> tuple[Tensor, dict]:
         with torch.set_grad_enabled(defense.needs_grad_to_protect):
-            out.append(defense.protect(x[s : s + 32], batch_generator(seed, bi, 31)).detach())
-    ms = 1000 * (time.perf_counter() - t0) / max(1, len(x))
-    u8 = (torch.cat(out).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    np.savez(path, chips=u8, ms=ms)
-    return to_tensor(u8), ms
+            y = defense.protect(xb, batch_generator(seed, bseed, 31)).detach()
+        return _u8(y), {}
+
+    return blocks.map("protected", (defense.config(), seed), x, fn, f"protecting ({defense.name})", progress)[:2]
 
 
-def embeddings_cached(model_name: str, x: Tensor, key: str) -> Tensor:
-    """Embeddings by a registered recogniser of chips in :data:`CHIP` geometry (cached)."""
+def embeddings_cached(model_name: str, x: Tensor, blocks: Blocks, method_key: str, progress: bool = False) -> Tensor:
+    """Embeddings by a registered recogniser of chips in :data:`CHIP` geometry (cached per block;
+    ``method_key`` names what ``x`` is: the originals or one obfuscation)."""
     from faceveil.attacks.harness import embed_images
     from faceveil.models import get_recognizer
-
-    model = get_recognizer(model_name)
     from faceveil.models.embed import model_fingerprint
 
-    path = _cache("emb", model_name, model_fingerprint(model), key).with_suffix(".pt")
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    e = embed_images(model, x, CHIP)
-    torch.save(e, path)
+    model = get_recognizer(model_name)
+    e, _, _ = blocks.map("emb", (model_name, model_fingerprint(model), method_key), x,
+                         lambda xb, _s: (embed_images(model, xb, CHIP), {}), f"embedding ({model_name})", progress)
     return e
 
 
@@ -160,88 +219,96 @@ def embeddings_cached(model_name: str, x: Tensor, key: str) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def obfuscations(cfg: DeepBlurExperiment, x: Tensor, key: str, progress: bool = True) -> tuple[dict[str, Tensor], dict]:
-    """Every method's obfuscated chips ``{label: [N,3,150,150]}`` and per-method info (config, ms/face)."""
+def obfuscations(cfg: DeepBlurExperiment, x: Tensor, blocks: Blocks, progress: bool = True) -> tuple[dict[str, Tensor], dict, tuple]:
+    """Every method's obfuscated chips ``{label: uint8 [N,3,150,150]}``, per-method info (config,
+    ms/face) and ``(the DeepBlur defense, its latents)``."""
     out: dict[str, Tensor] = {}
     info: dict[str, dict] = {}
     for name in cfg.baselines:
         d = get_defense(name)
-        t, ms = protect_cached(d, x, key, cfg.seed, progress)
-        out[name], info[name] = t, {"config": d.config(), "ms_per_face": ms, "key": config_hash(key, d.config())}
+        t, ms = protect_cached(d, x, blocks, cfg.seed, progress)
+        out[name], info[name] = t, {"config": d.config(), "ms_per_face": ms, "key": config_hash(d.config(), cfg.seed)}
     db = get_defense("deepblur", **cfg.deepblur)
-    w, ms = deepblur_latents(db, x, key, progress)
+    w, ms, loss = deepblur_latents(db, x, blocks, progress)
     for s in cfg.sigmas:
         label = f"deepblur σ={s:g}"
-        chips = db.protect_sigmas(x, [s], w)[float(s)]
-        out[label] = to_tensor((chips.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+        out[label] = torch.cat([_u8(db.protect_sigmas(_f(x[i : i + 64]), [s], w[i : i + 64])[float(s)])
+                                for i in range(0, len(x), 64)])
         conf = db.config() | {"sigma": float(s)}
-        info[label] = {"config": conf, "ms_per_face": ms, "key": config_hash(key, conf),
+        info[label] = {"config": conf, "ms_per_face": ms, "key": config_hash(conf, db.gen.source),
                        "note": "one latent search shared by every sigma"}
     with torch.no_grad():
-        loss = torch.cat([db.inversion_loss(x[s : s + 16], w[s : s + 16]) for s in range(0, len(x), 16)])
-        loss0 = db.inversion_loss(x[:16], db.average_latent().expand(min(16, len(x)), *w.shape[1:]))
+        loss0 = db.inversion_loss(_f(x[:16]), db.average_latent().expand(min(16, len(x)), *w.shape[1:]))
     info["deepblur inversion"] = {"loss_mean": float(loss.mean()), "loss_at_average_face_first16": float(loss0.mean()),
                                   "ms_per_face": ms, "generator": db.gen.source}
-    return out, info
+    return out, info, (db, w)
 
 
-def table1(cfg: DeepBlurExperiment, x: Tensor, obf: dict[str, Tensor], key: str, info: dict) -> tuple[dict, str, bool]:
+def table1(cfg: DeepBlurExperiment, x: Tensor, obf: dict[str, Tensor], blocks: Blocks, info: dict) -> tuple[dict, str, bool]:
     """SSIM, MS-SSIM, embedding-FID and mean centred cosine per method."""
     from faceveil.attacks.harness import cos_judge
     from faceveil.metrics.image import ms_ssim, ssim
     from faceveil.models import get_recognizer
 
+    if cfg.table1_ids is not None and cfg.table1_ids < len(blocks.index):
+        blocks = blocks.head(cfg.table1_ids)
+        n = sum(len(b) for b in blocks.index)
+        x, obf = x[:n], {k: v[:n] for k, v in obf.items()}
     judge_name = cfg.judge
-    independent = True
+    independent = judge_name != "dlib"  # the deployed recogniser (and DeepBlur's search loss)
     try:
         get_recognizer(judge_name)
     except Exception:
         judge, independent = cos_judge()
         judge_name = judge.name
-    e0 = embeddings_cached(judge_name, x, key)
+    e0 = embeddings_cached(judge_name, x, blocks, "original")
     centre = e0.mean(0)
     rows: dict[str, dict] = {}
     for label, t in obf.items():
-        e = embeddings_cached(judge_name, t, info[label]["key"])
+        e = embeddings_cached(judge_name, t, blocks, info[label]["key"])
         cos = torch.nn.functional.cosine_similarity(e - centre, e0 - centre, dim=1)
         rows[label] = {
-            "SSIM": float(torch.cat([ssim(x[s : s + 64], t[s : s + 64], 1.0) for s in range(0, len(x), 64)]).mean()),
-            "MS-SSIM": float(torch.cat([ms_ssim(x[s : s + 64], t[s : s + 64], 1.0) for s in range(0, len(x), 64)]).mean()),
+            "SSIM": float(torch.cat([ssim(_f(x[s : s + 64]), _f(t[s : s + 64]), 1.0) for s in range(0, len(x), 64)]).mean()),
+            "MS-SSIM": float(torch.cat([ms_ssim(_f(x[s : s + 64]), _f(t[s : s + 64]), 1.0)
+                                        for s in range(0, len(x), 64)]).mean()),
             "FID_emb": frechet_distance(e0, e),
             "cos_centred": float(cos.mean()),
         }
     return rows, judge_name, independent
 
 
-def table2(cfg: DeepBlurExperiment, x: Tensor, obf: dict[str, Tensor], split: ReidSplit, key: str, info: dict,
+def table2(cfg: DeepBlurExperiment, x: Tensor, obf: dict[str, Tensor], split: ReidSplit, blocks: Blocks, info: dict,
            progress: bool = True) -> dict:
     """Top-1 / top-5 per (method, attacker, scenario); ``original`` is the no-obfuscation baseline."""
     from tqdm import tqdm
 
     res: dict = {}
     t1_models: dict = {}
-    emb0 = {m: e for m in cfg.embedders if (e := _try_emb(m, x, key)) is not None}
+    emb0 = {m: e for m in cfg.embedders if (e := _try_emb(m, x, blocks)) is not None}
     methods = ["original", *obf]
     bar = tqdm(total=len(methods) * (len(cfg.cnn_archs) + len(emb0) * len(cfg.classifiers)), desc="re-identification",
                disable=not progress, leave=False)
+    size = cfg.cnn_budget.size
+    x_small = _small(x, size)
     for label in methods:
         t = x if label == "original" else obf[label]
+        t_small = x_small if label == "original" else _small(t, size)
         res[label] = {}
         for arch in cfg.cnn_archs:
             r: dict = {}
             if label == "original":
-                acc, model, log = cnn_attack(arch, x, x, split, "T1", cfg.cnn_budget)
+                acc, model, log = cnn_attack(arch, x_small, x_small, split, "T1", cfg.cnn_budget)
                 t1_models[arch] = model
                 r = {sc: acc for sc in ("T1", "T2", "T3")} | {"train_log": log}
             else:
-                r["T1"], _, _ = cnn_attack(arch, x, t, split, "T1", cfg.cnn_budget, model=t1_models[arch])
-                r["T2"], model, log = cnn_attack(arch, x, t, split, "T2", cfg.cnn_budget)
-                r["T3"], _, _ = cnn_attack(arch, x, t, split, "T3", cfg.cnn_budget, model=model)
+                r["T1"], _, _ = cnn_attack(arch, x_small, t_small, split, "T1", cfg.cnn_budget, model=t1_models[arch])
+                r["T2"], model, log = cnn_attack(arch, x_small, t_small, split, "T2", cfg.cnn_budget)
+                r["T3"], _, _ = cnn_attack(arch, x_small, t_small, split, "T3", cfg.cnn_budget, model=model)
                 r["train_log"] = log
             res[label][arch] = r
             bar.update()
         for m, e0 in emb0.items():
-            e = e0 if label == "original" else embeddings_cached(m, t, info[label]["key"])
+            e = e0 if label == "original" else embeddings_cached(m, t, blocks, info[label]["key"])
             for kind in cfg.classifiers:
                 res[label][f"{m}/{kind}"] = {sc: embedding_attack(e0, e, split, sc, kind) for sc in ("T1", "T2", "T3")}
                 bar.update()
@@ -249,9 +316,25 @@ def table2(cfg: DeepBlurExperiment, x: Tensor, obf: dict[str, Tensor], split: Re
     return res
 
 
-def _try_emb(name: str, x: Tensor, key: str) -> Tensor | None:
+def _f(t: Tensor) -> Tensor:
+    """uint8 images -> float in [0,1] (float images pass through)."""
+    return t.float().div_(255) if t.dtype == torch.uint8 else t
+
+
+def _u8(t: Tensor) -> Tensor:
+    return (t.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _small(t: Tensor, size: int) -> Tensor:
+    """Images (uint8 or float) -> float ``[N,3,size,size]`` (antialiased), in chunks."""
+    from faceveil.attacks.reid import _resize
+
+    return torch.cat([_resize(_f(t[s : s + 256]), size) for s in range(0, len(t), 256)])
+
+
+def _try_emb(name: str, x: Tensor, blocks: Blocks) -> Tensor | None:
     try:
-        return embeddings_cached(name, x, key)
+        return embeddings_cached(name, x, blocks, "original")
     except Exception:  # recogniser not installed: that attacker is skipped (reported as missing)
         return None
 
@@ -262,32 +345,41 @@ def run_experiment(cfg: DeepBlurExperiment, data=None, out_dir: Path | None = No
     from faceveil.data.datasets import celeba
 
     t_start = time.perf_counter()
+    tag = f"{cfg.n_ids}x{cfg.per_id}"
     ds = celeba(data, "aligned")
     split = make_split(ds.labels, cfg.n_ids, cfg.per_id, cfg.split, cfg.seed)
     sub = ds.subset(split.index)
     chips, status = sub.chips(CHIP, progress=progress)
-    x = to_tensor(chips)
-    key = _files_key(sub.files, str(data_dir(data)))
-    obf, info = obfuscations(cfg, x, key, progress)
-    t1, judge_name, independent = table1(cfg, x, obf, key, info)
-    t2 = table2(cfg, x, obf, split, key, info, progress)
+    x = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).contiguous()  # uint8; floats per chunk
+    blocks = Blocks.per_identity(sub.files, split.labels, np.asarray(sub.labels), str(data_dir(data)))
+    obf, info, (db, w) = obfuscations(cfg, x, blocks, progress)
+    t1, judge_name, independent = table1(cfg, x, obf, blocks, info)
+    t2 = table2(cfg, x, obf, split, blocks, info, progress)
+    n_table1 = cfg.per_id * min(cfg.table1_ids or split.n_ids, split.n_ids)
     figures = []
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        k = split.test[:: max(1, len(split.test) // 8)][:8]
-        figures.append(str(image_grid([x[k]] + [obf[m][k] for m in obf], out_dir / "deepblur_methods.png")))
+        k = torch.as_tensor(split.test[:: max(1, len(split.test) // 8)][:8])
+        figures.append(str(image_grid([_f(x[k])] + [_f(obf[m][k]) for m in obf], out_dir / f"deepblur_methods_{tag}.png")))
+        by_sigma = db.protect_sigmas(_f(x[k]), list(GRID_SIGMAS), w[k])
+        figures.append(str(image_grid([_f(x[k]), *by_sigma.values()], out_dir / f"deepblur_sigma_grid_{tag}.png")))
     data_out = {
         "config": asdict(cfg) | {"cnn_budget": asdict(cfg.cnn_budget)},
         "dataset": {"name": "celeba-aligned", "images": len(x), "identities": split.n_ids, "train": len(split.train),
                     "val": len(split.val), "test": len(split.test), "fallback_alignments": int((status == 2).sum())},
-        "methods": info, "table1": t1, "table1_judge": {"name": judge_name, "independent": independent}, "table2": t2,
+        "methods": info, "table1": t1, "table1_images": n_table1, "table1_judge": {"name": judge_name, "independent": independent},
+        "table2": t2,
         "wall_seconds": time.perf_counter() - t_start,
     }
     md = markdown(cfg, data_out)
+    if figures:
+        md += (f"\nFigures: `{Path(figures[0]).name}` (rows: original, then each method's obfuscation of 8 test faces) and "
+               f"`{Path(figures[1]).name}` (rows: original, DeepBlur at sigma {', '.join(f'{v:g}' for v in GRID_SIGMAS)}; "
+               "0 = the plain inversion, 100 = the average face).\n")
     if out_dir is not None:
-        (Path(out_dir) / "deepblur_experiment.json").write_text(json.dumps(data_out, indent=2, default=str))
-        (Path(out_dir) / "deepblur_experiment.md").write_text(md)
+        (Path(out_dir) / f"deepblur_experiment_{tag}.json").write_text(json.dumps(data_out, indent=2, default=str))
+        (Path(out_dir) / f"deepblur_experiment_{tag}.md").write_text(md)
     return {"markdown": md, "data": data_out, "figures": figures}
 
 
@@ -296,7 +388,8 @@ def markdown(cfg: DeepBlurExperiment, d: dict) -> str:
     j = d["table1_judge"]
     rows = [[m, f"{v['SSIM']:.3f}", f"{v['MS-SSIM']:.3f}", f"{v['FID_emb']:.3f}", f"{v['cos_centred']:.3f}",
              f"{d['methods'][m]['ms_per_face']:.0f}"] for m, v in d["table1"].items()]
-    md = [f"### Table 1 analogue: image similarity and identity change (CelebA aligned, {ds['images']} chips)", "",
+    n1 = d.get("table1_images", ds["images"])
+    md = [f"### Table 1 analogue: image similarity and identity change (CelebA aligned, {n1} chips)", "",
           md_table(["method", "SSIM", "MS-SSIM", f"FID on {j['name']} embeddings", "cos (centred)", "ms/face"], rows), "",
           f"FID is computed on {j['name']} face embeddings ({'independent of' if j['independent'] else 'NOT independent of'} "
           "the deployed dlib model), not Inception-v3 features (ImageNet weights are unavailable): it measures the identity "
@@ -320,15 +413,31 @@ def markdown(cfg: DeepBlurExperiment, d: dict) -> str:
     md += [f"DeepBlur: {inv.get('generator', '?')}; mean search loss {inv.get('loss_mean', float('nan')):.3f} "
            f"(average face: {inv.get('loss_at_average_face_first16', float('nan')):.3f}); "
            f"{inv.get('ms_per_face', float('nan')):.0f} ms/face for the latent search. "
-           f"CNN budget: {cfg.cnn_budget.epochs} epochs or {cfg.cnn_budget.max_seconds:g} s, width {cfg.cnn_budget.width}, 64x64.", ""]
+           f"CNN budget: {cfg.cnn_budget.epochs} epochs or {cfg.cnn_budget.max_seconds:g} s, width {cfg.cnn_budget.width}, "
+           f"{cfg.cnn_budget.size}x{cfg.cnn_budget.size} inputs; epochs reached: {_epochs_reached(t2)}.", ""]
     return "\n".join(md)
 
 
+def _epochs_reached(t2: dict) -> str:
+    out = []
+    for arch in ("vgg", "resnet18"):
+        eps = [per[arch]["train_log"].get("epochs", 0) for per in t2.values() if arch in per and per[arch].get("train_log")]
+        if eps:
+            out.append(f"{arch} {min(eps)}-{max(eps)}")
+    return ", ".join(out) or "n/a"
+
+
 def run(ctx: dict) -> dict:
-    """Bench hook: the experiment at the bench profile's size (ci / quick / full)."""
-    cfg = EXPERIMENT_PROFILES.get(ctx["profile"], EXPERIMENT_PROFILES["quick"])
-    cfg = replace(cfg, seed=ctx.get("seed", 0))
-    return run_experiment(cfg, ctx.get("data"), Path(ctx["out_dir"]), ctx.get("progress", True))
+    """Bench hook: the experiment(s) of the bench profile (:data:`BENCH_RUNS`: ci / quick / full =
+    the paper's 100 x 10 subset, then the 200 x 30 set)."""
+    out = {"markdown": "", "data": {}, "figures": []}
+    for name in BENCH_RUNS.get(ctx["profile"], ("quick",)):
+        cfg = replace(EXPERIMENT_PROFILES[name], seed=ctx.get("seed", 0))
+        r = run_experiment(cfg, ctx.get("data"), Path(ctx["out_dir"]), ctx.get("progress", True))
+        out["markdown"] += f"## DeepBlur experiment: {name} ({cfg.n_ids} identities x {cfg.per_id} images)\n\n" + r["markdown"] + "\n"
+        out["data"][name] = r["data"]
+        out["figures"] += r["figures"]
+    return out
 
 
 EXPERIMENTS.register("deepblur")(run)
