@@ -27,25 +27,31 @@ stored features so that the attackers evaluated on the same faces share the PGD 
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from faceveil.attacks.base import ThreatModel, profile_budget
-from faceveil.bench.experiments.common import attempt, md_table, pct, privacy
-from faceveil.bench.runner import EXPERIMENTS, SETTINGS, Setting
+from faceveil.bench.experiments.common import attempt, md_table, pct
+from faceveil.bench.runner import EXPERIMENTS, SETTINGS
 from faceveil.defenses import Defense, ProtectedSystem, get_defense
 from faceveil.defenses.advface import SHADOWS, AdvFace
 
-SETTINGS["advface"] = [
-    Setting("AdvFace online (res1; resrec shadow; α=ε=0.2, 40 steps)", "advface", {}, attacks=("resrec",),
-            utility_servers=("frozen",)),
-]
+#: No generic bench cells: the experiment below measures every AdvFace table itself, with the capped
+#: budgets of ADV_BUDGETS. A generic database-leakage cell would run the 40-step PGD on every public
+#: face (~12k, ~1.6 h on one core) at the quick profile, and its utility cell would repeat Table 2.
+SETTINGS["advface"] = []
 
 AT = "res1"
 #: Laplace clip bound for res1 features (99th percentile over public faces, see defenses.laplace)
 LAPLACE_C_RES1 = 3.8
+#: the paper's ε grid (Fig. 3/4); the quick profile uses every other point
 EPS_SWEEP = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 MEMO_MB = 1500.0
+#: the experiment's parts, in run order; ``FACEVEIL_ADVFACE_SECTIONS=t1,sweep`` runs a subset (e.g. to
+#: finish a run that hit its timeout: finished parts are checkpointed to advface-partial.md/json)
+SECTIONS = ("t1", "t2", "sweep", "adaptive", "transfer")
 
 
 @dataclass(frozen=True)
@@ -61,11 +67,23 @@ class AdvBudget:
     sweep_eval_pairs: int | None  # LFW same-pairs judged in the ε sweep
     transfer_eval_pairs: int | None  # ... in Tables 3-4
     transfer_per_fold: int | None  # LFW pairs per fold and class for the transrec / urec shadows' accuracy
+    sweep_eps: tuple[float, ...] = EPS_SWEEP  # ε points of Fig. 3/4
+    eval_pairs: int | None = None  # LFW same-pairs judged in Table 1 and the adaptive table
 
 
+#: Attackers (plain-z and adaptive alike) get the same budget: the attack profile's, with
+#: ``train_images = adaptive_images`` and ``eval_pairs``. Equal budgets make the non-adaptive vs
+#: adaptive comparison fair, and a small image count lets the quick profile's 2-minute wall cap finish
+#: the planned schedule (with all ~13k public faces it stops inside the warm-up on a shared CPU, and
+#: the attacker is no better than the mean face).
+
+
+#: quick is sized for ~1 h on a shared CPU (≈0.5 s of PGD per face and core at the 64-px shadow):
+#: ≈2,000 PGD runs plus ≈14 networks trained for ≤2-2.5 min (wall) each; full runs the paper's grid on
+#: (nearly) all of LFW with the 112-px profile (≈1.2 s of PGD per face; see the issue-8 note).
 ADV_BUDGETS: dict[str, AdvBudget] = {
-    "ci": AdvBudget(64, 64, 1, 30.0, 2, 1, 16, 16, 2),
-    "quick": AdvBudget(800, 600, 12, 300.0, 50, 10, 100, 300, 25),
+    "ci": AdvBudget(64, 64, 1, 30.0, 2, 1, 16, 16, 2, (0.0, 0.2), 16),
+    "quick": AdvBudget(300, 200, 12, 150.0, 10, 3, 30, 30, 3, (0.0, 0.1, 0.2, 0.3), 100),
     "full": AdvBudget(None, 3000, 3, 3600.0, None, 50, 1000, None, None),
 }
 
@@ -77,7 +95,19 @@ def advface(ctx: dict, **kw) -> AdvFace:
 
 
 def _budget(ctx: dict, **overrides):
-    return profile_budget(ctx["bench_profile"].attack_profile, **overrides)
+    """The attackers' budget (see :class:`AdvBudget`): the attack profile's with this profile's caps."""
+    ab = ADV_BUDGETS[ctx["bench_profile"].name]
+    caps = {k: v for k, v in (("train_images", ab.adaptive_images), ("eval_pairs", ab.eval_pairs)) if v is not None}
+    return profile_budget(ctx["bench_profile"].attack_profile, **{**caps, **overrides})
+
+
+def capped_privacy(defense: Defense, attack: str, ctx: dict) -> dict:
+    """:func:`faceveil.attacks.harness.run_attack` (channel leakage) with the attackers' budget."""
+    from faceveil.attacks.harness import run_attack
+
+    return run_attack(defense, attack, ThreatModel(leakage="channel"), profile=ctx["bench_profile"].attack_profile,
+                      seed=ctx["seed"], data=ctx["data"], force=ctx.get("force", False),
+                      out_dir=Path(ctx["out_dir"]) / "cells", progress=ctx.get("progress", True), budget=_budget(ctx))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +191,7 @@ def adaptive(defense: AdvFace, attack: str, ctx: dict, ab: AdvBudget) -> dict:
     (the server's AdvFace as a black box) and trains on (adversarial feature, face) pairs."""
     from faceveil.attacks.harness import run_attack
 
-    budget = _budget(ctx, train_images=ab.adaptive_images) if ab.adaptive_images else _budget(ctx)
+    budget = _budget(ctx)
     return run_attack(defense, attack, ThreatModel(leakage="database"), profile=ctx["bench_profile"].attack_profile,
                       seed=ctx["seed"], data=ctx["data"], force=ctx.get("force", False), out_dir=Path(ctx["out_dir"]) / "cells",
                       progress=ctx.get("progress", True), budget=budget)
@@ -220,143 +250,173 @@ def run(ctx: dict) -> dict:
         if err:
             data["errors"][key] = err
 
+    def checkpoint() -> None:
+        """Write what is measured so far (a run stopped by its timeout keeps the finished tables)."""
+        out = Path(ctx["out_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "advface-partial.md").write_text("\n".join(md))
+        (out / "advface-partial.json").write_text(json.dumps(data, indent=1, default=str))
+
+    sections = [x.strip() for x in os.environ.get("FACEVEIL_ADVFACE_SECTIONS", ",".join(SECTIONS)).split(",") if x.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"FACEVEIL_ADVFACE_SECTIONS: unknown {sorted(unknown)}; use some of {', '.join(SECTIONS)}")
+    data["sections"] = sections
+
+    def want(name: str) -> bool:
+        return name in sections
+
+    t1, t2, fig = data["table1"], data["table2"], None
     adv = advface(ctx)
     plain = get_defense("none", transmit=AT)
     rand = get_defense("randperturb", at=AT)
     dp = get_defense("laplace", at=AT, eps=1.0, c=LAPLACE_C_RES1)
 
     # ---- Table 1 ---------------------------------------------------------------------------
-    rows: list[list] = []
-    t1 = data["table1"]
-    r, err = attempt(privacy, plain, "resrec", ctx)
-    note("t1/unprotected", err)
-    t1["unprotected"] = r["metrics"] if r else None
-    rows.append(["unprotected (plain z)", "channel = database", *_row_metrics(r and r["metrics"]["reconstruction"]),
-                 "0.93 / 27.87 / 97.40"])
-    for label, d in (("random perturbation", rand), ("Laplace DP (ε=1/coord.)", dp)):
-        r, err = attempt(privacy, d, "resrec", ctx)
-        note(f"t1/{label}", err)
-        t1[label] = r["metrics"] if r else None
-        rows.append([label, "channel = database", *_row_metrics(r and r["metrics"]["reconstruction"]), ""])
-    r, err = attempt(privacy, adv, "resrec", ctx, None, "channel")
-    note("t1/advface channel", err)
-    t1["advface channel"] = r["metrics"] if r else None
-    rows.append(["AdvFace", "channel (plain z, by design)", *_row_metrics(r and r["metrics"]["reconstruction"]), ""])
-    r, err = attempt(nonadaptive, adv, "resrec", ctx)
-    note("t1/advface database non-adaptive", err)
-    t1["advface database non-adaptive"] = r
-    rows.append(["AdvFace", "database, NON-ADAPTIVE (paper)", *_row_metrics(r and r["metrics"]["reconstruction"]),
-                 "0.28 / 6.97 / 4.03"])
-    r, err = attempt(adaptive, adv, "resrec", ctx, ab)
-    note("t1/advface database adaptive", err)
-    t1["advface database adaptive"] = r["metrics"] if r else None
-    rows.append(["AdvFace", "database, ADAPTIVE", *_row_metrics(r and r["metrics"]["reconstruction"]), ""])
-    base = t1.get("unprotected")
-    if base:
-        for who in ("mean face", "random person"):
-            rows.append([f"*baseline: {who}*", "", *_row_metrics(base[who]), ""])
-    md += ["### Table 1 analogue: reconstruction by a resrec attacker (LFW, shadow resrec)", "",
-           md_table(["system", "leakage", "MSE↑", "PSNR↓", "SSIM↓", "COS↓", "SRRA pair %↓", "paper SSIM / PSNR / SRRA"], rows), "",
-           "Non-adaptive = the paper's attacker: trained on plain z of the unprotected split system, tested on the "
-           "stored adversarial features. Adaptive = trained on (stored adversarial feature, face) pairs that he builds "
-           f"by running public faces through the same AdvFace ({ab.adaptive_images or 'all'} public faces). "
-           "Random perturbation and Laplace act on the client, so channel and database hold the same data.", ""]
+    if want("t1"):
+        rows: list[list] = []
+        t1 = data["table1"]
+        r, err = attempt(capped_privacy, plain, "resrec", ctx)
+        note("t1/unprotected", err)
+        t1["unprotected"] = r["metrics"] if r else None
+        rows.append(["unprotected (plain z)", "channel = database", *_row_metrics(r and r["metrics"]["reconstruction"]),
+                     "0.93 / 27.87 / 97.40"])
+        for label, d in (("random perturbation", rand), ("Laplace DP (ε=1/coord.)", dp)):
+            r, err = attempt(capped_privacy, d, "resrec", ctx)
+            note(f"t1/{label}", err)
+            t1[label] = r["metrics"] if r else None
+            rows.append([label, "channel = database", *_row_metrics(r and r["metrics"]["reconstruction"]), ""])
+        # the channel carries exactly the plain z of the unprotected split system: the unprotected system's
+        # attacker (same training data) judged on AdvFace's channel leak
+        r, err = attempt(lambda: judge(plain_attacker("resrec", ctx), adv, "channel", ctx))
+        note("t1/advface channel", err)
+        t1["advface channel"] = r["metrics"] if r else None
+        rows.append(["AdvFace", "channel (plain z, by design)", *_row_metrics(r and r["metrics"]["reconstruction"]), ""])
+        r, err = attempt(nonadaptive, adv, "resrec", ctx)
+        note("t1/advface database non-adaptive", err)
+        t1["advface database non-adaptive"] = r
+        rows.append(["AdvFace", "database, NON-ADAPTIVE (paper)", *_row_metrics(r and r["metrics"]["reconstruction"]),
+                     "0.28 / 6.97 / 4.03"])
+        r, err = attempt(adaptive, adv, "resrec", ctx, ab)
+        note("t1/advface database adaptive", err)
+        t1["advface database adaptive"] = r["metrics"] if r else None
+        rows.append(["AdvFace", "database, ADAPTIVE", *_row_metrics(r and r["metrics"]["reconstruction"]), ""])
+        base = t1.get("unprotected")
+        if base:
+            for who in ("mean face", "random person"):
+                rows.append([f"*baseline: {who}*", "", *_row_metrics(base[who]), ""])
+        md += ["### Table 1 analogue: reconstruction by a resrec attacker (LFW, shadow resrec)", "",
+               md_table(["system", "leakage", "MSE↑", "PSNR↓", "SSIM↓", "COS↓", "SRRA pair %↓", "paper SSIM / PSNR / SRRA"], rows), "",
+               "Non-adaptive = the paper's attacker: trained on plain z of the unprotected split system, tested on the "
+               "stored adversarial features. Adaptive = trained on (stored adversarial feature, face) pairs that he builds "
+               f"by running public faces through the same AdvFace ({ab.adaptive_images or 'all'} public faces). "
+               "Random perturbation and Laplace act on the client, so channel and database hold the same data.", ""]
+        checkpoint()
 
     # ---- Table 2 ---------------------------------------------------------------------------
-    t2 = data["table2"]
-    pf = ab.utility_per_fold
-    rows = []
-    adv_off = adv.with_mode("offline")
-    for label, d, paper in (("unprotected (= dlib ResNet)", plain, "98.13"), ("random perturbation", rand, ""),
-                            ("Laplace DP", dp, ""), ("AdvFace online (deployed Ψ)", adv, "96.43"),
-                            ("AdvFace offline, frozen Ψ (no retraining)", adv_off, "")):
-        u, err = attempt(utility_at, d, ctx, pf)
-        note(f"t2/{label}", err)
-        t2[label] = u
-        rows.append([label, _acc(u), "euclidean", paper])
-    for label, d, paper in (("AdvFace offline, Ψ retrained on adversarial features", adv_off, "97.78"),
-                            ("same-budget Ψ retrained on plain z (reference)", plain, "")):
-        model, err = attempt(offline_server, d, ctx, ab)
-        u = None
-        if model is not None:
-            u, err = attempt(utility_at, d, ctx, pf, "adapted", model)
-        note(f"t2/{label}", err)
-        t2[label] = u
-        rows.append([label, _acc(u), "cosine", paper])
-    md += ["### Table 2 analogue: LFW accuracy", "",
-           md_table(["system", "LFW acc % (± std)", "metric", "paper"], rows), "",
-           f"{'all' if pf is None else 20 * pf} LFW pairs (10 folds). Online: stored adversarial features vs probes' plain z "
-           "through the deployed Ψ. Offline: probes are converted too; the retrained server is a copy of Ψ distilled "
-           f"toward the frozen dlib embeddings of the clean faces ({ab.student_images or 'profile'} public faces x 2 flips, "
-           f"≤{ab.student_epochs} epochs / {ab.student_seconds:.0f} s).", ""]
+    if want("t2"):
+        t2 = data["table2"]
+        pf = ab.utility_per_fold
+        rows = []
+        adv_off = adv.with_mode("offline")
+        for label, d, paper in (("unprotected (= dlib ResNet)", plain, "98.13"), ("random perturbation", rand, ""),
+                                ("Laplace DP", dp, ""), ("AdvFace online (deployed Ψ)", adv, "96.43"),
+                                ("AdvFace offline, frozen Ψ (no retraining)", adv_off, "")):
+            u, err = attempt(utility_at, d, ctx, pf)
+            note(f"t2/{label}", err)
+            t2[label] = u
+            rows.append([label, _acc(u), "euclidean", paper])
+        for label, d, paper in (("AdvFace offline, Ψ retrained on adversarial features", adv_off, "97.78"),
+                                ("same-budget Ψ retrained on plain z (reference)", plain, "")):
+            model, err = attempt(offline_server, d, ctx, ab)
+            u = None
+            if model is not None:
+                u, err = attempt(utility_at, d, ctx, pf, "adapted", model)
+            note(f"t2/{label}", err)
+            t2[label] = u
+            rows.append([label, _acc(u), "cosine", paper])
+        md += ["### Table 2 analogue: LFW accuracy", "",
+               md_table(["system", "LFW acc % (± std)", "metric", "paper"], rows), "",
+               f"{'all' if pf is None else 20 * pf} LFW pairs (10 folds). Online: stored adversarial features vs probes' plain z "
+               "through the deployed Ψ. Offline: probes are converted too; the retrained server is a copy of Ψ distilled "
+               f"toward the frozen dlib embeddings of the clean faces ({ab.student_images or 'profile'} public faces x 2 flips, "
+               f"≤{ab.student_epochs} epochs / {ab.student_seconds:.0f} s).", ""]
+        checkpoint()
 
     # ---- Fig. 3/4: ε sweep -----------------------------------------------------------------
-    sw = data["sweep"]
-    rows = []
-    r, err = attempt(lambda: judge(plain_attacker("resrec", ctx), plain, "database", ctx, ab.sweep_eval_pairs))
-    u, err2 = attempt(utility_at, plain, ctx, ab.sweep_per_fold)
-    sw["unprotected"] = {"psnr": r and r["metrics"]["reconstruction"]["PSNR"], "ssim": r and r["metrics"]["reconstruction"]["SSIM"],
-                         "acc": u and u["acc_mean"], "errors": [e for e in (err, err2) if e]}
-    for eps in EPS_SWEEP:
-        d = advface(ctx, eps=eps)
-        r, err = attempt(nonadaptive, d, "resrec", ctx, ab.sweep_eval_pairs)
-        u, err2 = attempt(utility_at, d, ctx, ab.sweep_per_fold)
-        m = r["metrics"]["reconstruction"] if r else None
-        sw[f"{eps:g}"] = {"psnr": m and m["PSNR"], "ssim": m and m["SSIM"], "acc": u and u["acc_mean"],
-                          "errors": [e for e in (err, err2) if e]}
-        rows.append([f"{eps:g}", "—" if m is None else f"{m['PSNR']:.2f}", "—" if m is None else f"{m['SSIM']:.3f}", _acc(u)])
-    fig = _plot_sweep(sw, Path(ctx["out_dir"]))
-    un = sw["unprotected"]
-    rows.append(["unprotected", "—" if un["psnr"] is None else f"{un['psnr']:.2f}",
-                 "—" if un["ssim"] is None else f"{un['ssim']:.3f}", "—" if un["acc"] is None else pct(un["acc"])])
-    md += ["### Fig. 3/4 analogue: noise bound ε (online, shadow resrec, non-adaptive resrec attacker)", "",
-           md_table(["ε (absolute; feature std 0.874)", "PSNR↓", "SSIM↓", "LFW acc %"], rows), "",
-           f"{ab.sweep_eval_pairs or 'all'} LFW targets judged, {'all' if ab.sweep_per_fold is None else 20 * ab.sweep_per_fold} "
-           "pairs for accuracy. ε = 0 stores z̃ = E(S(z)) itself.", ""]
-    if fig:
-        md += [f"![Fig. 3/4 analogue]({fig.name})", ""]
-
-    # ---- Tables 3-4: transferability -------------------------------------------------------
-    tr = data["transfer"]
-    rows = []
-    for shadow in SHADOWS:
-        d = adv if shadow == "resrec" else advface(ctx, shadow=shadow)
-        if shadow == "resrec" and t2.get("AdvFace online (deployed Ψ)"):
-            u, err = t2["AdvFace online (deployed Ψ)"], None
-        else:
-            u, err = attempt(utility_at, d, ctx, ab.transfer_per_fold)
-        note(f"transfer/{shadow}/acc", err)
-        tr[shadow] = {"acc": u and u["acc_mean"], "pairs": u and u["n_pairs"], "attacks": {}}
-        for attack in SHADOWS:
-            r, err = attempt(nonadaptive, d, attack, ctx, ab.transfer_eval_pairs)
-            note(f"transfer/{shadow}/{attack}", err)
+    if want("sweep"):
+        sw = data["sweep"]
+        rows = []
+        r, err = attempt(lambda: judge(plain_attacker("resrec", ctx), plain, "database", ctx, ab.sweep_eval_pairs))
+        u, err2 = attempt(utility_at, plain, ctx, ab.sweep_per_fold)
+        sw["unprotected"] = {"psnr": r and r["metrics"]["reconstruction"]["PSNR"], "ssim": r and r["metrics"]["reconstruction"]["SSIM"],
+                             "acc": u and u["acc_mean"], "errors": [e for e in (err, err2) if e]}
+        for eps in ab.sweep_eps:
+            d = advface(ctx, eps=eps)
+            r, err = attempt(nonadaptive, d, "resrec", ctx, ab.sweep_eval_pairs)
+            u, err2 = attempt(utility_at, d, ctx, ab.sweep_per_fold)
             m = r["metrics"]["reconstruction"] if r else None
-            tr[shadow]["attacks"][attack] = m
-            rows.append([shadow, attack, _acc(u), u["n_pairs"] if u else "—", "—" if m is None else f"{m['SSIM']:.3f}",
-                         "—" if m is None else f"{m['PSNR']:.2f}"])
-    md += ["### Tables 3-4 analogue: transferability (online accuracy; non-adaptive attackers)", "",
-           md_table(["shadow S", "attacker", "LFW acc %", "pairs", "SSIM↓", "PSNR↓"], rows), ""]
+            sw[f"{eps:g}"] = {"psnr": m and m["PSNR"], "ssim": m and m["SSIM"], "acc": u and u["acc_mean"],
+                              "errors": [e for e in (err, err2) if e]}
+            rows.append([f"{eps:g}", "—" if m is None else f"{m['PSNR']:.2f}", "—" if m is None else f"{m['SSIM']:.3f}", _acc(u)])
+        fig = _plot_sweep(sw, Path(ctx["out_dir"]))
+        un = sw["unprotected"]
+        rows.append(["unprotected", "—" if un["psnr"] is None else f"{un['psnr']:.2f}",
+                     "—" if un["ssim"] is None else f"{un['ssim']:.3f}", "—" if un["acc"] is None else pct(un["acc"])])
+        md += ["### Fig. 3/4 analogue: noise bound ε (online, shadow resrec, non-adaptive resrec attacker)", "",
+               md_table(["ε (absolute; feature std 0.874)", "PSNR↓", "SSIM↓", "LFW acc %"], rows), "",
+               f"{ab.sweep_eval_pairs or 'all'} LFW targets judged, {'all' if ab.sweep_per_fold is None else 20 * ab.sweep_per_fold} "
+               "pairs for accuracy. ε = 0 stores z̃ = E(S(z)) itself.", ""]
+        if fig:
+            md += [f"![Fig. 3/4 analogue]({fig.name})", ""]
+        checkpoint()
 
     # ---- the adaptive attacker -------------------------------------------------------------
-    ad = data["adaptive"]
-    rows = []
-    for attack in ("resrec", "dn", "cgan"):
-        r1, e1 = attempt(nonadaptive, adv, attack, ctx)
-        if attack == "resrec" and t1.get("advface database adaptive"):
-            m2, e2 = t1["advface database adaptive"]["reconstruction"], None
-        else:
-            r2, e2 = attempt(adaptive, adv, attack, ctx, ab)
-            m2 = r2["metrics"]["reconstruction"] if r2 else None
-        note(f"adaptive/{attack}/non-adaptive", e1)
-        note(f"adaptive/{attack}/adaptive", e2)
-        m1 = r1["metrics"]["reconstruction"] if r1 else None
-        ad[attack] = {"non-adaptive": m1, "adaptive": m2}
-        rows.append([attack, "non-adaptive (trained on plain z)", *_row_metrics(m1)])
-        rows.append([attack, "ADAPTIVE (trained on stored adversarial features)", *_row_metrics(m2)])
-    md += ["### Adaptive attacker on the AdvFace database (shadow resrec)", "",
-           md_table(["attack", "attacker", "MSE↑", "PSNR↓", "SSIM↓", "COS↓", "SRRA pair %↓"], rows), "",
-           "FaceObfuscator's Table 1 reports that AdvFace falls to an adaptive attacker; here the adaptive attacker is the "
-           "harness's database-leakage attack (he runs public faces through the same AdvFace).", ""]
+    if want("adaptive"):
+        ad = data["adaptive"]
+        rows = []
+        for attack in ("resrec", "dn", "cgan"):
+            r1, e1 = attempt(nonadaptive, adv, attack, ctx)
+            if attack == "resrec" and t1.get("advface database adaptive"):
+                m2, e2 = t1["advface database adaptive"]["reconstruction"], None
+            else:
+                r2, e2 = attempt(adaptive, adv, attack, ctx, ab)
+                m2 = r2["metrics"]["reconstruction"] if r2 else None
+            note(f"adaptive/{attack}/non-adaptive", e1)
+            note(f"adaptive/{attack}/adaptive", e2)
+            m1 = r1["metrics"]["reconstruction"] if r1 else None
+            ad[attack] = {"non-adaptive": m1, "adaptive": m2}
+            rows.append([attack, "non-adaptive (trained on plain z)", *_row_metrics(m1)])
+            rows.append([attack, "ADAPTIVE (trained on stored adversarial features)", *_row_metrics(m2)])
+        md += ["### Adaptive attacker on the AdvFace database (shadow resrec)", "",
+               md_table(["attack", "attacker", "MSE↑", "PSNR↓", "SSIM↓", "COS↓", "SRRA pair %↓"], rows), "",
+               "FaceObfuscator's Table 1 reports that AdvFace falls to an adaptive attacker; here the adaptive attacker is the "
+               "harness's database-leakage attack (he runs public faces through the same AdvFace).", ""]
+        checkpoint()
+
+    # ---- Tables 3-4: transferability -------------------------------------------------------
+    if want("transfer"):
+        tr = data["transfer"]
+        rows = []
+        for shadow in SHADOWS:
+            d = adv if shadow == "resrec" else advface(ctx, shadow=shadow)
+            if shadow == "resrec" and t2.get("AdvFace online (deployed Ψ)"):
+                u, err = t2["AdvFace online (deployed Ψ)"], None
+            else:
+                u, err = attempt(utility_at, d, ctx, ab.transfer_per_fold)
+            note(f"transfer/{shadow}/acc", err)
+            tr[shadow] = {"acc": u and u["acc_mean"], "pairs": u and u["n_pairs"], "attacks": {}}
+            for attack in SHADOWS:
+                r, err = attempt(nonadaptive, d, attack, ctx, ab.transfer_eval_pairs)
+                note(f"transfer/{shadow}/{attack}", err)
+                m = r["metrics"]["reconstruction"] if r else None
+                tr[shadow]["attacks"][attack] = m
+                rows.append([shadow, attack, _acc(u), u["n_pairs"] if u else "—", "—" if m is None else f"{m['SSIM']:.3f}",
+                             "—" if m is None else f"{m['PSNR']:.2f}"])
+        md += ["### Tables 3-4 analogue: transferability (online accuracy; non-adaptive attackers)", "",
+               md_table(["shadow S", "attacker", "LFW acc %", "pairs", "SSIM↓", "PSNR↓"], rows), ""]
+        checkpoint()
+
     if data["errors"]:
         md += ["Errors: " + "; ".join(f"{k}: {v}" for k, v in data["errors"].items()), ""]
     md += [f"AdvFace budgets for profile {bp.name}: {asdict(ab)}", ""]
@@ -372,14 +432,14 @@ def _plot_sweep(sw: dict, out_dir: Path) -> Path | None:
     pts = [(k, v["psnr"], v["acc"]) for k, v in sw.items() if k != "unprotected" and v["psnr"] is not None and v["acc"] is not None]
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.plot([p[1] for p in pts], [100 * p[2] for p in pts], "o-", label="AdvFace (online)")
     for k, x, y in pts:
         ax.annotate(f"ε={k}", (x, 100 * y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     un = sw.get("unprotected", {})
     if un.get("psnr") is not None and un.get("acc") is not None:
         ax.plot([un["psnr"]], [100 * un["acc"]], "s", color="C3", label="unprotected")
-    ax.set_xlabel("PSNR of the non-adaptive resrec reconstruction (dB, lower = more private)")
+    ax.set_xlabel("PSNR of the non-adaptive resrec reconstruction (dB; lower = more private)", fontsize=9)
     ax.set_ylabel("LFW accuracy %")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
