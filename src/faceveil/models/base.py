@@ -83,11 +83,7 @@ class Recognizer(nn.Module):
 
     def prepare(self, x: Tensor) -> Tensor:
         """Resize a ``[B,3,H,W]`` image batch to the model's input size (bilinear) if needed."""
-        check_images(x)
-        s = self.input_size
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-        return x
+        return prepare_images(x, self.input_size)
 
     @torch.no_grad()
     def embed(self, x: Tensor, batch_size: int = 64) -> Tensor:
@@ -121,3 +117,12 @@ class Recognizer(nn.Module):
 
     def save_operating_point(self, op: OperatingPoint) -> None:
         self.operating_point_path().write_text(json.dumps(asdict(op), indent=2))
+
+
+def prepare_images(x: Tensor, size: int) -> Tensor:
+    """Check a ``[B,3,H,W]`` batch in [0,1] and resize it to ``size`` (bilinear, antialiased) if needed:
+    the input step shared by recognisers and attribute models."""
+    check_images(x)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x

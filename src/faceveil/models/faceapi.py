@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceveil.errors import FaceveilDataError
-from faceveil.models.base import CropSpec, check_images
+from faceveil.models.base import CropSpec, prepare_images
 from faceveil.models.tfjs_graph import (
     conv2d_tf,
     depthwise_to_oihw,
@@ -71,11 +71,7 @@ class AttributeModel(nn.Module):
 
     def prepare(self, x: Tensor) -> Tensor:
         """Resize a ``[B,3,H,W]`` batch to the model's input size (bilinear, antialiased) if needed."""
-        check_images(x)
-        s = self.input_size
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-        return x
+        return prepare_images(x, self.input_size)
 
     @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 64) -> dict[str, Tensor]:
