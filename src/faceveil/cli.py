@@ -182,6 +182,8 @@ def attack_cmd(
     max_seconds: Annotated[float | None, typer.Option(help="Override the profile's training time budget (s).")] = None,
     identity_weight: Annotated[float, typer.Option(
         help="Add an identity loss through the deployed recogniser (a stronger attacker than the papers').")] = 0.0,
+    eval_pairs: Annotated[int | None, typer.Option(
+        help="Evaluate on this many LFW same-pairs (default: the profile's; the attacker cache is unaffected).")] = None,
 ) -> None:
     """Train an attack on a defense (as a real attacker would) and judge it on LFW."""
     from faceveil.attacks.base import ThreatModel, profile_budget
@@ -195,7 +197,7 @@ def attack_cmd(
         budget = profile_budget(profile, **({"max_seconds": max_seconds} if max_seconds else {}))
         kwargs = {"identity_weight": identity_weight} if identity_weight else None
         r = run_attack(d, attack, threat, profile=profile, seed=seed, data=data_dir, force=force, out_dir=out,
-                       budget=budget, attack_kwargs=kwargs)
+                       budget=budget, attack_kwargs=kwargs, eval_pairs_n=eval_pairs)
     except (FaceveilError, ValueError) as e:
         _fail(e)
     typer.echo(format_result(r))

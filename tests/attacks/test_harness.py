@@ -43,6 +43,14 @@ def test_result_records_threat_and_writes_grid(res1_result):
     assert im["original"].shape == im["reconstruction"].shape == (8, 3, 64, 64)
 
 
+def test_eval_pairs_override_reuses_cached_attacker(res1_result):
+    """Fewer evaluation pairs: the same cached attacker (no retraining), judged on n pairs."""
+    r = run_attack(get_defense("none", transmit="res1"), "urec", ThreatModel(), profile="ci", progress=False,
+                   eval_pairs_n=20)
+    assert r["eval"]["n"] == 20 and r["cache"] == res1_result["cache"]
+    assert r["metrics"]["reconstruction"]["COS"] > r["metrics"]["mean face"]["COS"]
+
+
 def test_wrong_shape_for_trained_attacker(res1_result):
     from faceveil.attacks.base import profile_budget
     from faceveil.attacks.harness import train_attacker

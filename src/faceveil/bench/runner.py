@@ -66,7 +66,8 @@ BENCH_PROFILES = {
 SETTINGS: dict[str, list[Setting]] = {
     "none": [Setting("none (embedding)", "none", {"transmit": "embedding"}),
              Setting("none (res1 map)", "none", {"transmit": "res1"}),
-             Setting("none (image)", "none", {"transmit": "image"})],
+             # the attacker who holds the unprotected image holds the face: no attack to train
+             Setting("none (image)", "none", {"transmit": "image"}, attacks=())],
 }
 
 #: per-defense experiments (paper tables/figures), run when that defense is named in --defenses:
