@@ -213,13 +213,15 @@ def bench_cmd(
     data_dir: DataDir = None,
     seed: int = 0,
     force: Annotated[bool, typer.Option(help="Retrain cached students and attackers.")] = False,
+    experiments: Annotated[bool, typer.Option(
+        help="Also run the paper experiments of the defenses named in --defenses.")] = True,
 ) -> None:
     """Defenses x attacks on LFW: utility and privacy tables, grids, scatter plot, report.md/html."""
     from faceveil.bench.runner import run_bench
 
     try:
         r = run_bench(profile, defenses.split(",") if defenses else None, attacks.split(",") if attacks else None,
-                      out, data_dir, seed, force)
+                      out, data_dir, seed, force, experiments=experiments)
     except (FaceveilError, ValueError) as e:
         _fail(e)
     typer.echo((out / "report.md").read_text())

@@ -49,3 +49,20 @@ def test_unprotected_cell_is_attacked(bench_out):
     assert m["reconstruction"]["closer_to_own"] > m["random person"]["closer_to_own"]
     util = next(c for c in r["cells"] if c["kind"] == "utility" and c["setting"] == "none (image)")
     assert util["result"]["servers"]["frozen"]["acc_mean"] > 0.9
+
+
+def test_slow_clients_get_capped_data_sets():
+    """Sizes follow the declared client cost: cheap defenses keep the profile's sizes; a slow client
+    (AdvNoise, DeepBlur) gets fewer utility pairs and training images, deterministically."""
+    from faceveil.bench.runner import BENCH_PROFILES, setting_sizes
+    from faceveil.defenses import get_defense
+
+    quick = BENCH_PROFILES["quick"]
+    cheap = setting_sizes(get_defense("blur"), quick)
+    assert (cheap.utility_per_fold, cheap.student_images, cheap.attack_images) == (quick.utility_per_fold, None, None)
+    adv, deep = setting_sizes(get_defense("advnoise"), quick), setting_sizes(get_defense("deepblur"), quick)
+    assert deep.utility_per_fold <= adv.utility_per_fold < quick.utility_per_fold
+    assert deep.attack_images < adv.attack_images
+    # protecting each capped set costs about the profile's protect_seconds at the declared rate
+    assert adv.attack_images * get_defense("advnoise").protect_ms_hint / 1000 <= quick.protect_seconds
+    assert setting_sizes(get_defense("advnoise"), BENCH_PROFILES["full"]).attack_images is None

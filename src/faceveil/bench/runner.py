@@ -54,13 +54,38 @@ class BenchProfile:
     utility_per_fold: int | None  # LFW pairs per fold and class for utility (None = all 6,000)
     adapted: bool  # train adapted students
     attack_profile: str
+    #: seconds of client protection allowed per data set (LFW utility images, student training images,
+    #: attacker training images) for defenses whose protection is expensive (DeepBlur ~2 s/face,
+    #: AdvNoise ~0.3 s/face on one core); None = no cap. Cheap defenses are never capped.
+    protect_seconds: float | None = None
 
 
 BENCH_PROFILES = {
-    "ci": BenchProfile("ci", utility_per_fold=5, adapted=False, attack_profile="ci"),
-    "quick": BenchProfile("quick", utility_per_fold=50, adapted=True, attack_profile="quick"),
+    "ci": BenchProfile("ci", utility_per_fold=5, adapted=False, attack_profile="ci", protect_seconds=60),
+    "quick": BenchProfile("quick", utility_per_fold=50, adapted=True, attack_profile="quick", protect_seconds=240),
     "full": BenchProfile("full", utility_per_fold=None, adapted=True, attack_profile="full"),
 }
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Data-set sizes of one setting under a profile (capped for expensive clients)."""
+
+    utility_per_fold: int | None
+    student_images: int | None  # None = the distillation profile's
+    attack_images: int | None  # None = the attack profile's
+
+
+def setting_sizes(d: Defense, bp: BenchProfile) -> Sizes:
+    """Cap the LFW utility pairs and the student/attacker training images of a slow client so that
+    protecting each set costs about ``bp.protect_seconds`` at its declared ``protect_ms_hint``
+    (declared, not measured, so that sizes and cache keys do not depend on the machine's load)."""
+    if bp.protect_seconds is None or d.protect_ms_hint <= 0:
+        return Sizes(bp.utility_per_fold, None, None)
+    n = int(1000 * bp.protect_seconds / d.protect_ms_hint)  # faces affordable per set
+    per_fold = max(5, min(bp.utility_per_fold or 300, n // 40))  # 2 images x 2 classes x 10 folds
+    cap = max(128, n)
+    return Sizes(per_fold, cap, cap)
 
 #: benchmark settings per defense name; defense modules may register more (ablations)
 SETTINGS: dict[str, list[Setting]] = {
@@ -119,9 +144,11 @@ def _versions() -> dict:
 
 def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks: list[str] | None = None,
               out_dir: Path = Path("results/bench"), data=None, seed: int = 0, force: bool = False,
-              progress: bool = True) -> dict:
-    """Run every (setting, utility/attack) cell; write results.json/csv, report.md/html."""
+              progress: bool = True, experiments: bool = True) -> dict:
+    """Run every (setting, utility/attack) cell, then (``experiments``) the paper experiments of the
+    defenses named in ``defenses``; write results.json/csv, report.md/html."""
     import faceveil.bench.experiments  # noqa: F401  (registers settings and experiments)
+    from faceveil.attacks.base import profile_budget
     from faceveil.attacks.harness import run_attack
     from faceveil.bench.report import write_report
 
@@ -151,6 +178,7 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
                         plan.append(("privacy", st, a, "database", view))
     cells: list[Cell] = []
     images: dict = {}
+    sizes: dict[str, Sizes] = {}
     bar = tqdm(plan, desc=f"bench ({profile})", disable=not progress, unit="cell")
     for kind, st, a, leakage, view in bar:
         bar.set_postfix_str(f"{st.label} {kind} {a or ''} {leakage or ''} {view or ''}".strip())
@@ -158,18 +186,23 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
         cell = Cell(kind, st.label + (f" [adaptive: {view}]" if view else ""), st.defense)
         try:
             d = st.build(data)
+            if st.label not in sizes:
+                sizes[st.label] = setting_sizes(d, bp)
+            sz = sizes[st.label]
             if kind == "utility":
-                cell.result = {"config": d.describe(), "servers": {}}
+                cell.result = {"config": d.describe(), "servers": {}, "sizes": asdict(sz)}
                 for server in utility_servers(d, st, bp):
-                    sysm = ProtectedSystem(d, server=server, profile=bp.attack_profile, seed=seed, data=data)
-                    cell.result["servers"][server] = sysm.lfw_utility(lfw, per_fold=bp.utility_per_fold)
+                    sysm = ProtectedSystem(d, server=server, profile=bp.attack_profile, seed=seed, data=data,
+                                           student_overrides={"train_images": sz.student_images} if sz.student_images else None)
+                    cell.result["servers"][server] = sysm.lfw_utility(lfw, per_fold=sz.utility_per_fold)
                     if server == "adapted":
                         cell.result["servers"][server]["train_log"] = getattr(sysm.server, "train_log", None)
             else:
                 threat = ThreatModel(leakage=leakage, knowledge="white-box" if a == "whitebox" else "black-box client",
                                      adaptive=view is not None, view=view)
+                budget = profile_budget(bp.attack_profile, **({"train_images": sz.attack_images} if sz.attack_images else {}))
                 r = run_attack(d, a, threat, profile=bp.attack_profile, seed=seed, data=data, force=force,
-                               out_dir=out_dir / "cells", progress=progress, return_images=True)
+                               out_dir=out_dir / "cells", progress=progress, return_images=True, budget=budget)
                 label = st.label + (f" [adaptive: {view}]" if view else "")
                 images[(label, a, leakage)] = r.pop("images")
                 cell.result = r
@@ -180,8 +213,8 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
         cells.append(cell)
     bar.close()
 
-    experiments = {}
-    for n in (defenses or []):
+    run_experiments, experiments = experiments, {}
+    for n in (defenses or []) if run_experiments else []:
         if n in EXPERIMENTS:
             t0 = time.perf_counter()
             try:

@@ -88,6 +88,9 @@ class Defense:
     needs_adapted_server: ClassVar[bool] = False
     #: protect() runs an optimisation (PMT, AdvNoise, DeepBlur, AdvFace) and needs autograd
     needs_grad_to_protect: ClassVar[bool] = False
+    #: typical client cost in ms/face on one CPU core (measured; 0 = cheap). Benchmarks use it to
+    #: size the data sets of slow clients (:func:`faceveil.bench.runner.setting_sizes`)
+    protect_ms_hint: ClassVar[float] = 0.0
     #: value range of image-domain outputs ((-1, 1) for InstaHide's sign-flipped mixes)
     output_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     #: keyword arguments that are inputs, not configuration (kept out of config()/cache keys)

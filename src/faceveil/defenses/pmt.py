@@ -310,6 +310,7 @@ class PMT(Defense):
     stochastic = True
     differentiable = False
     needs_grad_to_protect = True
+    protect_ms_hint = 5000.0  # K=100 signed-gradient steps: 3.7-8 s/face
     HELP: ClassVar[dict[str, str]] = {
         "upload": "image (obfuscated image x~) | features (z~ = E_c(x~), server runs the rest of the network)",
         "model": "the deployed, authorised recogniser: dlib | mobilefacenet | faceres",

@@ -41,7 +41,7 @@ class ProtectedSystem:
     ``"adapted"`` a student distilled on protected inputs (:mod:`faceveil.train`)."""
 
     def __init__(self, defense: Defense, server: str = "frozen", profile: str = "quick", seed: int = 0,
-                 metric: str | None = None, data=None) -> None:
+                 metric: str | None = None, data=None, student_overrides: dict | None = None) -> None:
         if server not in ("frozen", "adapted"):
             raise ValueError(f"server must be 'frozen' or 'adapted', got {server!r}")
         self.defense = defense
@@ -49,6 +49,7 @@ class ProtectedSystem:
         self.profile = profile
         self.seed = seed
         self.data = data
+        self.student_overrides = dict(student_overrides or {})  # DistillConfig fields (e.g. train_images)
         self._server: nn.Module | None = None
         self.metric = metric or ("cosine" if server == "adapted" else defense.recognizer.metric)
         self.operating: OperatingPoint | None = None
@@ -62,7 +63,8 @@ class ProtectedSystem:
                 from faceveil.train import adapted_server
 
                 with torch.enable_grad():  # first use may come from a no_grad path (embed_protected); training needs grad
-                    self._server = adapted_server(self.defense, profile=self.profile, seed=self.seed, data=self.data)
+                    self._server = adapted_server(self.defense, profile=self.profile, seed=self.seed, data=self.data,
+                                                  **self.student_overrides)
             self._server.eval()
         return self._server
 
