@@ -3,41 +3,23 @@ on six aligned LFW chips (tests/fixtures/tfjs, made by tools/tfjs_reference/make
 
 from __future__ import annotations
 
-import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import faceveil.models.faceapi as fa
 from faceveil.models.tfjs_graph import load_manifest_weights
+from tests.models.conftest import load_tfjs_chips
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tfjs"
 TOL = 1e-4
 torch.set_num_threads(1)
 
 
-def load_chips(key: str) -> torch.Tensor:
-    with np.load(FIXTURES / "chips.npz") as z:
-        keys = sorted((k for k in z.files if k.startswith(key + "/")), key=lambda k: int(k.split("/")[1]))
-        chips = np.stack([np.asarray(Image.open(io.BytesIO(z[k].tobytes()))) for k in keys])
-        crops = json.loads(str(z["crops"]))
-    assert crops[key] == [fa.FaceApiAgeGender.crop.size, fa.FaceApiAgeGender.crop.padding]
-    return torch.from_numpy(chips).permute(0, 3, 1, 2).float() / 255
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / "reference.npz") as z:
-        return {k: z[k] for k in z.files}
-
-
 @pytest.fixture(scope="module")
 def chips() -> torch.Tensor:
-    return load_chips("faceapi_112")
+    return load_tfjs_chips("faceapi_112", fa.FaceApiAgeGender.crop)
 
 
 @pytest.fixture(scope="module")

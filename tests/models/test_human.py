@@ -3,14 +3,9 @@ backend, Human's own preprocessing) on six aligned LFW chips; registry, split an
 
 from __future__ import annotations
 
-import io
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from faceveil.models import RECOGNIZERS, get_recognizer
 from faceveil.models.human import (
@@ -20,24 +15,10 @@ from faceveil.models.human import (
     faceres_age,
     gear_age,
 )
+from tests.models.conftest import load_tfjs_chips
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tfjs"
 TOL = 1e-5
 torch.set_num_threads(1)
-
-
-def load_chips(key: str, crop) -> torch.Tensor:
-    with np.load(FIXTURES / "chips.npz") as z:
-        keys = sorted((k for k in z.files if k.startswith(key + "/")), key=lambda k: int(k.split("/")[1]))
-        chips = np.stack([np.asarray(Image.open(io.BytesIO(z[k].tobytes()))) for k in keys])
-        assert json.loads(str(z["crops"]))[key] == [crop.size, crop.padding]
-    return torch.from_numpy(chips).permute(0, 3, 1, 2).float() / 255
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / "reference.npz") as z:
-        return {k: z[k] for k in z.files}
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +33,12 @@ def mfn() -> MobileFaceNet:
 
 @pytest.fixture(scope="module")
 def x224() -> torch.Tensor:
-    return load_chips("human_224", FaceRes.crop)
+    return load_tfjs_chips("human_224", FaceRes.crop)
 
 
 @pytest.fixture(scope="module")
 def x112() -> torch.Tensor:
-    return load_chips("human_112", MobileFaceNet.crop)
+    return load_tfjs_chips("human_112", MobileFaceNet.crop)
 
 
 def test_registered() -> None:
