@@ -226,6 +226,9 @@ def bench_cmd(
         _fail(e)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"wrote {out}/report.md, report.html, results.json, results.csv; {r['failed']} failed cell(s)")
+    if r.get("interrupted"):
+        typer.echo(f"interrupted after {len(r['cells'])} of {r['planned_cells']} cells", err=True)
+        raise typer.Exit(130)
     raise typer.Exit(min(r["failed"], 100))
 
 

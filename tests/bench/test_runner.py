@@ -66,3 +66,19 @@ def test_slow_clients_get_capped_data_sets():
     # protecting each capped set costs about the profile's protect_seconds at the declared rate
     assert adv.attack_images * get_defense("advnoise").protect_ms_hint / 1000 <= quick.protect_seconds
     assert setting_sizes(get_defense("advnoise"), BENCH_PROFILES["full"]).attack_images is None
+
+
+def test_interrupted_run_still_writes_its_report(tmp_path, data_root, monkeypatch):
+    """Ctrl-C/SIGTERM during a cell: the finished cells are reported, the run says it was interrupted."""
+    import faceveil.attacks.harness as harness
+    from faceveil.bench.runner import run_bench
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "run_attack", interrupt)  # the first privacy cell is "interrupted"
+    r = run_bench("ci", ["none"], ["dn"], tmp_path, data_root, progress=False)
+    assert r["interrupted"] and r["planned_cells"] > len(r["cells"]) == 1
+    assert r["cells"][0]["kind"] == "utility" and r["cells"][0]["status"] == "ok"
+    assert "Interrupted" in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["interrupted"] is True

@@ -179,6 +179,9 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
     md = [f"# faceveil benchmark ({results['profile']} profile)", "",
           f"Seed {results['seed']}; wall time {results['wall_seconds'] / 60:.1f} min; failed cells: {results['failed']}; "
           f"versions: {results['versions']}.", "",
+          *([f"**Interrupted** after {len(results['cells'])} of {results['planned_cells']} cells: the tables hold the "
+             "cells that finished; re-running the same command continues from the caches.", ""]
+            if results.get("interrupted") else []),
           "## Utility (LFW 10-fold verification through the full protected path)", "",
           "Frozen = the deployed dlib ResNet as is; adapted = a student distilled on protected inputs "
           "(see README: a CPU stand-in for the papers' retrained servers).", "", utility_table(urows), "",

@@ -15,6 +15,7 @@ import platform
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -152,8 +153,6 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
     """Run every (setting, utility/attack) cell, then (``experiments``) the paper experiments of the
     defenses named in ``defenses``; write results.json/csv, report.md/html."""
     import faceveil.bench.experiments  # noqa: F401  (registers settings and experiments)
-    from faceveil.attacks.base import profile_budget
-    from faceveil.attacks.harness import run_attack
     from faceveil.bench.report import write_report
 
     if profile not in BENCH_PROFILES:
@@ -184,6 +183,65 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
     images: dict = {}
     sizes: dict[str, Sizes] = {}
     bar = tqdm(plan, desc=f"bench ({profile})", disable=not progress, unit="cell")
+    interrupted = False
+    with _interruptible():
+        try:
+            _run_cells(bar, cells, images, sizes, bp, data, seed, force, out_dir, progress, lfw)
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: report what finished
+            interrupted = True
+    bar.close()
+
+    run_experiments, experiments = experiments and not interrupted, {}
+    for n in (defenses or []) if run_experiments else []:
+        if n in EXPERIMENTS:
+            t0 = time.perf_counter()
+            try:
+                experiments[n] = EXPERIMENTS.get(n)(dict(profile=profile, bench_profile=bp, data=data, seed=seed,
+                                                         out_dir=out_dir, lfw=lfw, force=force, progress=progress))
+                experiments[n]["status"] = "ok"
+            except Exception as e:
+                experiments[n] = {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                  "traceback": traceback.format_exc(limit=8)}
+            experiments[n]["seconds"] = time.perf_counter() - t0
+
+    results = {
+        "profile": profile, "seed": seed, "defenses": names, "attacks": list(attack_names),
+        "versions": _versions(), "wall_seconds": time.perf_counter() - t_start,
+        "cells": [asdict(c) for c in cells], "experiments": experiments,
+        "failed": sum(c.status == "failed" for c in cells) + sum(e.get("status") == "failed" for e in experiments.values()),
+        "interrupted": interrupted, "planned_cells": len(plan),
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_report(results, images, out_dir)
+    return results
+
+
+@contextmanager
+def _interruptible():
+    """SIGTERM behaves like Ctrl-C inside the cell loop (so a killed run still writes its report)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _run_cells(bar, cells: list, images: dict, sizes: dict, bp: BenchProfile, data, seed: int, force: bool,
+               out_dir: Path, progress: bool, lfw: LFW) -> None:
+    """Run the planned cells (``bar`` iterates over them), appending to ``cells`` and ``images``."""
+    from faceveil.attacks.base import profile_budget
+    from faceveil.attacks.harness import run_attack
+
     for kind, st, a, leakage, view in bar:
         bar.set_postfix_str(f"{st.label} {kind} {a or ''} {leakage or ''} {view or ''}".strip())
         t0 = time.perf_counter()
@@ -216,27 +274,3 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
             cell.result["traceback"] = traceback.format_exc(limit=8)
         cell.seconds = time.perf_counter() - t0
         cells.append(cell)
-    bar.close()
-
-    run_experiments, experiments = experiments, {}
-    for n in (defenses or []) if run_experiments else []:
-        if n in EXPERIMENTS:
-            t0 = time.perf_counter()
-            try:
-                experiments[n] = EXPERIMENTS.get(n)(dict(profile=profile, bench_profile=bp, data=data, seed=seed,
-                                                         out_dir=out_dir, lfw=lfw, force=force, progress=progress))
-                experiments[n]["status"] = "ok"
-            except Exception as e:
-                experiments[n] = {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                                  "traceback": traceback.format_exc(limit=8)}
-            experiments[n]["seconds"] = time.perf_counter() - t0
-
-    results = {
-        "profile": profile, "seed": seed, "defenses": names, "attacks": list(attack_names),
-        "versions": _versions(), "wall_seconds": time.perf_counter() - t_start,
-        "cells": [asdict(c) for c in cells], "experiments": experiments,
-        "failed": sum(c.status == "failed" for c in cells) + sum(e.get("status") == "failed" for e in experiments.values()),
-    }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    write_report(results, images, out_dir)
-    return results
