@@ -181,12 +181,11 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
                         plan.append(("privacy", st, a, "database", view))
     cells: list[Cell] = []
     images: dict = {}
-    sizes: dict[str, Sizes] = {}
     bar = tqdm(plan, desc=f"bench ({profile})", disable=not progress, unit="cell")
     interrupted = False
     with _interruptible():
         try:
-            _run_cells(bar, cells, images, sizes, bp, data, seed, force, out_dir, progress, lfw)
+            _run_cells(bar, cells, images, bp, data, seed, force, out_dir, progress, lfw)
         except KeyboardInterrupt:  # Ctrl-C / SIGTERM: report what finished
             interrupted = True
     bar.close()
@@ -236,12 +235,13 @@ def _interruptible():
         signal.signal(signal.SIGTERM, old)
 
 
-def _run_cells(bar, cells: list, images: dict, sizes: dict, bp: BenchProfile, data, seed: int, force: bool,
+def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, data, seed: int, force: bool,
                out_dir: Path, progress: bool, lfw: LFW) -> None:
     """Run the planned cells (``bar`` iterates over them), appending to ``cells`` and ``images``."""
     from faceveil.attacks.base import profile_budget
     from faceveil.attacks.harness import run_attack
 
+    sizes: dict[str, Sizes] = {}  # per setting label
     for kind, st, a, leakage, view in bar:
         bar.set_postfix_str(f"{st.label} {kind} {a or ''} {leakage or ''} {view or ''}".strip())
         t0 = time.perf_counter()
@@ -266,8 +266,7 @@ def _run_cells(bar, cells: list, images: dict, sizes: dict, bp: BenchProfile, da
                 r = run_attack(d, a, threat, profile=bp.attack_profile, seed=seed, data=data, force=force,
                                out_dir=out_dir / "cells", progress=progress, return_images=True, budget=budget,
                                eval_pairs_n=bp.whitebox_pairs if a == "whitebox" else None)
-                label = st.label + (f" [adaptive: {view}]" if view else "")
-                images[(label, a, leakage)] = r.pop("images")
+                images[(cell.setting, a, leakage)] = r.pop("images")
                 cell.result = r
         except Exception as e:  # a failing cell is recorded and the run continues
             cell.status, cell.error = "failed", f"{type(e).__name__}: {e}"
