@@ -51,6 +51,16 @@ def test_unprotected_cell_is_attacked(bench_out):
     assert util["result"]["servers"]["frozen"]["acc_mean"] > 0.9
 
 
+def test_plan_has_no_adaptive_whitebox_cell(data_root):
+    """FaceObfuscator: dn non-adaptive and adaptive (|d|), white-box once (it already inverts |d|)."""
+    from faceveil.bench.runner import plan_cells
+
+    plan = [(k, a, v) for k, st, a, _, v in plan_cells(["faceobfuscator"], ("dn", "whitebox"), data_root)
+            if st.label.startswith("FaceObfuscator (AC01,AC10; b=2; [-60,60])")]
+    assert plan == [("utility", None, None), ("privacy", "dn", None), ("privacy", "dn", "abs"),
+                    ("privacy", "whitebox", None)]
+
+
 def test_slow_clients_get_capped_data_sets():
     """Sizes follow the declared client cost: cheap defenses keep the profile's sizes; a slow client
     (AdvNoise, DeepBlur) gets fewer utility pairs and training images, deterministically."""
