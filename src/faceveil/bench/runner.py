@@ -149,9 +149,13 @@ def _versions() -> dict:
     return {"faceveil": faceveil.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def plan_cells(names, attack_names, data) -> list[tuple[str, Setting, str | None, str | None, str | None]]:
-    """The bench's cells in run order: (kind, setting, attack, leakage, adaptive view)."""
-    plan: list = []
+#: one planned cell: (kind, setting, attack, leakage, adaptive view)
+PlanItem = tuple[str, Setting, str | None, str | None, str | None]
+
+
+def plan_cells(names: list[str], attack_names: tuple[str, ...], data=None) -> list[PlanItem]:
+    """The bench's cells in run order."""
+    plan: list[PlanItem] = []
     for n in names:
         for st in settings_for(n):
             d = st.build(data)
@@ -161,9 +165,9 @@ def plan_cells(names, attack_names, data) -> list[tuple[str, Setting, str | None
                     continue
                 for view in st.views:
                     if a == "whitebox" and view is not None:
-                        # the white-box attacker already knows the pipeline: its forward map is the
-                        # defense's randomness-invariant view (e.g. FaceObfuscator's |d|, and the
-                        # recovery is idempotent), so an "adaptive" white-box cell repeats it exactly
+                        # the white-box attacker knows the pipeline: Defense.whitebox_forward is already
+                        # invariant to the unknown randomness (FaceObfuscator: |d|, and its recovery is
+                        # idempotent), so an "adaptive" white-box cell would repeat it exactly
                         continue
                     plan.append(("privacy", st, a, "channel", view))
                     if _stores_differently(d):
