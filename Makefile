@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/faceveil bench --profile quick
+	$(VENV)/bin/faceveil bench --profile quick --jobs 2
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -215,13 +215,15 @@ def bench_cmd(
     force: Annotated[bool, typer.Option(help="Retrain cached students and attackers.")] = False,
     experiments: Annotated[bool, typer.Option(
         help="Also run the paper experiments of the defenses named in --defenses.")] = True,
+    jobs: Annotated[int, typer.Option(
+        help="Worker processes (one defense each, longest first; OMP threads = cores / jobs); logs in OUT/parts/.")] = 1,
 ) -> None:
     """Defenses x attacks on LFW: utility and privacy tables, grids, scatter plot, report.md/html."""
     from faceveil.bench.runner import run_bench
 
     try:
         r = run_bench(profile, defenses.split(",") if defenses else None, attacks.split(",") if attacks else None,
-                      out, data_dir, seed, force, experiments=experiments)
+                      out, data_dir, seed, force, experiments=experiments, jobs=jobs)
     except (FaceveilError, ValueError) as e:
         _fail(e)
     typer.echo((out / "report.md").read_text())

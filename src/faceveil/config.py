@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,24 @@ def cache_dir(kind: str) -> Path:
     p = home() / kind
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def tmp_path(path: Path) -> Path:
+    """A temporary name beside ``path`` to write and then ``replace`` into place: unique per process
+    (``faceveil bench --jobs`` workers fill the same caches) and with ``path``'s suffix (numpy adds
+    .npy/.npz otherwise)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (``flock``) on ``path`` for read-modify-write of shared cache files."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _canon(obj: Any) -> Any:

@@ -16,8 +16,9 @@ from faceveil.cli import app
 def bench_out(tmp_path_factory, data_root):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("bench")
-    res = CliRunner().invoke(app, ["bench", "--profile", "ci", "--defenses", "none", "--attacks", "urec", "--out", str(out),
-                                   "--data-dir", str(data_root)])
+    # two defenses in two worker processes: also exercises --jobs and the merge of their parts
+    res = CliRunner().invoke(app, ["bench", "--profile", "ci", "--defenses", "none,pixelate", "--attacks", "urec",
+                                   "--out", str(out), "--data-dir", str(data_root), "--jobs", "2"])
     assert res.exit_code == 0, res.output
     return out
 
@@ -39,6 +40,23 @@ def test_report_files_and_structure(bench_out):
             assert "wall_seconds" in c["result"] and "versions" in c["result"]
     rows = list(csv.DictReader((bench_out / "results.csv").open()))
     assert {r["table"] for r in rows} == {"utility", "privacy"}
+
+
+def test_jobs_merge_the_parts(bench_out, tmp_path):
+    from faceveil.bench.runner import load_images, merge_runs
+
+    r = json.loads((bench_out / "results.json").read_text())
+    parts = {n: json.loads((bench_out / "parts" / n / "results.json").read_text()) for n in ("none", "pixelate")}
+    assert r["cells"] == parts["none"]["cells"] + parts["pixelate"]["cells"]  # in --defenses order
+    assert r["planned_cells"] == len(r["cells"]) and r["defenses"] == ["none", "pixelate"]
+    images = load_images(bench_out / "images.pt")
+    assert {k[0] for k in images} == {"none (embedding)", "none (res1 map)", "pixelate"}
+    im = images[("pixelate", "urec", "channel")]
+    assert im["original"].shape == im["reconstruction"].shape and 0 <= im["held"].min() <= im["held"].max() <= 1
+    # a worker that died without results is a failed cell naming its log, not a silent gap
+    m = merge_runs([bench_out / "parts" / "none", tmp_path / "dead"], tmp_path / "merged")
+    assert m["failed"] == 1 and m["cells"][-1]["status"] == "failed" and "log.txt" in m["cells"][-1]["error"]
+    assert "## Failed cells" in (tmp_path / "merged" / "report.md").read_text()
 
 
 def test_unprotected_cell_is_attacked(bench_out):

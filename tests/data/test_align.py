@@ -58,3 +58,21 @@ def test_downscaled_targets(lfw_sample):
 
         small = np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR)) for c in chips150[:4]])
         assert np.abs(small.astype(int) - chips.astype(int)).mean() < 12
+
+
+def test_row_store_concurrent_appends_stay_aligned(tmp_path, monkeypatch):
+    """Two stores opened before either appends (two `bench --jobs` workers) must not lose or
+    misalign each other's rows, and rows an interrupted append left beyond the index are dropped."""
+    from faceveil.data.align import _RowStore
+
+    monkeypatch.setenv("FACEVEIL_HOME", str(tmp_path))
+    a, b = _RowStore("t"), _RowStore("t")
+    a.append(["x", "y"], {"v": np.array([1, 2])})
+    b.append(["z", "x"], {"v": np.array([3, 99])})  # "x" already stored by a: kept as a wrote it
+    c = _RowStore("t")
+    assert c.files == ["x", "y", "z"]
+    assert np.asarray(c.get("v")[c.rows(["x", "y", "z"])]).tolist() == [1, 2, 3]
+    np.save(c._path("v"), np.array([1, 2, 3, 77]))  # an append interrupted after the arrays, before the index
+    c.append(["w"], {"v": np.array([4])})
+    d = _RowStore("t")
+    assert np.asarray(d.get("v")[d.rows(["x", "y", "z", "w"])]).tolist() == [1, 2, 3, 4]

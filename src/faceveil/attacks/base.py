@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from faceveil.config import cache_dir, config_hash
+from faceveil.config import cache_dir, config_hash, tmp_path
 from faceveil.errors import FaceveilDataError
 from faceveil.registry import Registry
 
@@ -289,7 +289,7 @@ class ReconstructionAttack(Attack):
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = tmp_path(path)
         torch.save(self.state(), tmp)
         tmp.replace(path)
 

@@ -42,7 +42,7 @@ from faceveil.attacks.base import (
     profile_budget,
 )
 from faceveil.bench.lfw import operating_point, subset_pairs
-from faceveil.config import cache_dir, config_hash, data_dir
+from faceveil.config import cache_dir, config_hash, data_dir, tmp_path
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import LFW
 from faceveil.defenses.base import Defense
@@ -105,7 +105,8 @@ def judge_centre(judge: Recognizer, data=None, n: int = 1000, seed: int = 0) -> 
         return torch.load(path, weights_only=True)
     crop = CropSpec(150, 0.25)
     c = embed_images(judge, to_tensor(public_chips(data, crop, n, seed, False)), crop).mean(0)
-    torch.save(c, path)
+    torch.save(c, tmp := tmp_path(path))
+    tmp.replace(path)
     return c
 
 

@@ -179,6 +179,9 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
     md = [f"# faceveil benchmark ({results['profile']} profile)", "",
           f"Seed {results['seed']}; wall time {results['wall_seconds'] / 60:.1f} min; failed cells: {results['failed']}; "
           f"versions: {results['versions']}.", "",
+          *([f"Merged from {len(results['parts'])} runs (`--jobs` workers or separate runs): " + "; ".join(
+              f"{Path(p['dir']).name} {p['wall_seconds'] / 60:.1f} min" if "wall_seconds" in p else f"{Path(p['dir']).name} FAILED"
+              for p in results["parts"]) + ".", ""] if results.get("parts") else []),
           *([f"**Interrupted** after {len(results['cells'])} of {results['planned_cells']} cells: the tables hold the "
              "cells that finished; re-running the same command continues from the caches.", ""]
             if results.get("interrupted") else []),

@@ -11,7 +11,10 @@ and the run continues. Trained students and attackers come from the cache on re-
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -177,14 +180,19 @@ def plan_cells(names: list[str], attack_names: tuple[str, ...], data=None) -> li
 
 def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks: list[str] | None = None,
               out_dir: Path = Path("results/bench"), data=None, seed: int = 0, force: bool = False,
-              progress: bool = True, experiments: bool = True) -> dict:
+              progress: bool = True, experiments: bool = True, jobs: int = 1) -> dict:
     """Run every (setting, utility/attack) cell, then (``experiments``) the paper experiments of the
-    defenses named in ``defenses``; write results.json/csv, report.md/html."""
+    defenses named in ``defenses``; write results.json/csv, images.pt, report.md/html.
+
+    ``jobs > 1`` runs the defenses in that many worker processes (one defense per process, longest
+    first, ``OMP_NUM_THREADS`` = cores // jobs) and merges their results into one report."""
     import faceveil.bench.experiments  # noqa: F401  (registers settings and experiments)
     from faceveil.bench.report import write_report
 
     if profile not in BENCH_PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {sorted(BENCH_PROFILES)}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
     bp = BENCH_PROFILES[profile]
     names = defenses or DEFENSES.names()
     for n in names:
@@ -192,6 +200,9 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
     attack_names = tuple(attacks or DEFAULT_ATTACKS)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if jobs > 1 and len(names) > 1:
+        return _run_parallel(profile, names, attack_names, out_dir, data, seed, force, progress,
+                             experiments and defenses is not None, jobs)
     lfw = LFW(data)
     t_start = time.perf_counter()
 
@@ -228,8 +239,127 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
         "interrupted": interrupted, "planned_cells": len(plan),
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    save_images(images, out_dir / "images.pt")
     write_report(results, images, out_dir)
     return results
+
+
+def save_images(images: dict, path: Path) -> None:
+    """The grid images of a run ({(setting, attack, leakage): {"original"|"held"|"reconstruction": N×3×H×W
+    in [0, 1]}}) as uint8, so that runs can be merged into one report later."""
+    torch.save({k: {r: (t.clamp(0, 1) * 255).round().to(torch.uint8) for r, t in v.items()} for k, v in images.items()},
+               path)
+
+
+def load_images(path: Path) -> dict:
+    """Inverse of :func:`save_images` (float images in [0, 1]); ``{}`` if the run saved none."""
+    if not Path(path).is_file():
+        return {}
+    raw = torch.load(path, weights_only=True)
+    return {k: {r: t.float() / 255 for r, t in v.items()} for k, v in raw.items()}
+
+
+def merge_runs(run_dirs: list[Path], out_dir: Path, wall_seconds: float | None = None, interrupted: bool = False) -> dict:
+    """One results.json / report from several bench output folders (e.g. the per-defense parts of a
+    ``--jobs`` run): cells, experiments and images concatenated in the given order. A folder without
+    results.json (its process died) becomes one failed cell naming its log."""
+    from faceveil.bench.report import write_report
+
+    out_dir = Path(out_dir)
+    merged: dict = {"cells": [], "experiments": {}, "defenses": [], "attacks": [], "failed": 0,
+                    "interrupted": interrupted, "planned_cells": 0, "parts": []}
+    images: dict = {}
+    for d in map(Path, run_dirs):
+        f = d / "results.json"
+        if not f.is_file():
+            merged["cells"].append(asdict(Cell("run", d.name, d.name, status="failed",
+                                               error=f"the worker wrote no results; see {d / 'log.txt'}")))
+            merged["failed"] += 1
+            merged["parts"].append({"dir": str(d), "status": "failed"})
+            continue
+        r = json.loads(f.read_text())
+        for k in ("profile", "seed", "versions"):
+            merged.setdefault(k, r[k])
+        if r["profile"] != merged["profile"] or r["seed"] != merged["seed"]:
+            raise ValueError(f"cannot merge {d}: profile/seed {r['profile']}/{r['seed']} differ from "
+                             f"{merged['profile']}/{merged['seed']}")
+        merged["cells"] += r["cells"]
+        merged["experiments"] |= r.get("experiments", {})
+        merged["defenses"] += [n for n in r["defenses"] if n not in merged["defenses"]]
+        merged["attacks"] += [a for a in r["attacks"] if a not in merged["attacks"]]
+        merged["failed"] += r["failed"]
+        merged["interrupted"] |= bool(r.get("interrupted"))
+        merged["planned_cells"] += r.get("planned_cells", len(r["cells"]))
+        merged["parts"].append({"dir": str(d), "wall_seconds": r["wall_seconds"], "failed": r["failed"]})
+        images |= load_images(d / "images.pt")
+    if "profile" not in merged:
+        raise ValueError(f"none of {[str(d) for d in run_dirs]} holds a results.json")
+    merged["wall_seconds"] = wall_seconds if wall_seconds is not None else sum(p.get("wall_seconds", 0) for p in merged["parts"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(merged, indent=2, default=str))
+    save_images(images, out_dir / "images.pt")
+    write_report(merged, images, out_dir)
+    return merged
+
+
+def _part_cost(name: str, attack_names: tuple[str, ...], part: Path, data) -> float:
+    """Scheduling weight of one defense: its last wall time if it ran before, else its planned cells
+    weighted by how slow its client is."""
+    f = part / "results.json"
+    if f.is_file():
+        try:
+            return float(json.loads(f.read_text())["wall_seconds"])
+        except (ValueError, KeyError):
+            pass
+    plan = plan_cells([name], attack_names, data)
+    return 60.0 * len(plan) * (1 + max((st.build(data).protect_ms_hint for _, st, *_ in plan), default=0) / 100)
+
+
+def _run_parallel(profile: str, names: list[str], attack_names: tuple[str, ...], out_dir: Path, data, seed: int,
+                  force: bool, progress: bool, experiments: bool, jobs: int) -> dict:
+    """Run each defense as ``faceveil bench --defenses NAME`` in its own process, at most ``jobs`` at
+    a time, longest first (LPT), then merge. Workers write into ``out_dir/parts/NAME`` (log.txt there);
+    they share the on-disk caches, whose writes are atomic."""
+    t_start = time.perf_counter()
+    parts = {n: out_dir / "parts" / n for n in names}
+    order = sorted(names, key=lambda n: -_part_cost(n, attack_names, parts[n], data))
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+    if data is not None:
+        env["FACEVEIL_DATA"] = str(data)
+
+    def command(n: str) -> list[str]:
+        return [sys.executable, "-c", "from faceveil.cli import main; main()", "bench", "--profile", profile,
+                "--defenses", n, "--attacks", ",".join(attack_names), "--out", str(parts[n]), "--seed", str(seed),
+                *(["--force"] if force else []), *([] if experiments else ["--no-experiments"])]
+
+    running: dict[str, subprocess.Popen] = {}
+    pending = list(order)
+    bar = tqdm(total=len(order), desc=f"bench ({profile}, {jobs} jobs)", disable=not progress, unit="defense")
+    interrupted = False
+    with _interruptible():
+        try:
+            while pending or running:
+                while pending and len(running) < jobs:
+                    n = pending.pop(0)
+                    parts[n].mkdir(parents=True, exist_ok=True)
+                    (parts[n] / "results.json").unlink(missing_ok=True)  # a stale result must not pass for this run's
+                    with (parts[n] / "log.txt").open("w") as log:
+                        running[n] = subprocess.Popen(command(n), stdout=log, stderr=subprocess.STDOUT, env=env)
+                for n, p in list(running.items()):
+                    if p.poll() is not None:
+                        del running[n]
+                        bar.update(1)
+                bar.set_postfix_str(",".join(running))
+                time.sleep(0.5)
+        except KeyboardInterrupt:  # stop the workers; each writes the report of what it finished
+            interrupted = True
+            for p in running.values():
+                p.terminate()
+            for p in running.values():
+                p.wait()
+    bar.close()
+    ran = [n for n in names if n not in pending]
+    return merge_runs([parts[n] for n in ran], out_dir, time.perf_counter() - t_start, interrupted)
 
 
 @contextmanager

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from faceveil.config import cache_dir, config_hash
+from faceveil.config import cache_dir, config_hash, file_lock, tmp_path
 from faceveil.data.io import read_image
 from faceveil.errors import FaceNotFoundError
 from faceveil.models.base import CropSpec
@@ -259,7 +259,9 @@ class _RowStore:
     """Arrays with one row per image file of a dataset, filled on demand and kept on disk.
 
     ``FACEVEIL_HOME/align/<stem>.index.json`` lists the files; ``<stem>.<field>.npy`` hold the rows.
-    Writes go to temporary files renamed into place, so an interrupted run never corrupts it.
+    Writes go to temporary files renamed into place, so an interrupted run never corrupts it, and
+    ``append`` holds a file lock and re-reads the index, so concurrent processes (``bench --jobs``)
+    never lose or misalign each other's rows.
     """
 
     def __init__(self, stem: str) -> None:
@@ -284,20 +286,27 @@ class _RowStore:
                 out.append(f)
         return out
 
+    def _reload(self) -> None:
+        self.files = json.loads(self.index_path.read_text()) if self.index_path.is_file() else []
+        self.row = {f: i for i, f in enumerate(self.files)}
+
     def append(self, files: list[str], fields: dict[str, np.ndarray]) -> None:
         if not files:
             return
-        for name, rows in fields.items():
-            old = np.load(self._path(name)) if self.files else None
-            arr = rows if old is None else np.concatenate([old, rows])
-            tmp = self._path(name).with_suffix(".tmp.npy")
-            np.save(tmp, arr)
-            tmp.replace(self._path(name))
-        self.files = self.files + list(files)
-        self.row = {f: i for i, f in enumerate(self.files)}
-        tmp = self.index_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.files))
-        tmp.replace(self.index_path)
+        with file_lock(self.dir / f"{self.stem}.lock"):
+            self._reload()  # another process may have appended since we read the index
+            new = [i for i, f in enumerate(files) if f not in self.row]
+            n = len(self.files)
+            for name, rows in fields.items():
+                # rows beyond the index are an interrupted append's: dropped
+                old = np.load(self._path(name))[:n] if n else None
+                arr = rows[new] if old is None else np.concatenate([old, rows[new]])
+                np.save(tmp := tmp_path(self._path(name)), arr)
+                tmp.replace(self._path(name))
+            self.files = self.files + [files[i] for i in new]
+            self.row = {f: i for i, f in enumerate(self.files)}
+            (tmp := tmp_path(self.index_path)).write_text(json.dumps(self.files))
+            tmp.replace(self.index_path)
 
     def rows(self, files: Sequence[str]) -> np.ndarray:
         return np.array([self.row[f] for f in files], dtype=np.int64)

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceveil.config import cache_dir, config_hash
+from faceveil.config import cache_dir, config_hash, tmp_path
 from faceveil.errors import FaceveilDataError
 from faceveil.models.base import CropSpec
 
@@ -424,7 +424,7 @@ def train_dcgan(cfg: DCGANConfig = DCGANConfig(), data=None, progress: bool = Tr
     log.seconds = time.perf_counter() - t0
     netg.eval()
     info = {k: v for k, v in asdict(log).items()}
-    tmp = path.with_suffix(".tmp")
+    tmp = tmp_path(path)
     torch.save({"netG": netg.state_dict(), "netD": netd.state_dict(), "config": asdict(cfg), "log": info}, tmp)
     tmp.replace(path)
     return netg, info

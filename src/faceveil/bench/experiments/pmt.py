@@ -76,7 +76,7 @@ from torch import Tensor
 
 from faceveil.bench.experiments.common import attempt, md_table
 from faceveil.bench.runner import BENCH_PROFILES, EXPERIMENTS, SETTINGS
-from faceveil.config import cache_dir, config_hash
+from faceveil.config import cache_dir, config_hash, tmp_path
 from faceveil.defenses import get_defense
 from faceveil.defenses.pmt import PMT, gaussian_blur
 from faceveil.models.base import CropSpec, Recognizer
@@ -193,7 +193,8 @@ def obfuscate_lfw(defense: PMT, lfw, idx: np.ndarray, seed: int, progress: bool 
     for bi, s in enumerate(tqdm(range(0, len(x), batch), desc=label, disable=not progress, leave=False)):
         out.append(defense.obfuscate(x[s : s + batch], batch_generator(seed, bi, 31))[0])
     xt = torch.cat(out)
-    torch.save(xt, path)
+    torch.save(xt, tmp := tmp_path(path))
+    tmp.replace(path)
     return xt
 
 
