@@ -83,3 +83,17 @@ def test_attack_cli_bad_defense(tmp_path):
     assert res.exit_code == 2 and "unknown defense" in res.output
     res = CliRunner().invoke(app, ["attack", "--defense", "none", "-p", "transmit=res99", "--profile", "ci"])
     assert res.exit_code == 2 and "res99" in res.output
+
+
+def test_grids_show_the_same_faces_for_any_number_of_pairs(data_root):
+    """Every cell's grid shows the same 8 LFW faces (issue: "same 8 LFW faces everywhere"), also when a
+    slow client or the white-box attack is judged on fewer pairs than the others."""
+    from faceveil.attacks.harness import eval_pairs, grid_positions
+    from faceveil.data.datasets import LFW
+
+    lfw = LFW(data_root)
+    shown = []
+    for n in (20, 50, 120, 300, None):
+        ia, _ = eval_pairs(lfw, n)
+        shown.append(ia[grid_positions(lfw, ia)].tolist())
+    assert len(set(shown[0])) == 8 and all(s == shown[0] for s in shown)

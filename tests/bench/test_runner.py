@@ -82,6 +82,7 @@ def test_plan_has_no_adaptive_whitebox_cell(data_root):
 def test_slow_clients_get_capped_data_sets():
     """Sizes follow the declared client cost: cheap defenses keep the profile's sizes; a slow client
     (AdvNoise, DeepBlur) gets fewer utility pairs and training images, deterministically."""
+    from faceveil.attacks.base import profile_budget
     from faceveil.bench.runner import BENCH_PROFILES, setting_sizes
     from faceveil.defenses import get_defense
 
@@ -90,7 +91,7 @@ def test_slow_clients_get_capped_data_sets():
     assert (cheap.utility_per_fold, cheap.student_images, cheap.attack_images) == (quick.utility_per_fold, None, None)
     adv, deep = setting_sizes(get_defense("advnoise"), quick), setting_sizes(get_defense("deepblur"), quick)
     assert deep.utility_per_fold <= adv.utility_per_fold < quick.utility_per_fold
-    assert deep.attack_images < adv.attack_images
+    assert deep.attack_images < adv.attack_images and deep.eval_pairs < 300 == profile_budget("quick").eval_pairs
     # protecting each capped set costs about the profile's protect_seconds at the declared rate
     assert adv.attack_images * get_defense("advnoise").protect_ms_hint / 1000 <= quick.protect_seconds
     assert setting_sizes(get_defense("advnoise"), BENCH_PROFILES["full"]).attack_images is None

@@ -109,15 +109,19 @@ def grids(images: dict, out_dir: Path) -> list[tuple[str, Path]]:
     out = []
     for (attack, leakage), items in sorted(by_attack.items()):
         size = max(im["original"].shape[-1] for _, im in items)
-        rows = [items[0][1]["original"]]
-        labels = ["original"]
+        top = items[0][1]["original"]
+        rows, own = [top], []
         for label, im in items:
+            if im["original"].shape != top.shape or not torch.allclose(im["original"], top, atol=1 / 255):
+                rows.append(im["original"])  # judged on other faces (a capped evaluation set): its own originals
+                own.append(label)
             rows += [im["held"], im["reconstruction"]]
-            labels += [f"{label}: held", f"{label}: reconstruction"]
         rows = [torch.nn.functional.interpolate(r, size=(size, size), mode="bilinear") if r.shape[-1] != size else r
                 for r in rows]
         path = image_grid(rows, out_dir / f"grid-{attack}-{leakage}.png")
-        out.append((f"{attack} ({leakage} leakage): rows = " + "; ".join(labels), path))
+        out.append((f"{attack} ({leakage} leakage): rows = the originals, then for each setting what the attacker "
+                    "holds and its reconstruction: " + "; ".join(label for label, _ in items)
+                    + (f" (with their own originals above them: {'; '.join(own)})" if own else ""), path))
     return out
 
 
@@ -197,6 +201,10 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
         md += ["## Reconstructions", ""]
         for caption, path in figs:
             md += [f"**{caption}**", "", f"![{caption}]({path.name})", ""]
+    no_cells = [n for n in results.get("defenses", []) if not any(c["defense"] == n for c in results["cells"])]
+    if no_cells:
+        md += [f"Not in these tables: {', '.join(no_cells)} — no generic cells (protecting thousands of faces at seconds "
+               "each); their paper experiments measure them: `faceveil bench --defenses NAME`.", ""]
     sc = scatter(urows, prows, out_dir)
     if sc is not None:
         md += ["## Privacy–utility", "", f"![privacy-utility scatter]({sc.name})", ""]

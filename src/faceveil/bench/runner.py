@@ -82,18 +82,19 @@ class Sizes:
     utility_per_fold: int | None
     student_images: int | None  # None = the distillation profile's
     attack_images: int | None  # None = the attack profile's
+    eval_pairs: int | None = None  # cap on the LFW same-pairs an attack is judged on (None = the attack profile's)
 
 
 def setting_sizes(d: Defense, bp: BenchProfile) -> Sizes:
-    """Cap the LFW utility pairs and the student/attacker training images of a slow client so that
-    protecting each set costs about ``bp.protect_seconds`` at its declared ``protect_ms_hint``
+    """Cap the LFW utility pairs, the student/attacker training images and the attack evaluation pairs
+    of a slow client so that protecting each set costs about ``bp.protect_seconds`` at its declared ``protect_ms_hint``
     (declared, not measured, so that sizes and cache keys do not depend on the machine's load)."""
     if bp.protect_seconds is None or d.protect_ms_hint <= 0:
         return Sizes(bp.utility_per_fold, None, None)
     n = int(1000 * bp.protect_seconds / d.protect_ms_hint)  # faces affordable per set
     per_fold = max(5, min(bp.utility_per_fold or 300, n // 40))  # 2 images x 2 classes x 10 folds
     cap = max(128, n)
-    return Sizes(per_fold, cap, cap)
+    return Sizes(per_fold, cap, cap, eval_pairs=max(50, n))
 
 #: benchmark settings per defense name; defense modules may register more (ablations)
 SETTINGS: dict[str, list[Setting]] = {
@@ -144,6 +145,11 @@ class Cell:
     error: str | None = None
     seconds: float = 0.0
     result: dict = field(default_factory=dict)
+
+
+def _capped(n: int | None, cap: int | None) -> int | None:
+    """``n`` (None = all) limited to ``cap`` (None = no cap)."""
+    return n if cap is None else cap if n is None else min(n, cap)
 
 
 def _versions() -> dict:
@@ -412,7 +418,7 @@ def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, data, seed: int
                 budget = profile_budget(bp.attack_profile, **({"train_images": sz.attack_images} if sz.attack_images else {}))
                 r = run_attack(d, a, threat, profile=bp.attack_profile, seed=seed, data=data, force=force,
                                out_dir=out_dir / "cells", progress=progress, return_images=True, budget=budget,
-                               eval_pairs_n=bp.whitebox_pairs if a == "whitebox" else None)
+                               eval_pairs_n=bp.whitebox_pairs if a == "whitebox" else _capped(budget.eval_pairs, sz.eval_pairs))
                 images[(cell.setting, a, leakage)] = r.pop("images")
                 cell.result = r
         except Exception as e:  # a failing cell is recorded and the run continues
