@@ -557,6 +557,48 @@ ABLATIONS: dict[str, list[tuple[str, dict]]] = {
 }
 
 
+#: shallow-model depth per authorised model (shallow to deep; the first is the default cut): the
+#: paper's E_c is "the first five layers"; how deep the cut is decides how invertible E_c is
+DEPTH_CUTS: dict[str, tuple[str, ...]] = {
+    "faceres": ("conv_dw_1_bn/batchnorm_1/add_1", "conv_pw_1_bn/batchnorm_1/add_1", "conv_pw_2_bn/batchnorm_1/add_1",
+                "conv_pw_3_bn/batchnorm_1/add_1"),
+    "dlib": ("res1", "res4"),
+}
+
+
+def cut_depth(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, Evaluator]) -> dict:
+    """Ablation: PMT at deeper cuts of the authorised model (strict accuracy of every evaluated model,
+    SSIM of the upload and of its low-pass), on the ablation probes."""
+    from faceveil.metrics.image import ssim
+
+    lfw, seed = ctx["lfw"], ctx["seed"]
+    probes = probe_set(lfw, budget.ablation_probes, seed)
+    out: dict = {"n": len(probes.a), "rows": []}
+    for m in (m for m in DEPTH_CUTS if m in models):
+        for i, at in enumerate(DEPTH_CUTS[m]):
+            d = pmt(budget, model=m, at=at if i else "")  # "" = the default cut (its cached uploads are reused)
+            crop = d.recognizer.crop
+            x = chips(lfw, probes.a, crop)
+            with torch.no_grad():
+                shape = tuple(d.recognizer.features(d.shallow[0].view(x[:1]), [d.cut])[d.cut][0].shape)
+            xt = obfuscate_lfw(d, lfw, probes.a, seed, ctx.get("progress", True))
+            row = {"model": m, "cut": d.cut, "default": i == 0, "shape": shape,
+                   "ssim": float(ssim(xt, x, 1.0).mean()),
+                   "ssim_lowpass": float(ssim(gaussian_blur(xt, LOWPASS_SIGMA), x, 1.0).mean()),
+                   "strict": {b: ev.scores(ev.embed(xt, crop), probes)["op"]["strict"] for b, ev in evals.items()}}
+            out["rows"].append(row)
+    return out
+
+
+def cut_depth_md(res: dict, evaluated: list[str]) -> list[str]:
+    rows = [[f"{r['model']} `{r['cut']}`" + (" (default)" if r["default"] else ""), "×".join(map(str, r["shape"]))]
+            + [("**" + _pct(r["strict"][b]) + "**") if b == r["model"] else _pct(r["strict"][b]) for b in evaluated]
+            + [f"{r['ssim']:.3f}", f"{r['ssim_lowpass']:.3f}"] for r in res["rows"]]
+    return [f"**Shallow-model depth** ({res['n']} LFW probes; strict % at each model's own threshold, the authorised "
+            "model in bold)", "", md_table(["authorised model and cut", "E_c(x) shape"] + evaluated
+                                           + ["SSIM x~", "SSIM low-pass x~"], rows), ""]
+
+
 def ablations(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, Evaluator]) -> dict:
     from faceveil.metrics.image import ssim
 
@@ -701,6 +743,11 @@ def run(ctx: dict) -> dict:
     r, err = attempt(ablations, ctx, budget, models, evals)
     out["ablations"] = r or {"error": err}
     md += ["### Ablations (Tables 3, 4, 5, 10 analogues)", ""] + (ablation_md(r, evaluated) if r else [f"FAILED: {err}", ""])
+    checkpoint()
+
+    r, err = attempt(cut_depth, ctx, budget, models, evals)
+    out["cut_depth"] = r or {"error": err}
+    md += cut_depth_md(r, evaluated) if r else [f"Shallow-model depth FAILED: {err}", ""]
 
     fig, err = attempt(grid_figure, ctx, xts, budget)
     figs = [str(fig)] if fig else []
@@ -726,12 +773,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--models", default=",".join(MODELS), help="recognisers to use (comma-separated)")
+    ap.add_argument("--only", choices=("cut_depth",), help="run one table alone (written to pmt_ONLY.md/json)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     ctx = dict(profile=args.profile, bench_profile=BENCH_PROFILES[args.profile], data=args.data_dir, seed=args.seed,
                out_dir=args.out, lfw=LFW(args.data_dir), force=args.force, progress=True,
                models=[m for m in args.models.split(",") if m])
+    if args.only == "cut_depth":
+        from faceveil.defenses.pmt import _shared_recognizer
+
+        budget = PMT_BUDGETS[args.profile]
+        models, _ = available_models(tuple(ctx["models"]))
+        evaluated = models + available_models(tuple(m for m in EVAL_ONLY if m not in models))[0]
+        evals = {m: Evaluator(_shared_recognizer(m), ctx["lfw"], args.data_dir) for m in evaluated}
+        res = cut_depth(ctx, budget, models, evals)
+        md = "\n".join(cut_depth_md(res, evaluated))
+        (args.out / "pmt_cut_depth.md").write_text(md + "\n")
+        (args.out / "pmt_cut_depth.json").write_text(json.dumps(res, indent=2, default=str))
+        print(md)
+        return
     r = run(ctx)
     (args.out / "pmt.md").write_text(f"# PMT experiment ({args.profile})\n\n" + r["markdown"] + "\n")
     (args.out / "pmt.json").write_text(json.dumps(r["data"], indent=2, default=str))
