@@ -6,7 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,11 +53,13 @@ def cache_dir(kind: str) -> Path:
     return p
 
 
-def tmp_path(path: Path) -> Path:
-    """A temporary name beside ``path`` to write and then ``replace`` into place: unique per process
-    (``faceveil bench --jobs`` workers fill the same caches) and with ``path``'s suffix (numpy adds
-    .npy/.npz otherwise)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` then rename ``tmp`` onto ``path``, so readers never see a partial file. ``tmp`` is
+    unique per process (``faceveil bench --jobs`` workers fill the same caches) and keeps ``path``'s
+    suffix (numpy adds .npy/.npz otherwise)."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    write(tmp)
+    tmp.replace(path)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from faceveil.config import cache_dir, config_hash, tmp_path
+from faceveil.config import cache_dir, config_hash, write_atomically
 from faceveil.errors import FaceveilDataError
 from faceveil.registry import Registry
 
@@ -289,9 +289,7 @@ class ReconstructionAttack(Attack):
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_path(path)
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
+        write_atomically(path, lambda p: torch.save(self.state(), p))
 
     def load(self, path: Path) -> ReconstructionAttack:
         st = torch.load(path, map_location="cpu", weights_only=True)

@@ -42,7 +42,7 @@ from faceveil.attacks.base import (
     profile_budget,
 )
 from faceveil.bench.lfw import operating_point, subset_pairs
-from faceveil.config import cache_dir, config_hash, data_dir, tmp_path
+from faceveil.config import cache_dir, config_hash, data_dir, write_atomically
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import LFW
 from faceveil.defenses.base import Defense
@@ -105,8 +105,7 @@ def judge_centre(judge: Recognizer, data=None, n: int = 1000, seed: int = 0) -> 
         return torch.load(path, weights_only=True)
     crop = CropSpec(150, 0.25)
     c = embed_images(judge, to_tensor(public_chips(data, crop, n, seed, False)), crop).mean(0)
-    torch.save(c, tmp := tmp_path(path))
-    tmp.replace(path)
+    write_atomically(path, lambda p: torch.save(c, p))
     return c
 
 
@@ -203,16 +202,15 @@ def _held_targets(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray
     """What the attacker holds for the LFW evaluation targets. Cached on disk for slow clients
     (``protect_ms_hint`` >= 100 ms: AdvNoise, DeepBlur, ...): every attack cell of a setting judges the
     same targets and the protection is seeded, so re-runs reuse it exactly."""
-    if defense.protect_ms_hint < 100:
-        return _leak_batched(leak, chips, seed + 1, 23, progress=progress, desc="protecting LFW targets")
+    cached = defense.protect_ms_hint >= 100
     key = config_hash(defense.config(), threat.leakage, threat.view, [int(i) for i in idx], seed, str(data_dir(data)),
                       "held-v1")
     path = cache_dir("held") / f"{defense.name}-{key}.pt"
-    if path.is_file():
+    if cached and path.is_file():
         return torch.load(path, weights_only=True)
     held = _leak_batched(leak, chips, seed + 1, 23, progress=progress, desc="protecting LFW targets")
-    torch.save(held, tmp := tmp_path(path))
-    tmp.replace(path)
+    if cached:
+        write_atomically(path, lambda p: torch.save(held, p))
     return held
 
 

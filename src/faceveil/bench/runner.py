@@ -193,7 +193,6 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
     ``jobs > 1`` runs the defenses in that many worker processes (one defense per process, longest
     first, ``OMP_NUM_THREADS`` = cores // jobs) and merges their results into one report."""
     import faceveil.bench.experiments  # noqa: F401  (registers settings and experiments)
-    from faceveil.bench.report import write_report
 
     if profile not in BENCH_PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {sorted(BENCH_PROFILES)}")
@@ -244,10 +243,17 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
         "failed": sum(c.status == "failed" for c in cells) + sum(e.get("status") == "failed" for e in experiments.values()),
         "interrupted": interrupted, "planned_cells": len(plan),
     }
+    write_outputs(results, images, out_dir)
+    return results
+
+
+def write_outputs(results: dict, images: dict, out_dir: Path) -> None:
+    """A run's results.json, images.pt and report (md, html, csv, figures) in ``out_dir``."""
+    from faceveil.bench.report import write_report
+
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     save_images(images, out_dir / "images.pt")
     write_report(results, images, out_dir)
-    return results
 
 
 def save_images(images: dict, path: Path) -> None:
@@ -269,7 +275,6 @@ def merge_runs(run_dirs: list[Path], out_dir: Path, wall_seconds: float | None =
     """One results.json / report from several bench output folders (e.g. the per-defense parts of a
     ``--jobs`` run): cells, experiments and images concatenated in the given order. A folder without
     results.json (its process died) becomes one failed cell naming its log."""
-    from faceveil.bench.report import write_report
 
     out_dir = Path(out_dir)
     merged: dict = {"cells": [], "experiments": {}, "defenses": [], "attacks": [], "failed": 0,
@@ -302,9 +307,7 @@ def merge_runs(run_dirs: list[Path], out_dir: Path, wall_seconds: float | None =
         raise ValueError(f"none of {[str(d) for d in run_dirs]} holds a results.json")
     merged["wall_seconds"] = wall_seconds if wall_seconds is not None else sum(p.get("wall_seconds", 0) for p in merged["parts"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(merged, indent=2, default=str))
-    save_images(images, out_dir / "images.pt")
-    write_report(merged, images, out_dir)
+    write_outputs(merged, images, out_dir)
     return merged
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from faceveil.config import cache_dir, config_hash, file_lock, tmp_path
+from faceveil.config import cache_dir, config_hash, file_lock, write_atomically
 from faceveil.data.io import read_image
 from faceveil.errors import FaceNotFoundError
 from faceveil.models.base import CropSpec
@@ -268,8 +268,9 @@ class _RowStore:
         self.dir = cache_dir("align")
         self.stem = stem
         self.index_path = self.dir / f"{stem}.index.json"
-        self.files: list[str] = json.loads(self.index_path.read_text()) if self.index_path.is_file() else []
-        self.row = {f: i for i, f in enumerate(self.files)}
+        self.files: list[str] = []
+        self.row: dict[str, int] = {}
+        self._reload()
 
     def _path(self, field: str) -> Path:
         return self.dir / f"{self.stem}.{field}.npy"
@@ -301,12 +302,10 @@ class _RowStore:
                 # rows beyond the index are an interrupted append's: dropped
                 old = np.load(self._path(name))[:n] if n else None
                 arr = rows[new] if old is None else np.concatenate([old, rows[new]])
-                np.save(tmp := tmp_path(self._path(name)), arr)
-                tmp.replace(self._path(name))
+                write_atomically(self._path(name), lambda p, a=arr: np.save(p, a))
             self.files = self.files + [files[i] for i in new]
             self.row = {f: i for i, f in enumerate(self.files)}
-            (tmp := tmp_path(self.index_path)).write_text(json.dumps(self.files))
-            tmp.replace(self.index_path)
+            write_atomically(self.index_path, lambda p: p.write_text(json.dumps(self.files)))
 
     def rows(self, files: Sequence[str]) -> np.ndarray:
         return np.array([self.row[f] for f in files], dtype=np.int64)

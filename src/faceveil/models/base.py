@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceveil.config import cache_dir, tmp_path
+from faceveil.config import cache_dir, write_atomically
 from faceveil.errors import FaceveilDataError
 
 
@@ -116,9 +116,7 @@ class Recognizer(nn.Module):
         return OperatingPoint(**json.loads(p.read_text()))
 
     def save_operating_point(self, op: OperatingPoint) -> None:
-        path = self.operating_point_path()
-        (tmp := tmp_path(path)).write_text(json.dumps(asdict(op), indent=2))
-        tmp.replace(path)
+        write_atomically(self.operating_point_path(), lambda p: p.write_text(json.dumps(asdict(op), indent=2)))
 
 
 def prepare_images(x: Tensor, size: int) -> Tensor:

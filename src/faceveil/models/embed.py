@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from faceveil.config import cache_dir, config_hash, tmp_path
+from faceveil.config import cache_dir, config_hash, write_atomically
 from faceveil.data.align import ALIGN_VERSION, to_tensor
 from faceveil.data.datasets import FaceDataset
 from faceveil.models.base import Recognizer
@@ -53,7 +53,5 @@ def dataset_embeddings(
     if flip_tta:
         emb = 0.5 * (emb + embed_chips(model, np.ascontiguousarray(chips[:, :, ::-1]), progress=progress))
     ms = 1000.0 * (time.perf_counter() - t0) / max(1, len(chips))
-    tmp = tmp_path(path)
-    np.savez(tmp, emb=emb.numpy(), status=status)
-    tmp.replace(path)
+    write_atomically(path, lambda p: np.savez(p, emb=emb.numpy(), status=status))
     return emb, status, ms

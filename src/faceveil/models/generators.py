@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceveil.config import cache_dir, config_hash, tmp_path
+from faceveil.config import cache_dir, config_hash, write_atomically
 from faceveil.errors import FaceveilDataError
 from faceveil.models.base import CropSpec
 
@@ -424,9 +424,8 @@ def train_dcgan(cfg: DCGANConfig = DCGANConfig(), data=None, progress: bool = Tr
     log.seconds = time.perf_counter() - t0
     netg.eval()
     info = {k: v for k, v in asdict(log).items()}
-    tmp = tmp_path(path)
-    torch.save({"netG": netg.state_dict(), "netD": netd.state_dict(), "config": asdict(cfg), "log": info}, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda p: torch.save(
+        {"netG": netg.state_dict(), "netD": netd.state_dict(), "config": asdict(cfg), "log": info}, p))
     return netg, info
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from faceveil.config import cache_dir, config_hash, tmp_path
+from faceveil.config import cache_dir, config_hash, write_atomically
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import public_training_faces
 from faceveil.defenses.base import Defense
@@ -103,9 +103,7 @@ def teacher_embeddings(teacher: Recognizer, chips: np.ndarray, progress: bool = 
             return torch.from_numpy(z["orig"]), torch.from_numpy(z["flip"])
     orig = embed_chips(teacher, chips, progress=progress)
     flip = embed_chips(teacher, np.ascontiguousarray(chips[:, :, ::-1]), progress=progress)
-    tmp = tmp_path(path)
-    np.savez(tmp, orig=orig.numpy(), flip=flip.numpy())
-    tmp.replace(path)
+    write_atomically(path, lambda p: np.savez(p, orig=orig.numpy(), flip=flip.numpy()))
     return orig, flip
 
 
@@ -245,9 +243,8 @@ def adapted_server(defense: Defense, profile: str = "quick", seed: int = 0, data
         student.train_log = st["log"]  # type: ignore[attr-defined]
         return student.eval()
     student, log = train_student(defense, cfg, data, progress)
-    tmp = tmp_path(path)
-    torch.save({"state": student.state_dict(), "log": log, "config": asdict(cfg), "defense": defense.config()}, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda p: torch.save(
+        {"state": student.state_dict(), "log": log, "config": asdict(cfg), "defense": defense.config()}, p))
     student.train_log = log  # type: ignore[attr-defined]
     return student
 

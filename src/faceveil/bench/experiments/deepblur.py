@@ -37,7 +37,7 @@ from torch import Tensor
 from faceveil.attacks.reid import ReidBudget, ReidSplit, cnn_attack, embedding_attack, make_split
 from faceveil.bench.experiments.common import md_table
 from faceveil.bench.runner import EXPERIMENTS, SETTINGS, Setting
-from faceveil.config import cache_dir, config_hash, data_dir, tmp_path
+from faceveil.config import cache_dir, config_hash, data_dir, write_atomically
 from faceveil.defenses import Defense, get_defense
 from faceveil.models.base import CropSpec
 
@@ -162,9 +162,7 @@ class Blocks:
                 t0 = time.perf_counter()
                 y, extra = fn(_f(xb), self.seeds[b])
                 st = {"y": y, "ms": 1000 * (time.perf_counter() - t0) / len(blk), "extra": extra}
-                tmp = tmp_path(path)
-                torch.save(st, tmp)
-                tmp.replace(path)
+                write_atomically(path, lambda p, st=st: torch.save(st, p))
             outs[b] = st["y"]
             extras.append(st.get("extra", {}))
             ms_total += float(st["ms"]) * len(blk)

@@ -76,7 +76,7 @@ from torch import Tensor
 
 from faceveil.bench.experiments.common import attempt, md_table
 from faceveil.bench.runner import BENCH_PROFILES, EXPERIMENTS, SETTINGS
-from faceveil.config import cache_dir, config_hash, tmp_path
+from faceveil.config import cache_dir, config_hash, write_atomically
 from faceveil.defenses import get_defense
 from faceveil.defenses.pmt import PMT, gaussian_blur
 from faceveil.models.base import CropSpec, Recognizer
@@ -193,8 +193,7 @@ def obfuscate_lfw(defense: PMT, lfw, idx: np.ndarray, seed: int, progress: bool 
     for bi, s in enumerate(tqdm(range(0, len(x), batch), desc=label, disable=not progress, leave=False)):
         out.append(defense.obfuscate(x[s : s + batch], batch_generator(seed, bi, 31))[0])
     xt = torch.cat(out)
-    torch.save(xt, tmp := tmp_path(path))
-    tmp.replace(path)
+    write_atomically(path, lambda p: torch.save(xt, p))
     return xt
 
 
@@ -663,17 +662,23 @@ def grid_figure(ctx: dict, xts: dict[str, Tensor], budget: PMTBudget) -> Path | 
     return image_grid(rows, Path(ctx["out_dir"]) / "pmt_grid.png")
 
 
-def run(ctx: dict) -> dict:
-    t0 = time.perf_counter()
-    budget = PMT_BUDGETS[ctx["profile"]]
-    models, missing = available_models(tuple(ctx.get("models") or MODELS))
-    lfw, data = ctx["lfw"], ctx["data"]
+def evaluators(ctx: dict) -> tuple[list[str], dict[str, str], list[str], dict[str, Evaluator]]:
+    """The authorised models available here, the missing ones, the evaluated ones (authorised + the
+    evaluated-only models) and their evaluators."""
     from faceveil.defenses.pmt import _shared_recognizer
 
+    models, missing = available_models(tuple(ctx.get("models") or MODELS))
     extra, missing_extra = available_models(tuple(m for m in ctx.get("eval_only", EVAL_ONLY) if m not in models))
     missing.update(missing_extra)
     evaluated = models + extra
-    evals = {m: Evaluator(_shared_recognizer(m), lfw, data) for m in evaluated}
+    return models, missing, evaluated, {m: Evaluator(_shared_recognizer(m), ctx["lfw"], ctx["data"]) for m in evaluated}
+
+
+def run(ctx: dict) -> dict:
+    t0 = time.perf_counter()
+    budget = PMT_BUDGETS[ctx["profile"]]
+    lfw = ctx["lfw"]
+    models, missing, evaluated, evals = evaluators(ctx)
     out: dict = {"budget": asdict(budget), "models": models, "evaluated": evaluated, "missing_models": missing, "errors": {}}
     md = [f"PMT defaults: {pmt(budget).config()} — cuts: "
           + ", ".join(f"{m} `{pmt(budget, model=m).cut}`" for m in models)
@@ -781,13 +786,8 @@ def main() -> None:
                out_dir=args.out, lfw=LFW(args.data_dir), force=args.force, progress=True,
                models=[m for m in args.models.split(",") if m])
     if args.only == "cut_depth":
-        from faceveil.defenses.pmt import _shared_recognizer
-
-        budget = PMT_BUDGETS[args.profile]
-        models, _ = available_models(tuple(ctx["models"]))
-        evaluated = models + available_models(tuple(m for m in EVAL_ONLY if m not in models))[0]
-        evals = {m: Evaluator(_shared_recognizer(m), ctx["lfw"], args.data_dir) for m in evaluated}
-        res = cut_depth(ctx, budget, models, evals)
+        models, _, evaluated, evals = evaluators(ctx)
+        res = cut_depth(ctx, PMT_BUDGETS[args.profile], models, evals)
         md = "\n".join(cut_depth_md(res, evaluated))
         (args.out / "pmt_cut_depth.md").write_text(md + "\n")
         (args.out / "pmt_cut_depth.json").write_text(json.dumps(res, indent=2, default=str))
