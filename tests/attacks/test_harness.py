@@ -97,3 +97,22 @@ def test_grids_show_the_same_faces_for_any_number_of_pairs(data_root):
         ia, _ = eval_pairs(lfw, n)
         shown.append(ia[grid_positions(lfw, ia)].tolist())
     assert len(set(shown[0])) == 8 and all(s == shown[0] for s in shown)
+
+
+def test_whitebox_reconstructions_are_cached():
+    """A white-box cell's inversion is cached like a trained attacker: the re-run loads the same
+    reconstructions, ``force`` recomputes them (same seed, same result)."""
+    from faceveil.attacks.base import profile_budget
+
+    torch.set_num_threads(1)
+    d = get_defense("none", transmit="res1")
+    budget = profile_budget("ci", whitebox_steps=5)
+    kw = dict(threat=ThreatModel(knowledge="white-box"), profile="ci", progress=False, budget=budget, eval_pairs_n=4,
+              return_images=True)
+    first = run_attack(d, "whitebox", force=True, **kw)
+    again = run_attack(d, "whitebox", **kw)
+    assert torch.equal(first["images"]["reconstruction"], again["images"]["reconstruction"])
+    assert again["attack_ms_per_face"] == first["attack_ms_per_face"]  # the recorded cost of the inversion
+    redo = run_attack(d, "whitebox", force=True, **kw)
+    assert torch.allclose(redo["images"]["reconstruction"], first["images"]["reconstruction"], atol=1e-5)
+    assert redo["attack_ms_per_face"] != first["attack_ms_per_face"]
