@@ -325,3 +325,21 @@ def test_protect_files(tmp_path, lfw, data_root):
     Image.new("RGB", (48, 48), (128, 128, 128)).save(blank)
     with pytest.raises(FaceNotFoundError, match="blank.png: no face found"):
         protect_files("noise", {}, [blank], tmp_path / "b", seed=0)
+
+
+def test_slow_client_output_cached_across_servers(lfw_sample, dlib_model, pool):
+    """A slow client's protected faces are computed once (keyed by defense, chips, seed, batching):
+    a second system (another server, a re-run) reuses them and the client time measured with them."""
+    from faceveil.defenses import ProtectedSystem
+
+    d = make("advnoise", dlib_model, pool)
+    assert d.protect_ms_hint >= d.SLOW_CLIENT_MS
+    chips = lfw_sample[1][:6]
+    t1: list = []
+    e1 = ProtectedSystem(d, seed=3).embed_chips(chips, stored=False, batch_size=4, salt=7, timing=t1)
+    t2: list = []
+    e2 = ProtectedSystem(d, seed=3).embed_chips(chips, stored=False, batch_size=4, salt=7, timing=t2)
+    assert torch.equal(e1, e2) and [t[:2] for t in t1] == [t[:2] for t in t2]
+    t3: list = []
+    ProtectedSystem(d, seed=4).embed_chips(chips, stored=False, batch_size=4, salt=7, timing=t3)  # another seed: new key
+    assert [t[1] for t in t3] != [t[1] for t in t1]

@@ -202,7 +202,7 @@ def _held_targets(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray
     """What the attacker holds for the LFW evaluation targets. Cached on disk for slow clients
     (``protect_ms_hint`` >= 100 ms: AdvNoise, DeepBlur, ...): every attack cell of a setting judges the
     same targets and the protection is seeded, so re-runs reuse it exactly."""
-    cached = defense.protect_ms_hint >= 100
+    cached = defense.protect_ms_hint >= defense.SLOW_CLIENT_MS
     key = config_hash(defense.config(), threat.leakage, threat.view, [int(i) for i in idx], seed, str(data_dir(data)),
                       "held-v1")
     path = cache_dir("held") / f"{defense.name}-{key}.pt"

@@ -91,6 +91,8 @@ class Defense:
     #: typical client cost in ms/face on one CPU core (measured; 0 = cheap). Benchmarks use it to
     #: size the data sets of slow clients (:func:`faceveil.bench.runner.setting_sizes`)
     protect_ms_hint: ClassVar[float] = 0.0
+    #: clients at least this slow (ms/face) have their protected evaluation data cached on disk
+    SLOW_CLIENT_MS: ClassVar[float] = 100.0
     #: value range of image-domain outputs ((-1, 1) for InstaHide's sign-flipped mixes)
     output_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     #: keyword arguments that are inputs, not configuration (kept out of config()/cache keys)

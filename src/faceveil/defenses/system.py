@@ -11,6 +11,7 @@ every pair through the full protected path (the first as enrolment, the second a
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass
 
@@ -108,19 +109,43 @@ class ProtectedSystem:
                     timing: list | None = None) -> Tensor:
         """Embeddings of uint8 chips through the full protected path (enrolment or probe)."""
         out = []
-        for bi, s in enumerate(range(0, len(chips), batch_size)):
-            x = to_tensor(chips[s : s + batch_size])
-            rng = batch_generator(self.seed, bi, salt)
-            t0 = time.perf_counter()
-            with torch.set_grad_enabled(self.defense.needs_grad_to_protect):
-                t = self.database(x, rng) if stored else self.channel(x, rng)
-            t = t.detach()
+        for t, client_s in self._protected_batches(chips, stored, batch_size, salt):
             t1 = time.perf_counter()
             out.append(self.embed_protected(t, stored))
             t2 = time.perf_counter()
             if timing is not None:
-                timing.append((len(x), t1 - t0, t2 - t1))
+                timing.append((len(t), client_s, t2 - t1))
         return torch.cat(out)
+
+    def _protected_batches(self, chips: np.ndarray, stored: bool, batch_size: int, salt: int) -> list[tuple[Tensor, float]]:
+        """(protected batch, client seconds) per batch. The client's output does not depend on the
+        server, so for slow clients (``protect_ms_hint`` >= ``SLOW_CLIENT_MS``: AdvNoise, DeepBlur, PMT,
+        AdvFace) it is cached on disk, keyed by the defense, the chips, the seed and the batching,
+        together with the client time measured when it was computed: the frozen and adapted utility
+        cells and re-runs reuse it instead of protecting the same faces again."""
+        from faceveil.config import cache_dir, config_hash, write_atomically
+
+        d = self.defense
+        path = None
+        if d.protect_ms_hint >= d.SLOW_CLIENT_MS:
+            digest = hashlib.sha256(np.ascontiguousarray(chips).tobytes()).hexdigest()[:16]
+            key = config_hash(d.config(), d.recognizer.name, stored, self.seed, salt, batch_size, chips.shape, digest, "protected-v1")
+            path = cache_dir("protected") / f"{d.name}-{key}.pt"
+            if path.is_file():
+                c = torch.load(path, weights_only=True)
+                return list(zip(c["protected"], c["client_seconds"], strict=True))
+        batches = []
+        for bi, s in enumerate(range(0, len(chips), batch_size)):
+            x = to_tensor(chips[s : s + batch_size])
+            rng = batch_generator(self.seed, bi, salt)
+            t0 = time.perf_counter()
+            with torch.set_grad_enabled(d.needs_grad_to_protect):
+                t = self.database(x, rng) if stored else self.channel(x, rng)
+            batches.append((t.detach(), time.perf_counter() - t0))
+        if path is not None:
+            write_atomically(path, lambda p: torch.save({"protected": [t for t, _ in batches],
+                                                         "client_seconds": [s for _, s in batches]}, p))
+        return batches
 
     def pair_embeddings(self, lfw: LFW, pairs, batch_size: int = 32) -> tuple[Tensor, Tensor, Timing]:
         """Enrolment embeddings of pair side A and probe embeddings of side B."""
