@@ -235,13 +235,23 @@ def _inverted(attack: OptimizationAttack, defense: Defense, threat: ThreatModel,
 _MEMO: dict = {}
 
 
-def _memo(key: tuple, fn):
-    """Per-process memo of evaluation-target embeddings (bounded: a bench run has a few keys)."""
-    if key not in _MEMO:
+def _target_embeddings(key: tuple, model: Recognizer, fn) -> Tensor:
+    """``fn()``: embeddings by ``model`` of an evaluation-target set named by ``key``, memoised per
+    process (bounded: a bench run has a few keys) and cached on disk, keyed by the model's weights
+    (``faceveil bench --jobs`` judges every defense in its own process)."""
+    from faceveil.models.embed import model_fingerprint
+
+    k = config_hash(key, model.name, "targets-v1")
+    if k not in _MEMO:
         if len(_MEMO) > 64:
             _MEMO.clear()
-        _MEMO[key] = fn()
-    return _MEMO[key]
+        path = cache_dir("embeddings") / f"targets-{model.name}-{config_hash(k, model_fingerprint(model))}.pt"
+        if path.is_file():
+            _MEMO[k] = torch.load(path, weights_only=True)
+        else:
+            _MEMO[k] = fn()
+            write_atomically(path, lambda p: torch.save(_MEMO[k], p))
+    return _MEMO[k]
 
 
 def eval_pairs(lfw: LFW, n: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -370,19 +380,19 @@ def run_attack(defense: Defense, attack_name: str, threat: ThreatModel | None = 
     op = operating_point(deployed, lfw, progress=False)
     judge, independent = cos_judge()
     centre = judge_centre(judge, data)
-    # the targets' embeddings are the same for every attack on this evaluation set: memoised per
-    # process (a bench run judges dozens of cells; the 224-px judge dominates their cost)
-    key = (str(data_dir(data)), crop, budget.target_size, hash(ia.tobytes()), hash(ib.tobytes()))
-    e_a = _memo(("a", deployed.name, key), lambda: embed_images(deployed, x_a, crop))
-    e_b = _memo(("b", deployed.name, key), lambda: embed_images(deployed, to_tensor(chips_b), crop))
-    j_a = _memo(("a", judge.name, key), lambda: embed_images(judge, x_a, crop)) - centre
+    # the targets' embeddings are the same for every attack on this evaluation set (a bench run
+    # judges dozens of cells; the 224-px judge dominates their cost)
+    key = (str(data_dir(data)), crop, budget.target_size, [int(i) for i in ia], [int(i) for i in ib])
+    e_a = _target_embeddings(("a", key), deployed, lambda: embed_images(deployed, x_a, crop))
+    e_b = _target_embeddings(("b", key), deployed, lambda: embed_images(deployed, to_tensor(chips_b), crop))
+    j_a = _target_embeddings(("a", key), judge, lambda: embed_images(judge, x_a, crop)) - centre
     # baselines: the mean face is one image, the random person a permutation of the resized targets
     up_t = resize(targets, crop.size)
     up_m = resize(mean_face[None], crop.size)
     emb = {
         "reconstruction": (lambda m: embed_images(m, resize(recon, crop.size), crop)),
         "mean face": (lambda m: embed_images(m, up_m, crop).expand(len(ia), -1)),
-        "random person": (lambda m: _memo(("t", m.name, key), lambda: embed_images(m, up_t, crop))[perm]),
+        "random person": (lambda m: _target_embeddings(("t", key), m, lambda: embed_images(m, up_t, crop))[perm]),
     }
     metrics = {}
     for name, imgs in candidates.items():
