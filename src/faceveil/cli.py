@@ -179,7 +179,8 @@ def attack_cmd(
     data_dir: DataDir = None,
     out: Annotated[Path, typer.Option(help="Output folder for the PNG grid and JSON.")] = Path("results/attacks"),
     force: Annotated[bool, typer.Option(help="Retrain even if a cached attacker exists.")] = False,
-    max_seconds: Annotated[float | None, typer.Option(help="Override the profile's training time budget (s).")] = None,
+    max_seconds: Annotated[float | None, typer.Option(
+        help="Train for this wall time instead of the profile's step budget (s); the schedule anneals by time.")] = None,
     identity_weight: Annotated[float, typer.Option(
         help="Add an identity loss through the deployed recogniser (a stronger attacker than the papers').")] = 0.0,
     eval_pairs: Annotated[int | None, typer.Option(
@@ -194,7 +195,7 @@ def attack_cmd(
         d = make_defense(defense, parse_params(param), data_dir)
         threat = ThreatModel(leakage=leakage, adaptive=view is not None, view=view,
                              knowledge="white-box" if attack == "whitebox" else "black-box client")
-        budget = profile_budget(profile, **({"max_seconds": max_seconds} if max_seconds else {}))
+        budget = profile_budget(profile, **({"max_seconds": max_seconds, "max_steps": None} if max_seconds else {}))
         kwargs = {"identity_weight": identity_weight} if identity_weight else None
         r = run_attack(d, attack, threat, profile=profile, seed=seed, data=data_dir, force=force, out_dir=out,
                        budget=budget, attack_kwargs=kwargs, eval_pairs_n=eval_pairs)

@@ -222,3 +222,31 @@ def test_fit_save_load_round_trip_and_input_checks(name, tmp_path):
     bad[1, 0, 0, 0] = float("nan")
     with pytest.raises(FaceveilDataError):
         attack.attack(bad)
+
+
+def test_one_cycle_schedule_shape():
+    from faceveil.attacks.base import one_cycle
+
+    assert one_cycle(0.0) == pytest.approx(1 / 25) and one_cycle(0.15) == pytest.approx(1.0)
+    assert one_cycle(1.0) == pytest.approx(1 / 25e4) and one_cycle(2.0) == one_cycle(1.0)
+    f = [one_cycle(i / 100) for i in range(101)]
+    assert all(a <= b for a, b in zip(f[:15], f[1:16], strict=True))  # warm-up rises
+    assert all(a >= b for a, b in zip(f[15:-1], f[16:], strict=True))  # then anneals
+
+
+def test_step_budget_is_reproducible_and_anneals():
+    """A step budget ends training at its steps whatever the wall time (the seconds are only a guard)
+    and gives the same network twice; a time budget stops by time, an epoch budget by epochs."""
+    torch.manual_seed(0)
+    src = PairSource(torch.rand(64, 3, 16, 16), protected=torch.randn(64, 128), seed=0)
+    b = Budget(epochs=100, max_steps=12, max_seconds=600, batch_size=16, target_size=16)
+    a1 = get_attack("dn", target_size=16, width=8).fit(src, b, progress=False)
+    a2 = get_attack("dn", target_size=16, width=8).fit(src, b, progress=False)
+    assert a1.log.steps == 12 and a1.log.stopped_by == "steps" and a1.log.epochs == 3
+    assert a1.log.losses == a2.log.losses
+    assert all(torch.equal(p, q) for p, q in zip(a1.net.state_dict().values(), a2.net.state_dict().values(), strict=True))
+    timed = get_attack("dn", target_size=16, width=8).fit(src, Budget(epochs=10_000, max_seconds=0.5, batch_size=16,
+                                                                         target_size=16), progress=False)
+    assert timed.log.stopped_by == "time" and timed.log.seconds >= 0.5
+    short = get_attack("dn", target_size=16, width=8).fit(src, Budget(epochs=2, batch_size=16, target_size=16), progress=False)
+    assert short.log.stopped_by == "epochs" and short.log.steps == 8

@@ -68,7 +68,10 @@ class ThreatModel:
 
 @dataclass(frozen=True)
 class Budget:
-    """Training budget: stops at whichever of epochs / steps / seconds comes first."""
+    """Training budget: stops at whichever of epochs / steps / seconds comes first. With ``max_steps``
+    the run is defined by its steps (reproducible whatever the machine's load; ``max_seconds`` is only
+    a guard, and the log says when it fired); without, the learning-rate schedule follows whichever
+    of epochs or wall time is further used up, so a time-bounded run still anneals."""
 
     epochs: int = 10
     max_steps: int | None = None
@@ -85,12 +88,13 @@ PROFILES: dict[str, Budget] = {
     # CI: a couple of minutes on 2 cores, tiny images
     "ci": Budget(epochs=3, max_seconds=60, batch_size=64, lr=3e-3, target_size=64, train_images=3000, eval_pairs=100,
                  whitebox_steps=60),
-    # quick: <= 2 min training per attacker
-    "quick": Budget(epochs=8, max_seconds=120, batch_size=64, lr=2e-3, target_size=64, train_images=None, eval_pairs=300,
-                    whitebox_steps=150),
+    # quick: 600 steps (dn ~0.15-0.45 s/step, cgan ~0.35 s/step on one core at 64 px: 1.5-4.5 min per attacker);
+    # small training sets (slow clients) stop at 100 epochs
+    "quick": Budget(epochs=100, max_steps=600, max_seconds=900, batch_size=64, lr=2e-3, target_size=64, train_images=None,
+                    eval_pairs=300, whitebox_steps=150),
     # full: the benchmark
-    "full": Budget(epochs=40, max_seconds=3600, batch_size=64, lr=1e-3, target_size=112, train_images=None, eval_pairs=None,
-                   whitebox_steps=600),
+    "full": Budget(epochs=40, max_steps=4000, max_seconds=10800, batch_size=64, lr=1e-3, target_size=112,
+                   train_images=None, eval_pairs=None, whitebox_steps=600),
 }
 
 
@@ -165,6 +169,22 @@ class TrainLog:
     epochs: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
+    stopped_by: str = ""  # "steps", "epochs" or "time" (the budget's limit that ended training)
+
+
+def one_cycle(frac: float, pct_start: float = 0.15, div: float = 25.0, final_div: float = 1e4) -> float:
+    """Learning-rate factor of the one-cycle policy (Smith & Topin 2019; the shape of torch's
+    ``OneCycleLR`` with cosine annealing) at training progress ``frac`` in [0, 1]: cosine warm-up from
+    1/div to 1 over ``pct_start``, then cosine decay to 1/(div * final_div). Written out because
+    ``OneCycleLR`` counts steps only (a time-bounded run would stop at its peak rate) and also cycles
+    Adam's beta1, which the attacks set themselves."""
+    import math
+
+    frac = min(max(frac, 0.0), 1.0)
+    lo, end = 1 / div, 1 / (div * final_div)
+    if frac < pct_start:
+        return lo + (1 - lo) * 0.5 * (1 - math.cos(math.pi * frac / pct_start))
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * (frac - pct_start) / (1 - pct_start)))
 
 
 class ReconstructionAttack(Attack):
@@ -236,25 +256,33 @@ class ReconstructionAttack(Attack):
         total = budget.epochs * steps_per_epoch
         if budget.max_steps:
             total = min(total, budget.max_steps)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=budget.lr, total_steps=max(total, 2), pct_start=0.15) \
-            if self.use_one_cycle else None
+        # a step budget defines the schedule (reproducible); otherwise wall time may run out first
+        timed = budget.max_seconds if not budget.max_steps else None
         t0 = time.perf_counter()
         bar = tqdm(total=total, desc=f"training {self.name}", disable=not progress, unit="step", leave=False)
-        done = False
+        self.log.stopped_by = "epochs"
         for epoch in range(budget.epochs):
             for p, tgt in source.batches(epoch, budget.batch_size):
+                if self.use_one_cycle:
+                    frac = self.log.steps / max(total - 1, 1)
+                    if timed:
+                        frac = max(frac, (time.perf_counter() - t0) / timed)
+                    for g in opt.param_groups:
+                        g["lr"] = budget.lr * one_cycle(frac)
                 loss = self.train_step(p, tgt, opt)
-                if sched is not None and self.log.steps < total - 1:
-                    sched.step()
                 self.log.steps += 1
                 self.log.losses.append(loss)
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch)
-                if self.log.steps >= total or (budget.max_seconds and time.perf_counter() - t0 > budget.max_seconds):
-                    done = True
-                    break
+                if self.log.steps >= total:
+                    self.log.stopped_by = "steps" if total == budget.max_steps else "epochs"
+                elif budget.max_seconds and time.perf_counter() - t0 > budget.max_seconds:
+                    self.log.stopped_by = "time"
+                else:
+                    continue
+                break
             self.log.epochs = epoch + 1
-            if done:
+            if self.log.stopped_by != "epochs":
                 break
         bar.close()
         self.log.seconds = time.perf_counter() - t0

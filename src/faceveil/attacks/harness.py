@@ -290,7 +290,7 @@ def train_attacker(system: ProtectedSystem, attack_name: str, threat: ThreatMode
     attack = get_attack(attack_name, target_size=budget.target_size, seed=seed, **kwargs)
     assert isinstance(attack, ReconstructionAttack)
     leak = _leak_fn(system, threat)
-    path = attack_cache_path(attack, defense.config(), asdict(threat), asdict(budget), str(data_dir(data)), "harness-v1")
+    path = attack_cache_path(attack, defense.config(), asdict(threat), asdict(budget), str(data_dir(data)), "harness-v2")
     if path.is_file() and not force:
         return attack.load(path), path
     chips = public_chips(data, defense.recognizer.crop, budget.train_images, seed, progress)

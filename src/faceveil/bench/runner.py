@@ -59,7 +59,7 @@ class BenchProfile:
     adapted: bool  # train adapted students
     attack_profile: str
     #: seconds of client protection allowed per data set (LFW utility images, student training images,
-    #: attacker training images) for defenses whose protection is expensive (DeepBlur ~2 s/face,
+    #: attacker training images) for defenses whose protection is expensive (DeepBlur ~0.5-0.9 s/face,
     #: AdvNoise ~0.3 s/face on one core); None = no cap. Cheap defenses are never capped.
     protect_seconds: float | None = None
     #: LFW same-pairs judged for the white-box inversion: it optimises every target image through

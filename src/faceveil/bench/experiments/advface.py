@@ -73,9 +73,9 @@ class AdvBudget:
 
 #: Attackers (plain-z and adaptive alike) get the same budget: the attack profile's, with
 #: ``train_images = adaptive_images`` and ``eval_pairs``. Equal budgets make the non-adaptive vs
-#: adaptive comparison fair, and a small image count lets the quick profile's 2-minute wall cap finish
-#: the planned schedule (with all ~13k public faces it stops inside the warm-up on a shared CPU, and
-#: the attacker is no better than the mean face).
+#: adaptive comparison fair; the image count bounds what the experiment must protect (AdvFace's PGD
+#: runs per training face), and the quick profile's 100-epoch / 600-step budget trains on it to the end
+#: of its schedule.
 
 
 #: quick is sized for ~1 h on a shared CPU (≈0.5 s of PGD per face and core at the 64-px shadow):

@@ -44,8 +44,8 @@ from faceveil.models.base import CropSpec
 CHIP = CropSpec(150, 0.25)
 
 SETTINGS["deepblur"] = [
-    # At ~2 s per face for the latent search the generic cells run on capped sets (``setting_sizes``:
-    # ~120 faces per set at the quick profile) with the frozen server only; the paper's privacy
+    # At ~0.5-0.9 s per face for the latent search the generic cells run on capped sets (``setting_sizes``:
+    # ~270 faces per set at the quick profile) with the frozen server only; the paper's privacy
     # evaluation (re-identification T1-T3) is this module's experiment.
     Setting("DeepBlur σ=2 (feature space, L-BFGS x10)", "deepblur", {"sigma": 2.0}, utility_servers=("frozen",)),
 ]
