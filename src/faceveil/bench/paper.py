@@ -31,7 +31,8 @@ def paper_value(defense: str, setting: str, metric: str, qualifier: str | None) 
     """The paper's number for a cell, formatted "value (source)", or None."""
     table = {(k[1], k[2]): v for k, v in PAPER.items() if k[0] == defense}
     if defense == "none":
-        table = UNPROTECTED
+        # AdvFace's unprotected attack inverts the client's shallow features: our res1-map setting
+        table = {k: v for k, v in UNPROTECTED.items() if k[0] == "acc" or "res1" in setting}
     for key in ((metric, qualifier or "*"), (metric, "*")):
         if key in table:
             v, src = table[key]
