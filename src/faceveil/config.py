@@ -62,6 +62,18 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     tmp.replace(path)
 
 
+def load_or_compute(path: Path, compute: Callable[[], Any], force: bool = False) -> Any:
+    """The tensors (or dict/list of tensors) cached at ``path``; else ``compute()``, saved atomically
+    (``force`` recomputes). Loading uses ``weights_only=True``: caches hold data, never code."""
+    import torch
+
+    if path.is_file() and not force:
+        return torch.load(path, weights_only=True)
+    value = compute()
+    write_atomically(path, lambda p: torch.save(value, p))
+    return value
+
+
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock (``flock``) on ``path`` for read-modify-write of shared cache files."""

@@ -10,6 +10,7 @@ Images are float32 ``[B,3,S,S]`` in [0,1], S = the target size (64 quick, 112 fu
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -178,8 +179,6 @@ def one_cycle(frac: float, pct_start: float = 0.15, div: float = 25.0, final_div
     1/div to 1 over ``pct_start``, then cosine decay to 1/(div * final_div). Written out because
     ``OneCycleLR`` counts steps only (a time-bounded run would stop at its peak rate) and also cycles
     Adam's beta1, which the attacks set themselves."""
-    import math
-
     frac = min(max(frac, 0.0), 1.0)
     lo, end = 1 / div, 1 / (div * final_div)
     if frac < pct_start:

@@ -42,7 +42,7 @@ from faceveil.attacks.base import (
     profile_budget,
 )
 from faceveil.bench.lfw import operating_point, subset_pairs
-from faceveil.config import cache_dir, config_hash, data_dir, write_atomically
+from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import LFW
 from faceveil.defenses.base import Defense
@@ -101,12 +101,8 @@ def judge_centre(judge: Recognizer, data=None, n: int = 1000, seed: int = 0) -> 
     from faceveil.train.distill import public_chips
 
     path = cache_dir("embeddings") / f"centre-{judge.name}-{config_hash(model_fingerprint(judge), n, seed, str(data_dir(data)))}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
     crop = CropSpec(150, 0.25)
-    c = embed_images(judge, to_tensor(public_chips(data, crop, n, seed, False)), crop).mean(0)
-    write_atomically(path, lambda p: torch.save(c, p))
-    return c
+    return load_or_compute(path, lambda: embed_images(judge, to_tensor(public_chips(data, crop, n, seed, False)), crop).mean(0))
 
 
 def embed_images(model: Recognizer, x: Tensor, crop: CropSpec, batch_size: int = 64) -> Tensor:
@@ -206,12 +202,11 @@ def _held_targets(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray
     key = config_hash(defense.config(), threat.leakage, threat.view, [int(i) for i in idx], seed, str(data_dir(data)),
                       "held-v1")
     path = cache_dir("held") / f"{defense.name}-{key}.pt"
-    if cached and path.is_file():
-        return torch.load(path, weights_only=True)
-    held = _leak_batched(leak, chips, seed + 1, 23, progress=progress, desc="protecting LFW targets")
-    if cached:
-        write_atomically(path, lambda p: torch.save(held, p))
-    return held
+
+    def protect() -> Tensor:
+        return _leak_batched(leak, chips, seed + 1, 23, progress=progress, desc="protecting LFW targets")
+
+    return load_or_compute(path, protect) if cached else protect()
 
 
 def _inverted(attack: OptimizationAttack, defense: Defense, threat: ThreatModel, budget: Budget, held: Tensor,
@@ -222,14 +217,14 @@ def _inverted(attack: OptimizationAttack, defense: Defense, threat: ThreatModel,
     key = config_hash(attack.config(), defense.config(), asdict(threat), asdict(budget), [int(i) for i in idx], seed,
                       str(data_dir(data)), "whitebox-v1")
     path = cache_dir("whitebox") / f"{defense.name}-{key}.pt"
-    if path.is_file() and not force:
-        c = torch.load(path, weights_only=True)
-        return c["recon"], float(c["ms_per_face"])
-    t0 = time.perf_counter()
-    recon = attack.attack(defense.whitebox_target(held))
-    ms = 1000 * (time.perf_counter() - t0) / len(held)
-    write_atomically(path, lambda p: torch.save({"recon": recon, "ms_per_face": ms}, p))
-    return recon, ms
+
+    def invert() -> dict:
+        t0 = time.perf_counter()
+        recon = attack.attack(defense.whitebox_target(held))
+        return {"recon": recon, "ms_per_face": 1000 * (time.perf_counter() - t0) / len(held)}
+
+    c = load_or_compute(path, invert, force)
+    return c["recon"], float(c["ms_per_face"])
 
 
 _MEMO: dict = {}
@@ -245,12 +240,8 @@ def _target_embeddings(key: tuple, model: Recognizer, fn) -> Tensor:
     if k not in _MEMO:
         if len(_MEMO) > 64:
             _MEMO.clear()
-        path = cache_dir("embeddings") / f"targets-{model.name}-{config_hash(k, model_fingerprint(model))}.pt"
-        if path.is_file():
-            _MEMO[k] = torch.load(path, weights_only=True)
-        else:
-            _MEMO[k] = fn()
-            write_atomically(path, lambda p: torch.save(_MEMO[k], p))
+        _MEMO[k] = load_or_compute(cache_dir("embeddings") / f"targets-{model.name}-{config_hash(k, model_fingerprint(model))}.pt",
+                                   fn)
     return _MEMO[k]
 
 

@@ -123,29 +123,30 @@ class ProtectedSystem:
         AdvFace) it is cached on disk, keyed by the defense, the chips, the seed and the batching,
         together with the client time measured when it was computed: the frozen and adapted utility
         cells and re-runs reuse it instead of protecting the same faces again."""
-        from faceveil.config import cache_dir, config_hash, write_atomically
+        from faceveil.config import cache_dir, config_hash, load_or_compute
 
         d = self.defense
-        path = None
+
+        def protect() -> dict:
+            out: dict = {"protected": [], "client_seconds": []}
+            for bi, s in enumerate(range(0, len(chips), batch_size)):
+                x = to_tensor(chips[s : s + batch_size])
+                rng = batch_generator(self.seed, bi, salt)
+                t0 = time.perf_counter()
+                with torch.set_grad_enabled(d.needs_grad_to_protect):
+                    t = self.database(x, rng) if stored else self.channel(x, rng)
+                out["protected"].append(t.detach())
+                out["client_seconds"].append(time.perf_counter() - t0)
+            return out
+
         if d.protect_ms_hint >= d.SLOW_CLIENT_MS:
             digest = hashlib.sha256(np.ascontiguousarray(chips).tobytes()).hexdigest()[:16]
-            key = config_hash(d.config(), d.recognizer.name, stored, self.seed, salt, batch_size, chips.shape, digest, "protected-v1")
-            path = cache_dir("protected") / f"{d.name}-{key}.pt"
-            if path.is_file():
-                c = torch.load(path, weights_only=True)
-                return list(zip(c["protected"], c["client_seconds"], strict=True))
-        batches = []
-        for bi, s in enumerate(range(0, len(chips), batch_size)):
-            x = to_tensor(chips[s : s + batch_size])
-            rng = batch_generator(self.seed, bi, salt)
-            t0 = time.perf_counter()
-            with torch.set_grad_enabled(d.needs_grad_to_protect):
-                t = self.database(x, rng) if stored else self.channel(x, rng)
-            batches.append((t.detach(), time.perf_counter() - t0))
-        if path is not None:
-            write_atomically(path, lambda p: torch.save({"protected": [t for t, _ in batches],
-                                                         "client_seconds": [s for _, s in batches]}, p))
-        return batches
+            key = config_hash(d.config(), d.recognizer.name, stored, self.seed, salt, batch_size, chips.shape, digest,
+                              "protected-v1")
+            c = load_or_compute(cache_dir("protected") / f"{d.name}-{key}.pt", protect)
+        else:
+            c = protect()
+        return list(zip(c["protected"], c["client_seconds"], strict=True))
 
     def pair_embeddings(self, lfw: LFW, pairs, batch_size: int = 32) -> tuple[Tensor, Tensor, Timing]:
         """Enrolment embeddings of pair side A and probe embeddings of side B."""

@@ -76,7 +76,7 @@ from torch import Tensor
 
 from faceveil.bench.experiments.common import attempt, md_table
 from faceveil.bench.runner import BENCH_PROFILES, EXPERIMENTS, SETTINGS
-from faceveil.config import cache_dir, config_hash, write_atomically
+from faceveil.config import cache_dir, config_hash, load_or_compute
 from faceveil.defenses import get_defense
 from faceveil.defenses.pmt import PMT, gaussian_blur
 from faceveil.models.base import CropSpec, Recognizer
@@ -185,16 +185,14 @@ def obfuscate_lfw(defense: PMT, lfw, idx: np.ndarray, seed: int, progress: bool 
 
     cfg = {k: v for k, v in defense.config().items() if k != "upload"}
     path = cache_dir("pmt") / f"lfw-{config_hash(cfg, [int(i) for i in idx], seed, 'pmt-exp-v1')}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    x = chips(lfw, idx, defense.recognizer.crop)
-    out = []
-    label = f"PMT {','.join(defense.authorised)} on {len(x)} LFW faces"
-    for bi, s in enumerate(tqdm(range(0, len(x), batch), desc=label, disable=not progress, leave=False)):
-        out.append(defense.obfuscate(x[s : s + batch], batch_generator(seed, bi, 31))[0])
-    xt = torch.cat(out)
-    write_atomically(path, lambda p: torch.save(xt, p))
-    return xt
+
+    def obfuscate() -> Tensor:
+        x = chips(lfw, idx, defense.recognizer.crop)
+        label = f"PMT {','.join(defense.authorised)} on {len(x)} LFW faces"
+        return torch.cat([defense.obfuscate(x[s : s + batch], batch_generator(seed, bi, 31))[0]
+                          for bi, s in enumerate(tqdm(range(0, len(x), batch), desc=label, disable=not progress, leave=False))])
+
+    return load_or_compute(path, obfuscate)
 
 
 class Evaluator:
