@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
 from faceveil.bench.experiments.common import attempt, md_table, pct, privacy, utility
@@ -26,6 +28,8 @@ SETTINGS["faceobfuscator"] = [
 BASES = ((1.8, -70, 70), (2.0, -60, 60), (10.0, -18, 18), (100.0, -9, 9))
 #: Fig. 7: exponent ranges at b = 2
 RANGES = ((0, 1), (-30, 30), (-60, 60), (-90, 90))
+#: the experiment's parts (``ctx["parts"]`` / ``--only`` selects some)
+PARTS = ("table3", "table4", "sweeps")
 
 
 def _fo(**kw):
@@ -37,14 +41,28 @@ def _acc(u: dict | None) -> str:
 
 
 def run(ctx: dict) -> dict:
+    data: dict = {"table3": {}, "table4": {}, "ranges": {}, "bases": {}, "ablation": {}, "errors": {}}
+    md: list[str] = []
+    parts = ctx.get("parts") or PARTS
+    if "table3" in parts:
+        md += _table3(ctx, data)
+    if "table4" in parts:
+        md += _table4(ctx, data)
+    figs = []
+    if "sweeps" in parts:
+        md += _sweeps(ctx, data)
+        figs = [_plot_ranges(data["ranges"], Path(ctx["out_dir"]))]
+        md += [f"![Fig. 7 analogue]({figs[0].name})", ""] if figs[0] else []
+    return {"markdown": "\n".join(md), "data": data, "figures": [str(f) for f in figs if f]}
+
+
+def _table3(ctx: dict, data: dict) -> list[str]:
+    """Table 3 (+ Table 5's no-recovery row): utility, storage and time of FaceObfuscator and its baselines."""
     from faceveil.bench.lfw import evaluate_lfw
     from faceveil.models import get_recognizer
 
     lfw, bp = ctx["lfw"], ctx["bench_profile"]
-    data: dict = {"table3": {}, "table4": {}, "ranges": {}, "bases": {}, "ablation": {}, "errors": {}}
     md: list[str] = []
-
-    # ---- Table 3 ---------------------------------------------------------------------------
     dlib = get_recognizer("dlib")
     rows = []
     rep, err = attempt(evaluate_lfw, dlib, lfw, bp.utility_per_fold, False)
@@ -76,8 +94,12 @@ def run(ctx: dict) -> dict:
            md_table(["system", "LFW acc % (± std)", "TPR@1e-3 %", "storage KB/face", "client ms", "server ms", "paper"], rows), "",
            "Students are distilled from the frozen dlib ResNet on CPU (README: deviation from the papers' "
            "ArcFace/MS1M training); compare FaceObfuscator with the same-budget clean student, not with dlib.", ""]
+    return md
 
-    # ---- Table 4 (+ adaptive, white-box) ------------------------------------------------------
+
+def _table4(ctx: dict, data: dict) -> list[str]:
+    """Table 4 (+ the white-box inversion of Fig. 10 and the adaptive attacker on |d|)."""
+    md: list[str] = []
     rows = []
     fo = _fo()
     base = None
@@ -105,8 +127,13 @@ def run(ctx: dict) -> dict:
            "Channel and database leakage hold the same data for FaceObfuscator. The adaptive attacker applies the public "
            "identity recovery (b is known to every client) and keeps |d|: the secret exponents cancel (see the defense's "
            "docstring), so this attacker trains on data with no randomness left.", ""]
+    return md
 
-    # ---- Fig. 7, Table 6, Fig. 11 -------------------------------------------------------------
+
+def _sweeps(ctx: dict, data: dict) -> list[str]:
+    """Fig. 7 (exponent ranges), Table 6 (bases), Fig. 11 (ablation): adapted accuracy and dn COS."""
+    md: list[str] = []
+
     def sweep(items, key, title, head):
         rows = []
         for label, d in items:
@@ -123,9 +150,7 @@ def run(ctx: dict) -> dict:
                 "Table 6 analogue: base b (ranges of equal bit-span)", "b, range")
     md += sweep([("deletion only", _fo(obfuscate=False)), ("obfuscation only (all 64 channels)", _fo(channels="all")),
                  ("deletion + obfuscation", _fo())], "ablation", "Fig. 11 analogue: ablation", "variant")
-    figs = [_plot_ranges(data["ranges"], Path(ctx["out_dir"]))]
-    md += [f"![Fig. 7 analogue]({figs[0].name})", ""] if figs[0] else []
-    return {"markdown": "\n".join(md), "data": data, "figures": [str(f) for f in figs if f]}
+    return md
 
 
 def _without_recovery(ctx: dict) -> dict:
@@ -169,4 +194,41 @@ def _plot_ranges(ranges: dict, out_dir: Path) -> Path | None:
     return path
 
 
-EXPERIMENTS.register("faceobfuscator")(run)
+if __name__ != "__main__":  # run as a script, the package import below registers it
+    EXPERIMENTS.register("faceobfuscator")(run)
+
+
+def main() -> None:
+    """Run the experiment alone, or some of its parts:
+    ``python -m faceveil.bench.experiments.faceobfuscator --profile full --only table3 --out DIR``."""
+    import torch
+
+    from faceveil.bench.runner import BENCH_PROFILES
+    from faceveil.data.datasets import LFW
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="ci", choices=sorted(BENCH_PROFILES))
+    ap.add_argument("--out", type=Path, default=Path("results/faceobfuscator"))
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {', '.join(PARTS)}")
+    args = ap.parse_args()
+    parts = tuple(p for p in args.only.split(",") if p)
+    if bad := [p for p in parts if p not in PARTS]:
+        ap.error(f"unknown part(s) {bad}; choose among {PARTS}")
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ctx = dict(profile=args.profile, bench_profile=BENCH_PROFILES[args.profile], data=args.data_dir, seed=args.seed,
+               out_dir=args.out, lfw=LFW(args.data_dir), force=args.force, progress=True, parts=parts)
+    r = run(ctx)
+    stem = "faceobfuscator" + ("" if set(parts) == set(PARTS) else "_" + "_".join(parts))
+    (args.out / f"{stem}.md").write_text(f"# FaceObfuscator experiment ({args.profile})\n\n" + r["markdown"] + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(r["data"], indent=2, default=str))
+    print(r["markdown"])
+
+
+if __name__ == "__main__":
+    from faceveil.bench.experiments import faceobfuscator as _module
+
+    _module.main()
