@@ -343,3 +343,22 @@ def test_slow_client_output_cached_across_servers(lfw_sample, dlib_model, pool):
     t3: list = []
     ProtectedSystem(d, seed=4).embed_chips(chips, stored=False, batch_size=4, salt=7, timing=t3)  # another seed: new key
     assert [t[1] for t in t3] != [t[1] for t in t1]
+
+
+def test_fast_client_batches_are_streamed_not_cached(lfw_sample, dlib_model, pool, tmp_path, monkeypatch):
+    """A fast client's protected batches are made one at a time while the server embeds them (64 clean
+    BDCT channels of every LFW enrolment face would not fit in memory) and are not cached on disk."""
+    import inspect
+
+    monkeypatch.setenv("FACEVEIL_HOME", str(tmp_path))
+    d = make("noise", dlib_model, pool)
+    assert d.protect_ms_hint < d.SLOW_CLIENT_MS
+    chips = lfw_sample[1][:6]
+    system = ProtectedSystem(d, seed=3)
+    it = system._protected_batches(chips, stored=False, batch_size=4, salt=7)
+    assert inspect.isgenerator(it)
+    first = next(it)[0]
+    assert first.shape[0] == 4 and [b.shape[0] for b, _ in it] == [2]
+    e = system.embed_chips(chips, stored=False, batch_size=4, salt=7)
+    assert torch.allclose(e[:4], system.embed_protected(first, stored=False), atol=1e-5)
+    assert not (tmp_path / "protected").exists()
