@@ -13,27 +13,17 @@ not depend on its weights; no training needed); with it, the cached quick-profil
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from faceveil.attacks import get_attack
 from faceveil.attacks.base import profile_budget
+from faceveil.bench.timing import per_face_ms
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import LFW
 from faceveil.defenses import get_defense
 from faceveil.models import get_recognizer
 from faceveil.models.base import CropSpec
-
-
-def per_face_ms(fn, x: torch.Tensor, batch: int, repeats: int = 1) -> float:
-    """Mean ms per face of ``fn`` over ``x`` in batches of ``batch`` (after one warm-up batch)."""
-    fn(x[:batch])
-    t = time.perf_counter()
-    for _ in range(repeats):
-        for s in range(0, len(x), batch):
-            fn(x[s : s + batch])
-    return 1000 * (time.perf_counter() - t) / (repeats * len(x))
 
 
 def main() -> None:

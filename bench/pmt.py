@@ -12,22 +12,13 @@ same recogniser and the ratio, measured in one run.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from faceveil.bench.timing import per_face_ms
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import LFW
 from faceveil.defenses import get_defense
-
-
-def per_face_ms(fn, x: torch.Tensor, batch: int) -> float:
-    """Mean ms per face of ``fn`` over ``x`` in batches of ``batch`` (after one warm-up call)."""
-    fn(x[: min(batch, 2)])
-    t = time.perf_counter()
-    for s in range(0, len(x), batch):
-        fn(x[s : s + batch])
-    return 1000 * (time.perf_counter() - t) / len(x)
 
 
 def main() -> None:
