@@ -89,6 +89,20 @@ def test_recovery_range_and_invariance(faces):
         torch.testing.assert_close(r1.abs(), expect, atol=1e-5, rtol=1e-5)
 
 
+def test_server_input_does_not_depend_on_the_exponent_range(faces):
+    """With b = 2 (exact powers of two) and the same seed, every exponent range gives the server
+    bit-identical recovered data: the range only changes what travels (Fig. 7's privacy axis),
+    never what the server learns from (its accuracy axis is flat by construction)."""
+    recovered = []
+    for lo, hi in ((0, 1), (-30, 30), (-60, 60), (-90, 90)):
+        d = get_defense("faceobfuscator", b=2.0, z_lower=lo, z_upper=hi)
+        e = d.protect(faces, torch.Generator().manual_seed(5))
+        recovered.append((e, d.recover(e)))
+    for e, r in recovered[1:]:
+        assert torch.equal(r, recovered[0][1])
+        assert not torch.equal(e, recovered[0][0])  # the uploads differ
+
+
 def test_zero_channel_recovers_to_zero():
     e = torch.zeros(1, 2, 4, 4)
     e[0, 1, 0, 0] = 3.0
