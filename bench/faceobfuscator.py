@@ -83,12 +83,9 @@ def print_timings(rows: list[dict], batches: tuple[int, ...] = (1, 32)) -> None:
 def accuracy_table(profile: str, out: Path) -> dict:
     """Table 3 of the FaceObfuscator experiment at ``profile`` (cached students) and its accuracy ratios."""
     from faceveil.bench.experiments import faceobfuscator as fo_exp
-    from faceveil.bench.runner import BENCH_PROFILES
+    from faceveil.bench.experiments.common import experiment_context
 
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = dict(profile=profile, bench_profile=BENCH_PROFILES[profile], data=None, seed=0, out_dir=out, lfw=LFW(),
-               force=False, progress=False, parts=("table3",))
-    r = fo_exp.run(ctx)
+    r = fo_exp.run(experiment_context(profile, out, progress=False, parts=("table3",)))
     print(r["markdown"])
     t3 = r["data"]["table3"]
     fo = t3.get("FaceObfuscator (deletion + obfuscation + recovery)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Iterable
 from pathlib import Path
 
 from faceveil.attacks.base import ThreatModel
@@ -50,3 +52,25 @@ def attempt(fn, *args, **kwargs) -> tuple[object | None, str | None]:
         return fn(*args, **kwargs), None
     except Exception as e:  # recorded in the report
         return None, f"{type(e).__name__}: {e}"
+
+
+def experiment_parser(description: str, profiles: Iterable[str], default_out: str) -> argparse.ArgumentParser:
+    """The arguments every experiment script shares: ``--profile --out --data-dir --seed --force``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--profile", default="ci", choices=sorted(profiles))
+    ap.add_argument("--out", type=Path, default=Path(default_out))
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--force", action="store_true")
+    return ap
+
+
+def experiment_context(profile: str, out_dir: Path, data=None, seed: int = 0, force: bool = False,
+                       progress: bool = True, **extra) -> dict:
+    """The ``ctx`` an experiment's ``run`` takes when run outside the bench runner (output folder created)."""
+    from faceveil.bench.runner import BENCH_PROFILES
+    from faceveil.data.datasets import LFW
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return dict(profile=profile, bench_profile=BENCH_PROFILES[profile], data=data, seed=seed, out_dir=out_dir,
+                lfw=LFW(data), force=force, progress=progress, **extra)

@@ -12,11 +12,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from faceveil.bench.experiments.common import attempt, md_table, pct, privacy, utility
+from faceveil.bench.experiments.common import (
+    attempt,
+    experiment_context,
+    experiment_parser,
+    md_table,
+    pct,
+    privacy,
+    utility,
+)
 from faceveil.bench.runner import EXPERIMENTS, SETTINGS, Setting
 from faceveil.defenses import get_defense
 
@@ -209,23 +216,15 @@ def main() -> None:
     import torch
 
     from faceveil.bench.runner import BENCH_PROFILES
-    from faceveil.data.datasets import LFW
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="ci", choices=sorted(BENCH_PROFILES))
-    ap.add_argument("--out", type=Path, default=Path("results/faceobfuscator"))
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--force", action="store_true")
+    ap = experiment_parser(__doc__.split("\n\n")[0], BENCH_PROFILES, "results/faceobfuscator")
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {', '.join(PARTS)}")
     args = ap.parse_args()
     parts = tuple(p for p in args.only.split(",") if p)
     if bad := [p for p in parts if p not in PARTS]:
         ap.error(f"unknown part(s) {bad}; choose among {PARTS}")
     torch.set_num_threads(1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    ctx = dict(profile=args.profile, bench_profile=BENCH_PROFILES[args.profile], data=args.data_dir, seed=args.seed,
-               out_dir=args.out, lfw=LFW(args.data_dir), force=args.force, progress=True, parts=parts)
+    ctx = experiment_context(args.profile, args.out, args.data_dir, args.seed, args.force, parts=parts)
     r = run(ctx)
     stem = "faceobfuscator" + ("" if set(parts) == set(PARTS) else "_" + "_".join(parts))
     (args.out / f"{stem}.md").write_text(f"# FaceObfuscator experiment ({args.profile})\n\n" + r["markdown"] + "\n")

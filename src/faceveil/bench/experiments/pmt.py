@@ -61,7 +61,6 @@ Run on its own (writes ``pmt.md``/``pmt.json`` and figures)::
 
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import json
@@ -74,8 +73,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from faceveil.bench.experiments.common import attempt, md_table
-from faceveil.bench.runner import BENCH_PROFILES, EXPERIMENTS, SETTINGS
+from faceveil.bench.experiments.common import attempt, experiment_context, experiment_parser, md_table
+from faceveil.bench.runner import EXPERIMENTS, SETTINGS
 from faceveil.config import cache_dir, config_hash, load_or_compute
 from faceveil.defenses import get_defense
 from faceveil.defenses.pmt import PMT, gaussian_blur
@@ -767,22 +766,13 @@ if __name__ != "__main__":  # run as a script, the package import below register
 
 def main() -> None:
     """Run the PMT experiment alone: ``python -m faceveil.bench.experiments.pmt --profile ci --out DIR``."""
-    from faceveil.data.datasets import LFW
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="ci", choices=sorted(PMT_BUDGETS))
-    ap.add_argument("--out", type=Path, default=Path("results/pmt"))
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--force", action="store_true")
+    ap = experiment_parser(__doc__.split("\n\n")[0], PMT_BUDGETS, "results/pmt")
     ap.add_argument("--models", default=",".join(MODELS), help="recognisers to use (comma-separated)")
     ap.add_argument("--only", choices=("cut_depth",), help="run one table alone (written to pmt_ONLY.md/json)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    ctx = dict(profile=args.profile, bench_profile=BENCH_PROFILES[args.profile], data=args.data_dir, seed=args.seed,
-               out_dir=args.out, lfw=LFW(args.data_dir), force=args.force, progress=True,
-               models=[m for m in args.models.split(",") if m])
+    ctx = experiment_context(args.profile, args.out, args.data_dir, args.seed, args.force,
+                             models=[m for m in args.models.split(",") if m])
     if args.only == "cut_depth":
         models, _, evaluated, evals = evaluators(ctx)
         res = cut_depth(ctx, PMT_BUDGETS[args.profile], models, evals)
