@@ -116,3 +116,37 @@ def test_whitebox_reconstructions_are_cached():
     redo = run_attack(d, "whitebox", force=True, **kw)
     assert torch.allclose(redo["images"]["reconstruction"], first["images"]["reconstruction"], atol=1e-5)
     assert redo["attack_ms_per_face"] != first["attack_ms_per_face"]
+
+
+def test_whitebox_inversion_resumes_batch_by_batch(monkeypatch):
+    """A stopped white-box cell keeps the batches it finished: the next run inverts only the rest and
+    gets what one uninterrupted run gets; the per-batch files go once the whole set is saved."""
+    from faceveil.attacks.base import profile_budget
+    from faceveil.attacks.whitebox import WhiteBox
+    from faceveil.config import cache_dir
+
+    torch.set_num_threads(1)
+    d = get_defense("none", transmit="res1")
+    budget = profile_budget("ci", whitebox_steps=3)
+    kw = dict(threat=ThreatModel(knowledge="white-box"), profile="ci", progress=False, budget=budget, eval_pairs_n=70,
+              return_images=True)
+    whole = run_attack(d, "whitebox", force=True, **kw)["images"]["reconstruction"]
+    saved = max(cache_dir("whitebox").glob("none-*.pt"), key=lambda p: p.stat().st_mtime)
+    saved.unlink()  # as before the first run
+    real, calls = WhiteBox.attack, []
+
+    def stopped_after_one_batch(self, protected, batch_size=64):
+        calls.append(len(protected))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(self, protected, batch_size)
+
+    monkeypatch.setattr(WhiteBox, "attack", stopped_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_attack(d, "whitebox", force=True, **kw)
+    assert calls == [64, 6] and len(list(cache_dir("whitebox").glob("none-*-part0.pt"))) >= 1
+    calls.clear()
+    resumed = run_attack(d, "whitebox", **kw)["images"]["reconstruction"]
+    assert calls == [6] and saved.is_file()
+    assert torch.allclose(resumed, whole, atol=1e-5)
+    assert not list(cache_dir("whitebox").glob("none-*-part*.pt"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from faceveil.attacks import Budget, PairSource, ReconstructionAttack, attack_names, get_attack
 from faceveil.attacks.cgan import CGAN
@@ -250,3 +250,50 @@ def test_step_budget_is_reproducible_and_anneals():
     assert timed.log.stopped_by == "time" and timed.log.seconds >= 0.5
     short = get_attack("dn", target_size=16, width=8).fit(src, Budget(epochs=2, batch_size=16, target_size=16), progress=False)
     assert short.log.stopped_by == "epochs" and short.log.steps == 8
+
+
+class _Recorder(PairSource):
+    """A stochastic (redraw) source of real faces that records the epochs it serves and can stop the
+    process when an epoch starts (a killed training job)."""
+
+    def __init__(self, faces: Tensor, stop_at: int | None = None) -> None:
+        targets = F.interpolate(faces, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+        small = F.interpolate(faces, size=(16, 16), mode="area")
+
+        def redraw(c: Tensor, g: torch.Generator) -> Tensor:
+            return c + 0.1 * torch.randn(c.shape, generator=g)
+
+        super().__init__(targets, inputs=small, redraw=redraw, seed=3)
+        self.stop_at, self.epochs = stop_at, []
+
+    def batches(self, epoch: int, batch_size: int):
+        if epoch == self.stop_at:
+            raise KeyboardInterrupt("killed")
+        self.epochs.append(epoch)
+        yield from super().batches(epoch, batch_size)
+
+
+def test_training_resumes_from_its_checkpoint_exactly(celeba_faces, tmp_path):
+    """pix2pix (two optimisers, dropout) on 64 real faces with fresh noise every epoch: a run killed
+    after two epochs and resumed from its checkpoint ends with the network, losses and GAN log of the
+    uninterrupted run, and does not train the first two epochs again."""
+    faces = celeba_faces[:64]
+    budget = Budget(epochs=4, batch_size=16, lr=2e-4, target_size=32)
+    ref = CGAN(target_size=32, width=8, d_width=8, seed=1).fit(_Recorder(faces), budget, progress=False)
+    ckpt = tmp_path / "cgan.ckpt"
+    killed = CGAN(target_size=32, width=8, d_width=8, seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(_Recorder(faces, stop_at=2), budget, progress=False, checkpoint=ckpt, checkpoint_seconds=0)
+    assert ckpt.is_file()
+    src = _Recorder(faces)
+    resumed = CGAN(target_size=32, width=8, d_width=8, seed=1)
+    resumed.fit_and_save(src, budget, tmp_path / "cgan.pt", progress=False)
+    assert src.epochs == [2, 3] and not ckpt.exists() and (tmp_path / "cgan.pt").is_file()
+    assert resumed.log.steps == ref.log.steps == 16 and resumed.log.epochs == 4
+    assert resumed.log.losses == ref.log.losses and resumed.gan_log == ref.gan_log
+    assert all(torch.equal(p, q) for p, q in zip(ref.net.state_dict().values(), resumed.net.state_dict().values(),
+                                                  strict=True))
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(_Recorder(faces, stop_at=1), budget, progress=False, checkpoint=ckpt, checkpoint_seconds=0)
+    with pytest.raises(ValueError, match="another configuration"):
+        CGAN(target_size=32, width=8, d_width=8, seed=2).fit(_Recorder(faces), budget, progress=False, checkpoint=ckpt)

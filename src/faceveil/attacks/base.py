@@ -243,7 +243,14 @@ class ReconstructionAttack(Attack):
         return torch.optim.Adam(self.parameters_to_train(), lr=budget.lr, betas=(0.5, 0.999))
 
     # --- training -----------------------------------------------------------------------------
-    def fit(self, source: PairSource, budget: Budget, progress: bool = True) -> ReconstructionAttack:
+    def fit(self, source: PairSource, budget: Budget, progress: bool = True, checkpoint: Path | None = None,
+            checkpoint_seconds: float = 300.0) -> ReconstructionAttack:
+        """Train on ``source`` within ``budget``. With ``checkpoint``, the training state (network,
+        optimisers, RNG, log) is written there at the end of an epoch once ``checkpoint_seconds`` have
+        passed since the last write, and a later call with the same path resumes from it: a
+        full-profile attacker (30-60 min on one core) survives a stopped process, and the resumed run is
+        the uninterrupted one (epochs draw their batches from their own seeds). The caller removes the
+        file once the finished attack is saved."""
         from tqdm import tqdm
 
         torch.manual_seed(self.seed)
@@ -257,10 +264,18 @@ class ReconstructionAttack(Attack):
             total = min(total, budget.max_steps)
         # a step budget defines the schedule (reproducible); otherwise wall time may run out first
         timed = budget.max_seconds if not budget.max_steps else None
-        t0 = time.perf_counter()
-        bar = tqdm(total=total, desc=f"training {self.name}", disable=not progress, unit="step", leave=False)
+        start_epoch, done_seconds = 0, 0.0
+        if checkpoint is not None and checkpoint.is_file():
+            start_epoch, done_seconds = self._resume(checkpoint, opt)
+        t0 = time.perf_counter() - done_seconds
+        last_save = time.perf_counter()
+        bar = tqdm(total=total, initial=self.log.steps, desc=f"training {self.name}", disable=not progress, unit="step",
+                   leave=False)
         self.log.stopped_by = "epochs"
-        for epoch in range(budget.epochs):
+        for epoch in range(start_epoch, budget.epochs):
+            if self.log.steps >= total:  # resumed from a checkpoint written after the last step
+                self.log.stopped_by = "steps" if total == budget.max_steps else "epochs"
+                break
             for p, tgt in source.batches(epoch, budget.batch_size):
                 if self.use_one_cycle:
                     frac = self.log.steps / max(total - 1, 1)
@@ -283,10 +298,51 @@ class ReconstructionAttack(Attack):
             self.log.epochs = epoch + 1
             if self.log.stopped_by != "epochs":
                 break
+            if checkpoint is not None and time.perf_counter() - last_save >= checkpoint_seconds:
+                self._checkpoint(checkpoint, opt, epoch + 1, time.perf_counter() - t0)
+                last_save = time.perf_counter()
         bar.close()
         self.log.seconds = time.perf_counter() - t0
         self.net.eval()
         return self
+
+    def fit_and_save(self, source: PairSource, budget: Budget, path: Path, progress: bool = True,
+                     force: bool = False) -> ReconstructionAttack:
+        """:meth:`fit` resumable through ``path.ckpt`` (``force`` starts afresh), then save to ``path``."""
+        ckpt = path.with_suffix(".ckpt")
+        if force:
+            ckpt.unlink(missing_ok=True)
+        self.fit(source, budget, progress=progress, checkpoint=ckpt)
+        self.save(path)
+        ckpt.unlink(missing_ok=True)
+        return self
+
+    def optimizer_state(self) -> dict:
+        """Training state beyond the network and the main optimiser (e.g. a discriminator's optimiser)."""
+        return {}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Inverse of :meth:`optimizer_state`."""
+
+    def _checkpoint(self, path: Path, opt: torch.optim.Optimizer, next_epoch: int, seconds: float) -> None:
+        assert self.net is not None
+        st = {"config": self.config(), "epoch": next_epoch, "seconds": seconds, "net": self.net.state_dict(),
+              "opt": opt.state_dict(), "extra": self.optimizer_state(), "rng": torch.get_rng_state(),
+              "log": asdict(self.log)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda p: torch.save(st, p))
+
+    def _resume(self, path: Path, opt: torch.optim.Optimizer) -> tuple[int, float]:
+        assert self.net is not None
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        if st["config"] != self.config():
+            raise ValueError(f"{self.name}: checkpoint {path} was written for another configuration")
+        self.net.load_state_dict(st["net"])
+        opt.load_state_dict(st["opt"])
+        self.load_optimizer_state(st["extra"])
+        torch.set_rng_state(st["rng"])
+        self.log = TrainLog(**st["log"])
+        return int(st["epoch"]), float(st["seconds"])
 
     use_one_cycle: ClassVar[bool] = True
 

@@ -170,6 +170,15 @@ class CGAN(ReconstructionAttack):
         self._opt_d = torch.optim.Adam(self.pix2pix.discriminator.parameters(), lr=b.lr, betas=(0.5, 0.999))
         return torch.optim.Adam(self.parameters_to_train(), lr=b.lr, betas=(0.5, 0.999))
 
+    def optimizer_state(self) -> dict:
+        assert self._opt_d is not None
+        return {"opt_d": self._opt_d.state_dict(), "gan_log": self.gan_log}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        assert self._opt_d is not None
+        self._opt_d.load_state_dict(state["opt_d"])
+        self.gan_log = {k: list(v) for k, v in state["gan_log"].items()}
+
     def train_step(self, p: Tensor, target: Tensor, opt: torch.optim.Optimizer) -> float:
         """One pix2pix iteration: a D step on real and (detached) fake pairs, then a G step."""
         net = self.pix2pix

@@ -213,17 +213,31 @@ def _inverted(attack: OptimizationAttack, defense: Defense, threat: ThreatModel,
               idx: np.ndarray, seed: int, data, force: bool) -> tuple[Tensor, float]:
     """White-box reconstructions of the evaluation targets and their ms/face, cached on disk like a
     trained attacker: the inversion is a seeded optimisation (150 steps through the client, ~4.5 s/face
-    on one core for a dlib map) determined by the key, so a re-run reuses it; ``force`` recomputes."""
+    on one core for a dlib map) determined by the key, so a re-run reuses it; ``force`` recomputes.
+    Each batch of 64 is cached as it finishes, so a stopped run resumes at the next batch."""
     key = config_hash(attack.config(), defense.config(), asdict(threat), asdict(budget), [int(i) for i in idx], seed,
                       str(data_dir(data)), "whitebox-v1")
     path = cache_dir("whitebox") / f"{defense.name}-{key}.pt"
 
+    target = defense.whitebox_target(held)
+    bs = 64  # the attack's batch: samples are inverted independently, so a batch is a resumable unit
+    parts = [path.with_name(f"{path.stem}-part{s}.pt") for s in range(0, len(target), bs)]
+
     def invert() -> dict:
-        t0 = time.perf_counter()
-        recon = attack.attack(defense.whitebox_target(held))
-        return {"recon": recon, "ms_per_face": 1000 * (time.perf_counter() - t0) / len(held)}
+        recon, seconds = [], 0.0
+        for s, part in zip(range(0, len(target), bs), parts, strict=True):
+            def one(s: int = s) -> dict:
+                t0 = time.perf_counter()
+                return {"recon": attack.attack(target[s : s + bs], batch_size=bs), "seconds": time.perf_counter() - t0}
+
+            c = load_or_compute(part, one, force)
+            recon.append(c["recon"])
+            seconds += float(c["seconds"])
+        return {"recon": torch.cat(recon), "ms_per_face": 1000 * seconds / len(held)}
 
     c = load_or_compute(path, invert, force)
+    for part in parts:  # a full-profile inversion (hours) is kept batch by batch until the whole set is saved
+        part.unlink(missing_ok=True)
     return c["recon"], float(c["ms_per_face"])
 
 
@@ -296,8 +310,7 @@ def train_attacker(system: ProtectedSystem, attack_name: str, threat: ThreatMode
     else:
         source = PairSource(targets, protected=_leak_batched(leak, chips, seed, 11, progress=progress,
                                                              desc="attacker protects public faces"), seed=seed)
-    attack.fit(source, budget, progress=progress)
-    attack.save(path)
+    attack.fit_and_save(source, budget, path, progress, force)  # resumable: outlives a stopped process
     return attack, path
 
 

@@ -402,9 +402,7 @@ def train_shadow(defense: AdvFace, progress: bool = True, force: bool = False):
             feats.append(E(defense.recognizer.prepare(x)))
             targets.append(resize(x, budget.target_size))
     source = PairSource(torch.cat(targets), protected=torch.cat(feats), seed=defense.shadow_seed)
-    attack.fit(source, budget, progress=progress)
-    attack.save(path)
-    return attack
+    return attack.fit_and_save(source, budget, path, progress, force)
 
 
 def measure_feature_std(recognizer: Recognizer, at: str, data=None, n: int = 256) -> float:
