@@ -42,7 +42,7 @@ from faceveil.attacks.base import (
     profile_budget,
 )
 from faceveil.bench.lfw import operating_point, subset_pairs
-from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute
+from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute, load_or_compute_parts
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import LFW
 from faceveil.defenses.base import Defense
@@ -203,10 +203,15 @@ def _held_targets(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray
                       "held-v1")
     path = cache_dir("held") / f"{defense.name}-{key}.pt"
 
-    def protect() -> Tensor:
+    if not cached:
         return _leak_batched(leak, chips, seed + 1, 23, progress=progress, desc="protecting LFW targets")
+    bs = 64  # as _leak_batched: the same draws, one resumable part per batch
 
-    return load_or_compute(path, protect) if cached else protect()
+    def part(i: int) -> Tensor:
+        return leak(to_tensor(chips[i * bs : (i + 1) * bs]), batch_generator(seed + 1, i, 23))
+
+    return load_or_compute_parts(path, -(-len(chips) // bs), part, torch.cat, progress=progress,
+                                 desc="protecting LFW targets")
 
 
 def _inverted(attack: OptimizationAttack, defense: Defense, threat: ThreatModel, budget: Budget, held: Tensor,
@@ -220,24 +225,17 @@ def _inverted(attack: OptimizationAttack, defense: Defense, threat: ThreatModel,
     path = cache_dir("whitebox") / f"{defense.name}-{key}.pt"
 
     target = defense.whitebox_target(held)
-    bs = 64  # the attack's batch: samples are inverted independently, so a batch is a resumable unit
-    parts = [path.with_name(f"{path.stem}-part{s}.pt") for s in range(0, len(target), bs)]
+    bs = 64  # the attack's batch: samples are inverted independently, so a batch is a resumable part
 
-    def invert() -> dict:
-        recon, seconds = [], 0.0
-        for s, part in zip(range(0, len(target), bs), parts, strict=True):
-            def one(s: int = s) -> dict:
-                t0 = time.perf_counter()
-                return {"recon": attack.attack(target[s : s + bs], batch_size=bs), "seconds": time.perf_counter() - t0}
+    def one(i: int) -> dict:
+        t0 = time.perf_counter()
+        return {"recon": attack.attack(target[i * bs : (i + 1) * bs], batch_size=bs), "seconds": time.perf_counter() - t0}
 
-            c = load_or_compute(part, one, force)
-            recon.append(c["recon"])
-            seconds += float(c["seconds"])
-        return {"recon": torch.cat(recon), "ms_per_face": 1000 * seconds / len(held)}
+    def combine(parts: list[dict]) -> dict:
+        return {"recon": torch.cat([c["recon"] for c in parts]),
+                "ms_per_face": 1000 * sum(float(c["seconds"]) for c in parts) / len(held)}
 
-    c = load_or_compute(path, invert, force)
-    for part in parts:  # a full-profile inversion (hours) is kept batch by batch until the whole set is saved
-        part.unlink(missing_ok=True)
+    c = load_or_compute_parts(path, -(-len(target) // bs), one, combine, force)
     return c["recon"], float(c["ms_per_face"])
 
 

@@ -125,35 +125,36 @@ class ProtectedSystem:
         ``SLOW_CLIENT_MS``: AdvNoise, DeepBlur, PMT, AdvFace) the batches are cached on disk, keyed by the
         defense, the chips, the seed and the batching, together with the client time measured when they
         were computed: the frozen and adapted utility cells and re-runs reuse them instead of protecting
-        the same faces again (their sets are capped, see :func:`faceveil.bench.runner.setting_sizes`)."""
-        from faceveil.config import cache_dir, config_hash, load_or_compute
+        the same faces again (their sets are capped, see :func:`faceveil.bench.runner.setting_sizes`);
+        a stopped run resumes at the next uncached batch."""
+        from faceveil.config import cache_dir, config_hash, load_or_compute_parts
 
         d = self.defense
+        n = -(-len(chips) // batch_size)
 
-        def batches() -> Iterator[tuple[Tensor, float]]:
-            for bi, s in enumerate(range(0, len(chips), batch_size)):
-                x = to_tensor(chips[s : s + batch_size])
-                rng = batch_generator(self.seed, bi, salt)
-                t0 = time.perf_counter()
-                with torch.set_grad_enabled(d.needs_grad_to_protect):
-                    t = self.database(x, rng) if stored else self.channel(x, rng)
-                yield t.detach(), time.perf_counter() - t0
+        def one(bi: int) -> tuple[Tensor, float]:
+            x = to_tensor(chips[bi * batch_size : (bi + 1) * batch_size])
+            rng = batch_generator(self.seed, bi, salt)
+            t0 = time.perf_counter()
+            with torch.set_grad_enabled(d.needs_grad_to_protect):
+                t = self.database(x, rng) if stored else self.channel(x, rng)
+            return t.detach(), time.perf_counter() - t0
 
         if d.protect_ms_hint < d.SLOW_CLIENT_MS:
-            yield from batches()
+            yield from (one(bi) for bi in range(n))
             return
 
-        def protect() -> dict:
-            out: dict = {"protected": [], "client_seconds": []}
-            for t, sec in batches():
-                out["protected"].append(t)
-                out["client_seconds"].append(sec)
-            return out
+        def part(bi: int) -> dict:
+            t, sec = one(bi)
+            return {"protected": t, "client_seconds": sec}
+
+        def combine(parts: list[dict]) -> dict:
+            return {k: [p[k] for p in parts] for k in ("protected", "client_seconds")}
 
         digest = hashlib.sha256(np.ascontiguousarray(chips).tobytes()).hexdigest()[:16]
         key = config_hash(d.config(), d.recognizer.name, stored, self.seed, salt, batch_size, chips.shape, digest,
                           "protected-v1")
-        c = load_or_compute(cache_dir("protected") / f"{d.name}-{key}.pt", protect)
+        c = load_or_compute_parts(cache_dir("protected") / f"{d.name}-{key}.pt", n, part, combine)
         yield from zip(c["protected"], c["client_seconds"], strict=True)
 
     def pair_embeddings(self, lfw: LFW, pairs, batch_size: int = 32) -> tuple[Tensor, Tensor, Timing]:

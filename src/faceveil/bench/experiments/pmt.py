@@ -75,7 +75,7 @@ from torch import Tensor
 
 from faceveil.bench.experiments.common import attempt, experiment_context, experiment_parser, md_table
 from faceveil.bench.runner import EXPERIMENTS, SETTINGS
-from faceveil.config import cache_dir, config_hash, load_or_compute
+from faceveil.config import cache_dir, config_hash, load_or_compute_parts
 from faceveil.defenses import get_defense
 from faceveil.defenses.pmt import PMT, gaussian_blur
 from faceveil.models.base import CropSpec, Recognizer
@@ -177,21 +177,22 @@ def chips(lfw, idx: np.ndarray, crop: CropSpec) -> Tensor:
 
 
 def obfuscate_lfw(defense: PMT, lfw, idx: np.ndarray, seed: int, progress: bool = True, batch: int = 16) -> Tensor:
-    """x~ of LFW images ``idx`` (the defense's crop), cached on disk by config, images and seed."""
-    from tqdm import tqdm
-
+    """x~ of LFW images ``idx`` (the defense's crop), cached on disk by config, images and seed, batch by
+    batch while it is computed (a stopped run resumes)."""
     from faceveil.defenses.system import batch_generator
 
     cfg = {k: v for k, v in defense.config().items() if k != "upload"}
     path = cache_dir("pmt") / f"lfw-{config_hash(cfg, [int(i) for i in idx], seed, 'pmt-exp-v1')}.pt"
 
-    def obfuscate() -> Tensor:
-        x = chips(lfw, idx, defense.recognizer.crop)
-        label = f"PMT {','.join(defense.authorised)} on {len(x)} LFW faces"
-        return torch.cat([defense.obfuscate(x[s : s + batch], batch_generator(seed, bi, 31))[0]
-                          for bi, s in enumerate(tqdm(range(0, len(x), batch), desc=label, disable=not progress, leave=False))])
+    x: list[Tensor] = []  # the chips, loaded by the first part computed (none if the set is cached)
 
-    return load_or_compute(path, obfuscate)
+    def part(bi: int) -> Tensor:
+        if not x:
+            x.append(chips(lfw, idx, defense.recognizer.crop))
+        return defense.obfuscate(x[0][bi * batch : (bi + 1) * batch], batch_generator(seed, bi, 31))[0]
+
+    label = f"PMT {','.join(defense.authorised)} on {len(idx)} LFW faces"
+    return load_or_compute_parts(path, -(-len(idx) // batch), part, torch.cat, progress=progress, desc=label)
 
 
 class Evaluator:
