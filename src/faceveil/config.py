@@ -75,23 +75,25 @@ def load_or_compute(path: Path, compute: Callable[[], Any], force: bool = False)
 
 
 def load_or_compute_parts(path: Path, n: int, compute_part: Callable[[int], Any], combine: Callable[[list], Any],
-                          force: bool = False, progress: bool = False, desc: str = "") -> Any:
+                          force: bool = False, progress: bool = False, desc: str = "", save: bool = True) -> Any:
     """:func:`load_or_compute` for a value made of ``n`` independent parts (batches of a slow client,
     of a white-box inversion, ...): each part is cached at ``<stem>-part<i>.pt`` as it is finished, so
     a stopped run resumes at the next part; ``combine(parts)`` is saved at ``path`` and the part files
-    are removed. The parts must not depend on each other (each seeds its own randomness)."""
+    are removed. ``save=False``: the parts are the cache (no combined copy of a large set that is only
+    read whole). The parts must not depend on each other (each seeds its own randomness)."""
     import torch
     from tqdm import tqdm
 
-    if path.is_file() and not force:
+    if save and path.is_file() and not force:
         return torch.load(path, weights_only=True)
-    part_paths = [path.with_name(f"{path.stem}-part{i}.pt") for i in range(n)]
+    paths = [path.with_name(f"{path.stem}-part{i}.pt") for i in range(n)]
     parts = [load_or_compute(p, lambda i=i: compute_part(i), force)
-             for i, p in enumerate(tqdm(part_paths, desc=desc, disable=not progress, leave=False))]
+             for i, p in enumerate(tqdm(paths, desc=desc, disable=not progress, leave=False))]
     value = combine(parts)
-    write_atomically(path, lambda p: torch.save(value, p))
-    for p in part_paths:
-        p.unlink(missing_ok=True)
+    if save:
+        write_atomically(path, lambda p: torch.save(value, p))
+        for p in paths:
+            p.unlink(missing_ok=True)
     return value
 
 

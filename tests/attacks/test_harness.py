@@ -150,3 +150,33 @@ def test_whitebox_inversion_resumes_batch_by_batch(monkeypatch):
     assert calls == [6] and saved.is_file()
     assert torch.allclose(resumed, whole, atol=1e-5)
     assert not list(cache_dir("whitebox").glob("none-*-part*.pt"))
+
+
+def test_slow_clients_attacker_set_is_cached_batch_by_batch_and_shared(monkeypatch):
+    """A slow client's attacker training set is protected once, cached batch by batch (resumable), and
+    reused by the next attacker of the same setting; the held LFW targets likewise. Pixelation declared
+    slow stands in for DeepBlur/AdvNoise (the caching policy reads ``protect_ms_hint`` only)."""
+    from faceveil.attacks.base import profile_budget
+    from faceveil.config import cache_dir
+    from faceveil.defenses.pixelate import Pixelate
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(Pixelate, "protect_ms_hint", 1000.0)
+    d = get_defense("pixelate", k=7)
+    for f in cache_dir("protected").glob("pixelate-attacker-*"):
+        f.unlink()
+    real, faces = Pixelate.protect, []
+
+    def counted(self, x, rng=None):
+        faces.append(len(x))
+        return real(self, x, rng)
+
+    monkeypatch.setattr(Pixelate, "protect", counted)
+    budget = profile_budget("ci", max_steps=3, train_images=100)
+    kw = dict(profile="ci", progress=False, budget=budget, eval_pairs_n=4)
+    dn = run_attack(d, "dn", force=True, **kw)
+    assert sum(faces) >= 100 and len(list(cache_dir("protected").glob("pixelate-attacker-*-part*.pt"))) == 2
+    faces.clear()
+    cg = run_attack(d, "cgan", force=True, **kw)
+    assert faces == []  # neither the training set nor the 4 held targets protected again
+    assert dn["metrics"]["reconstruction"]["SSIM"] != cg["metrics"]["reconstruction"]["SSIM"]

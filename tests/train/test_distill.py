@@ -38,3 +38,25 @@ def test_student_adapts_to_pixelation_and_is_cached(lfw_sample, dlib_model, data
         frozen = F.cosine_similarity(dlib_model(p), target).mean()
         adapted = F.cosine_similarity(student(p), target).mean()
     assert adapted > frozen + 0.01, (float(frozen), float(adapted))
+
+
+def test_slow_clients_one_draw_sets_are_cached_by_batch_and_change_nothing(data_root, monkeypatch):
+    """Protection by optimisation is drawn once per image; for a slow client those sets are cached batch
+    by batch while the student trains (a stopped run resumes), the student is the one trained without
+    the cache, and the sets are removed once the student is saved. Pixelation declared slow stands in
+    for DeepBlur (the policy reads ``protect_ms_hint`` only)."""
+    from faceveil.config import cache_dir
+    from faceveil.defenses.pixelate import Pixelate
+    from faceveil.train.distill import distill_config, train_student
+
+    torch.set_num_threads(1)
+    d = get_defense("pixelate", k=9)
+    cfg = distill_config("ci", train_images=64, fresh_draws=False, max_seconds=None)
+    plain, _ = train_student(d, cfg, data_root, progress=False)
+    monkeypatch.setattr(Pixelate, "protect_ms_hint", 1000.0)
+    slow, _ = train_student(d, cfg, data_root, progress=False)
+    parts = sorted(cache_dir("protected").glob("pixelate-student-*-part*.pt"))
+    assert len(parts) == 4  # 2 batches x (image, flip)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), slow.state_dict().values(), strict=True))
+    adapted_server(d, profile="ci", data=data_root, train_images=64, fresh_draws=False, max_seconds=None, force=True)
+    assert not any(p.exists() for p in parts)

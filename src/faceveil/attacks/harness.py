@@ -183,14 +183,21 @@ def _leak_fn(system: ProtectedSystem, threat: ThreatModel):
     return leak
 
 
-def _leak_batched(leak, chips: np.ndarray, seed: int, salt: int, batch_size: int = 64, progress: bool = False,
-                  desc: str = "protecting") -> Tensor:
+def _leak_set(defense: Defense, leak, chips: np.ndarray, seed: int, salt: int, path: Path | None = None,
+              progress: bool = False, desc: str = "protecting", save: bool = True) -> Tensor:
+    """What the attacker's client gives for ``chips``: batches of 64, each with its own seeded draws. A
+    slow client's set (``protect_ms_hint`` >= ``SLOW_CLIENT_MS``; hours at the full profile) is cached at
+    ``path`` batch by batch, so a stopped run resumes (``save=False``: the batches are the cache)."""
     from tqdm import tqdm
 
-    out = []
-    for bi, s in enumerate(tqdm(range(0, len(chips), batch_size), disable=not progress, desc=desc, leave=False)):
-        out.append(leak(to_tensor(chips[s : s + batch_size]), batch_generator(seed, bi, salt)))
-    return torch.cat(out)
+    bs, n = 64, -(-len(chips) // 64)
+
+    def part(i: int) -> Tensor:
+        return leak(to_tensor(chips[i * bs : (i + 1) * bs]), batch_generator(seed, i, salt))
+
+    if path is None or defense.protect_ms_hint < defense.SLOW_CLIENT_MS:
+        return torch.cat([part(i) for i in tqdm(range(n), disable=not progress, desc=desc, leave=False)])
+    return load_or_compute_parts(path, n, part, torch.cat, progress=progress, desc=desc, save=save)
 
 
 def _held_targets(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray, idx: np.ndarray, seed: int, data,
@@ -198,20 +205,10 @@ def _held_targets(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray
     """What the attacker holds for the LFW evaluation targets. Cached on disk for slow clients
     (``protect_ms_hint`` >= 100 ms: AdvNoise, DeepBlur, ...): every attack cell of a setting judges the
     same targets and the protection is seeded, so re-runs reuse it exactly."""
-    cached = defense.protect_ms_hint >= defense.SLOW_CLIENT_MS
     key = config_hash(defense.config(), threat.leakage, threat.view, [int(i) for i in idx], seed, str(data_dir(data)),
                       "held-v1")
-    path = cache_dir("held") / f"{defense.name}-{key}.pt"
-
-    if not cached:
-        return _leak_batched(leak, chips, seed + 1, 23, progress=progress, desc="protecting LFW targets")
-    bs = 64  # as _leak_batched: the same draws, one resumable part per batch
-
-    def part(i: int) -> Tensor:
-        return leak(to_tensor(chips[i * bs : (i + 1) * bs]), batch_generator(seed + 1, i, 23))
-
-    return load_or_compute_parts(path, -(-len(chips) // bs), part, torch.cat, progress=progress,
-                                 desc="protecting LFW targets")
+    return _leak_set(defense, leak, chips, seed + 1, 23, cache_dir("held") / f"{defense.name}-{key}.pt", progress,
+                     "protecting LFW targets")
 
 
 def _inverted(attack: OptimizationAttack, defense: Defense, threat: ThreatModel, budget: Budget, held: Tensor,
@@ -306,8 +303,12 @@ def train_attacker(system: ProtectedSystem, attack_name: str, threat: ThreatMode
 
         source = PairSource(targets, inputs=u8, redraw=redraw, seed=seed)
     else:
-        source = PairSource(targets, protected=_leak_batched(leak, chips, seed, 11, progress=progress,
-                                                             desc="attacker protects public faces"), seed=seed)
+        # keyed by what makes the set, not by the attack: dn and cgan of a setting share it
+        key = config_hash(defense.config(), str(defense.recognizer.crop), asdict(threat), budget.train_images, seed,
+                          str(data_dir(data)), "attacker-set-v1")
+        protected = _leak_set(defense, leak, chips, seed, 11, cache_dir("protected") / f"{defense.name}-attacker-{key}.pt",
+                              progress, "attacker protects public faces", save=False)
+        source = PairSource(targets, protected=protected, seed=seed)
     attack.fit_and_save(source, budget, path, progress, force)  # resumable: outlives a stopped process
     return attack, path
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -154,6 +155,38 @@ def _lr_factor(step: int, total: int, elapsed: float, max_seconds: float | None,
     return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
+def _once_path(defense: Defense, cfg: DistillConfig, data, flip: bool) -> Path:
+    from faceveil.config import data_dir
+
+    key = config_hash(defense.config(), str(defense.recognizer.crop), cfg.train_images, cfg.seed, cfg.batch_size, flip,
+                      str(data_dir(data)), "student-set-v1")
+    return cache_dir("protected") / f"{defense.name}-student-{key}.pt"
+
+
+def _protected_once(defense: Defense, chips: np.ndarray, cfg: DistillConfig, data, progress: bool) -> list[Tensor]:
+    """One protection draw per image and per flip, for protection by optimisation (AdvNoise, DeepBlur,
+    PMT, AdvFace: too slow to redraw every epoch); each batch with its own seeded draws. A slow client's
+    sets (hours at the full profile) are cached batch by batch while they are made, so a stopped run
+    resumes; :func:`adapted_server` removes them once the student is saved."""
+    from faceveil.config import load_or_compute_parts
+    from faceveil.defenses.system import batch_generator
+
+    bs, n = cfg.batch_size, -(-len(chips) // cfg.batch_size)
+    out = []
+    for flip in (False, True):
+        def part(i: int, flip: bool = flip) -> Tensor:
+            c = chips[i * bs : (i + 1) * bs]
+            return _protected_batch(defense, to_tensor(c[:, :, ::-1].copy() if flip else c),
+                                    batch_generator(cfg.seed, i, 41 + flip))
+
+        if defense.protect_ms_hint < defense.SLOW_CLIENT_MS:
+            out.append(torch.cat([part(i) for i in tqdm(range(n), disable=not progress, desc="protecting (once)")]))
+        else:
+            out.append(load_or_compute_parts(_once_path(defense, cfg, data, flip), n, part, torch.cat, progress=progress,
+                                             desc="protecting (once)", save=False))
+    return out
+
+
 def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: bool = True) -> tuple[nn.Module, dict]:
     """Distil the frozen recogniser into a student that reads ``defense``'s protected data."""
     teacher = defense.recognizer
@@ -164,15 +197,7 @@ def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: boo
     fresh = cfg.fresh_draws if cfg.fresh_draws is not None else not defense.needs_grad_to_protect
     sample = _protected_batch(defense, to_tensor(chips[:2]), g)[0]
     student = make_student(sample, cfg, teacher.embedding_dim)
-    cached: list[Tensor] | None = None
-    if not fresh:  # one protection draw per image (and per flip), computed once
-        cached = []
-        for flip in (False, True):
-            parts = []
-            for s in tqdm(range(0, len(chips), cfg.batch_size), disable=not progress, desc="protecting (once)"):
-                c = chips[s : s + cfg.batch_size]
-                parts.append(_protected_batch(defense, to_tensor(c[:, :, ::-1].copy() if flip else c), g))
-            cached.append(torch.cat(parts))
+    cached = _protected_once(defense, chips, cfg, data, progress) if not fresh else None
     groups = student.param_groups(cfg.lr) if hasattr(student, "param_groups") else [{"params": list(student.parameters())}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     peak = [grp.get("lr", cfg.lr) for grp in groups]
@@ -224,7 +249,10 @@ def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: boo
 def student_key(defense: Defense, cfg: DistillConfig, data=None) -> str:
     from faceveil.config import data_dir
 
-    return config_hash(defense.config(), asdict(cfg), model_fingerprint(defense.recognizer), str(data_dir(data)), "distill-v2")
+    # v3: one-draw sets (see _protected_once) take per-batch draws; that changes stochastic ones only
+    once = defense.needs_grad_to_protect if cfg.fresh_draws is None else not cfg.fresh_draws
+    version = "distill-v3" if once and defense.stochastic else "distill-v2"
+    return config_hash(defense.config(), asdict(cfg), model_fingerprint(defense.recognizer), str(data_dir(data)), version)
 
 
 def adapted_server(defense: Defense, profile: str = "quick", seed: int = 0, data=None, force: bool = False,
@@ -245,6 +273,9 @@ def adapted_server(defense: Defense, profile: str = "quick", seed: int = 0, data
     student, log = train_student(defense, cfg, data, progress)
     write_atomically(path, lambda p: torch.save(
         {"state": student.state_dict(), "log": log, "config": asdict(cfg), "defense": defense.config()}, p))
+    for flip in (False, True):  # the slow client's one-draw training sets, kept only while training
+        for part in cache_dir("protected").glob(f"{_once_path(defense, cfg, data, flip).stem}-part*.pt"):
+            part.unlink()
     student.train_log = log  # type: ignore[attr-defined]
     return student
 

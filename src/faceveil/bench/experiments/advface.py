@@ -137,7 +137,7 @@ def judge(attack, defense: Defense, leakage: str, ctx: dict, eval_pairs: int | N
     evaluation because the harness cannot yet train on one leakage and test on another (see the
     proposed ``ThreatModel.train_leakage``)."""
     from faceveil.attacks import harness
-    from faceveil.attacks.harness import _leak_batched, _leak_fn, cos_judge, embed_images, image_grid, resize, visualise_held
+    from faceveil.attacks.harness import _held_targets, _leak_fn, cos_judge, embed_images, image_grid, resize, visualise_held
     from faceveil.attacks.harness import eval_pairs as pairs_of
     from faceveil.bench.lfw import operating_point
     from faceveil.data.align import to_tensor
@@ -153,8 +153,8 @@ def judge(attack, defense: Defense, leakage: str, ctx: dict, eval_pairs: int | N
     x_a = to_tensor(chips_a)
     targets = resize(x_a, budget.target_size)
     system = ProtectedSystem(defense, server="frozen", seed=seed, data=ctx["data"])
-    held = _leak_batched(_leak_fn(system, ThreatModel(leakage=leakage)), chips_a, seed + 1, 23,
-                         progress=ctx.get("progress", True), desc=f"{defense.name}: {leakage} leak of LFW targets")
+    threat = ThreatModel(leakage=leakage)
+    held = _held_targets(defense, threat, _leak_fn(system, threat), chips_a, ia, seed, ctx["data"], ctx.get("progress", True))
     recon = attack.attack(held)
     deployed = defense.recognizer
     op = operating_point(deployed, lfw, progress=False)
