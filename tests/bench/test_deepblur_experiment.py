@@ -4,6 +4,7 @@ embedding-space Frechet distance, and (slow) the ci profile end to end."""
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -51,7 +52,7 @@ def test_frechet_distance():
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("gan_face_generate") is None, reason="pip install --no-deps gan-face-generate")
-def test_ci_profile_end_to_end(tmp_path):
+def test_ci_profile_end_to_end(tmp_path, monkeypatch):
     from faceveil.bench.experiments.deepblur import run_experiment
 
     cfg = EXPERIMENT_PROFILES["ci"]
@@ -61,3 +62,12 @@ def test_ci_profile_end_to_end(tmp_path):
     assert t2["original"]["dlib/centroid"]["T1"]["top1"] >= 0.8  # the strong attacker identifies originals
     assert set(r["data"]["table1"]) == set(t2) - {"original"}
     assert len(r["figures"]) == 2 and all((tmp_path / p).exists() for p in r["figures"])
+    # a re-run takes every trained classifier's row from the cache (none is trained again)
+    from faceveil.bench.experiments import deepblur as exp
+
+    calls = []
+    real = exp.cnn_attack
+    monkeypatch.setattr(exp, "cnn_attack", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    again = run_experiment(cfg, progress=False)
+    assert calls == []
+    assert json.dumps(again["data"]["table2"], default=str) == json.dumps(t2, default=str)
