@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.faceveil-installed
 export FACEVEIL_DATA ?= $(abspath ../shared/data)
 
-.PHONY: run test test-slow lint setup
+.PHONY: run full test test-slow lint setup
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml Makefile
 
 run: $(STAMP)
 	$(VENV)/bin/faceveil bench --profile quick --jobs 2
+
+# the full benchmark (~1.5-2 days on two cores); resumable: run it again after a stop
+full: $(STAMP)
+	$(VENV)/bin/faceveil bench --profile full --jobs 2 --out results/bench-full
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
