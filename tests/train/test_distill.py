@@ -4,6 +4,7 @@ embeddings of the clean faces than the frozen recogniser's are."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -60,3 +61,30 @@ def test_slow_clients_one_draw_sets_are_cached_by_batch_and_change_nothing(data_
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), slow.state_dict().values(), strict=True))
     adapted_server(d, profile="ci", data=data_root, train_images=64, fresh_draws=False, max_seconds=None, force=True)
     assert not any(p.exists() for p in parts)
+
+
+def test_student_training_resumes_from_its_checkpoint_exactly(data_root, monkeypatch, tmp_path):
+    """A student with fresh noise draws every epoch, killed at the start of its third epoch and resumed
+    from the checkpoint of the second, ends with the weights and losses of the uninterrupted run."""
+    from faceveil.train import distill
+
+    torch.set_num_threads(1)
+    d = get_defense("noise", sigma=0.05)
+    cfg = distill.distill_config("ci", train_images=96, epochs=3, max_seconds=None)
+    ref, ref_log = distill.train_student(d, cfg, data_root, progress=False)
+    real = distill._lr_factor
+
+    def killed_at_step_6(step, *a):
+        if step == 6:
+            raise KeyboardInterrupt("killed")
+        return real(step, *a)
+
+    ckpt = tmp_path / "student.ckpt"
+    monkeypatch.setattr(distill, "_lr_factor", killed_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        distill.train_student(d, cfg, data_root, progress=False, checkpoint=ckpt, checkpoint_seconds=0)
+    monkeypatch.setattr(distill, "_lr_factor", real)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+    resumed, log = distill.train_student(d, cfg, data_root, progress=False, checkpoint=ckpt)
+    assert log["steps"] == ref_log["steps"] == 9 and log["final_loss"] == ref_log["final_loss"]
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), resumed.state_dict().values(), strict=True))

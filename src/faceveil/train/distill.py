@@ -187,8 +187,12 @@ def _protected_once(defense: Defense, chips: np.ndarray, cfg: DistillConfig, dat
     return out
 
 
-def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: bool = True) -> tuple[nn.Module, dict]:
-    """Distil the frozen recogniser into a student that reads ``defense``'s protected data."""
+def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: bool = True, checkpoint: Path | None = None,
+                  checkpoint_seconds: float = 300.0) -> tuple[nn.Module, dict]:
+    """Distil the frozen recogniser into a student that reads ``defense``'s protected data. With
+    ``checkpoint``, the training state (student, optimiser, RNGs, losses) is written there at the end
+    of an epoch once ``checkpoint_seconds`` have passed, and a later call resumes from it (the resumed
+    run is the uninterrupted one); the caller removes it once the student is saved."""
     teacher = defense.recognizer
     chips = public_chips(data, teacher.crop, cfg.train_images, cfg.seed, progress)
     t_orig, t_flip = teacher_embeddings(teacher, chips, progress)
@@ -203,12 +207,21 @@ def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: boo
     peak = [grp.get("lr", cfg.lr) for grp in groups]
     steps_per_epoch = len(chips) // cfg.batch_size
     total = max(2, cfg.epochs * steps_per_epoch)
-    t0 = time.perf_counter()
     losses: list[float] = []
-    step = 0
-    bar = tqdm(total=total, desc=f"distilling student for {defense.name}", disable=not progress, leave=False)
+    step, start_epoch, done_seconds = 0, 0, 0.0
+    if checkpoint is not None and checkpoint.is_file():
+        st = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        student.load_state_dict(st["student"])
+        opt.load_state_dict(st["opt"])
+        g.set_state(st["g"])
+        torch.set_rng_state(st["rng"])
+        losses, step, start_epoch, done_seconds = list(st["losses"]), int(st["step"]), int(st["epoch"]), float(st["seconds"])
+    t0 = time.perf_counter() - done_seconds
+    last_save = time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc=f"distilling student for {defense.name}", disable=not progress, leave=False)
     stop = False
-    for epoch in range(cfg.epochs):
+    epoch = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
         student.train()
         perm = torch.randperm(len(chips), generator=g)
         for s in range(0, steps_per_epoch * cfg.batch_size, cfg.batch_size):
@@ -237,6 +250,11 @@ def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: boo
                 break
         if stop:
             break
+        if checkpoint is not None and epoch + 1 < cfg.epochs and time.perf_counter() - last_save >= checkpoint_seconds:
+            ck = {"student": student.state_dict(), "opt": opt.state_dict(), "g": g.get_state(), "rng": torch.get_rng_state(),
+                  "losses": losses, "step": step, "epoch": epoch + 1, "seconds": time.perf_counter() - t0}
+            write_atomically(checkpoint, lambda p, ck=ck: torch.save(ck, p))
+            last_save = time.perf_counter()
     bar.close()
     student.eval()
     k = max(1, min(20, len(losses) // 4))  # loss averaged over the first / last quarter (at most 20 steps)
@@ -270,9 +288,13 @@ def adapted_server(defense: Defense, profile: str = "quick", seed: int = 0, data
         student.load_state_dict(st["state"])
         student.train_log = st["log"]  # type: ignore[attr-defined]
         return student.eval()
-    student, log = train_student(defense, cfg, data, progress)
+    ckpt = path.with_suffix(".ckpt")  # resumable: a full-profile student outlives a stopped process
+    if force:
+        ckpt.unlink(missing_ok=True)
+    student, log = train_student(defense, cfg, data, progress, checkpoint=ckpt)
     write_atomically(path, lambda p: torch.save(
         {"state": student.state_dict(), "log": log, "config": asdict(cfg), "defense": defense.config()}, p))
+    ckpt.unlink(missing_ok=True)
     for flip in (False, True):  # the slow client's one-draw training sets, kept only while training
         for part in cache_dir("protected").glob(f"{_once_path(defense, cfg, data, flip).stem}-part*.pt"):
             part.unlink()
