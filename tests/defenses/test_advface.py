@@ -195,16 +195,26 @@ def test_shadow_is_trained_once_and_cached(faces, dlib_model):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "the paper's offline > online (97.78 vs 96.43) is not reproduced with CPU-budget retraining: measured online "
+    "98.50 %, offline 92.50 % (200 LFW pairs), and the retrained server's embeddings of held-out adversarial features "
+    "are further from the clean ones than the frozen server's (cos 0.954 vs 0.962); with 1,000 training faces or only "
+    "the input affine trained, offline stays below online (README, AdvFace). Strict: a pass means the finding changed."))
 def test_offline_beats_online_on_lfw_subset(lfw, dlib_model):
-    """Offline (retrained Ψ, probes converted) vs online (deployed Ψ, plain probes) on 200 LFW pairs,
-    with the ci-profile shadow (3,000 public faces, <= 60 s) and a student retrained on 300 public
-    faces (x2 flips). About 15 minutes on one core."""
+    """The paper's Section 4.4 claim, measured: offline (Ψ retrained on stored adversarial features,
+    probes converted) vs online (deployed Ψ, adversarial enrolment, plain probes) on 200 LFW pairs, with
+    the quick-profile shadow (600 steps) and a student retrained for 72 steps on 300 public faces (x2
+    flips). Step budgets only, so the result does not depend on the machine's load. About 5 minutes
+    on one core with the shadow cached. Also prints what the retraining optimises, on held-out faces:
+    the cosine of the server's embeddings of adversarial features to the teacher's clean embeddings."""
+    import torch.nn.functional as F
+
     from faceveil.bench.lfw import subset_pairs, verification
     from faceveil.train.advface_student import adapted_server_part
 
-    on = get_defense("advface", profile="ci").enable_memo(2000)
+    on = get_defense("advface", profile="quick").enable_memo(2000)
     off = on.with_mode("offline")
-    student = adapted_server_part(off, "res1", profile="ci", train_images=300, epochs=8, max_seconds=180, progress=False)
+    student = adapted_server_part(off, "res1", profile="ci", train_images=300, epochs=8, max_seconds=None, progress=False)
     pairs = subset_pairs(lfw.pairs("pairs"), 10)
     accs = {}
     for name, d, server, metric in (("online", on, None, "euclidean"), ("offline", off, student, "cosine")):
@@ -213,6 +223,16 @@ def test_offline_beats_online_on_lfw_subset(lfw, dlib_model):
             sysm._server = server.eval()
         ea, eb, _ = sysm.pair_embeddings(lfw, pairs)
         accs[name] = verification(ea, eb, pairs, name, metrics=(metric,))[0].acc_mean
-    print(f"\nLFW 200 pairs: online {100 * accs['online']:.2f}%, offline {100 * accs['offline']:.2f}%")
+    # the retraining objective on held-out LFW faces (enrolment side of the pairs)
+    chips, _ = lfw.dataset().subset(np.unique(pairs.a)).chips(on.recognizer.crop, progress=False)
+    x = to_tensor(chips)
+    _, psi = dlib_model.split("res1")
+    with torch.no_grad():
+        clean = dlib_model(x)
+        adv = torch.cat([off.protect_stored(off.protect(x[s : s + 32])) for s in range(0, len(x), 32)])
+        cos_frozen = float(F.cosine_similarity(psi(adv), clean).mean())
+        cos_retrained = float(F.cosine_similarity(student.eval()(adv), clean).mean())
+    print(f"\nLFW 200 pairs: online {100 * accs['online']:.2f}%, offline {100 * accs['offline']:.2f}%; "
+          f"cos to clean embeddings: frozen {cos_frozen:.4f}, retrained {cos_retrained:.4f}")
+    assert np.isfinite(list(accs.values())).all() and np.isfinite([cos_frozen, cos_retrained]).all()
     assert accs["offline"] > accs["online"]
-    assert np.isfinite(list(accs.values())).all()
