@@ -297,3 +297,25 @@ def test_training_resumes_from_its_checkpoint_exactly(celeba_faces, tmp_path):
         killed.fit(_Recorder(faces, stop_at=1), budget, progress=False, checkpoint=ckpt, checkpoint_seconds=0)
     with pytest.raises(ValueError, match="another configuration"):
         CGAN(target_size=32, width=8, d_width=8, seed=2).fit(_Recorder(faces), budget, progress=False, checkpoint=ckpt)
+
+
+def test_input_statistics_survive_faceobfuscator_scales(celeba_faces):
+    """FaceObfuscator's uploads carry per-image, per-channel scales 2^v with |v| <= 60: the attackers'
+    input standardisation must keep finite statistics and outputs (in float32 the running variance
+    overflowed to inf and every attacker trained on zeros), and a cached attacker whose statistics
+    are not finite is recognised as unhealthy (the harness retrains it)."""
+    from faceveil.defenses import get_defense
+
+    d = get_defense("faceobfuscator")
+    faces = celeba_faces[:32]
+    up = d.protect(faces, torch.Generator().manual_seed(1))
+    assert up.abs().max() > 2.0**40  # the scales that overflow float32 squares
+    for name in ("dn", "cgan"):
+        attack = get_attack(name, target_size=32, width=8)
+        src = PairSource(F.interpolate(faces, size=(32, 32), mode="area"), protected=up, seed=0)
+        attack.fit(src, Budget(epochs=2, batch_size=16, target_size=32), progress=False)
+        assert attack.healthy(), name
+        assert torch.isfinite(attack.attack(up)).all()
+        norm = next(m for m in attack.net.modules() if m.__class__.__name__ == "InputNorm")
+        norm.bn.running_var.fill_(float("inf"))
+        assert not attack.healthy()

@@ -374,6 +374,12 @@ class ReconstructionAttack(Attack):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, lambda p: torch.save(self.state(), p))
 
+    def healthy(self) -> bool:
+        """Every weight and statistic is finite (a cached attacker whose running statistics overflowed,
+        as before :class:`~faceveil.attacks.nets.InputNorm` computed them in float64, is not)."""
+        assert self.net is not None
+        return all(bool(torch.isfinite(t).all()) for t in self.net.state_dict().values() if torch.is_floating_point(t))
+
     def load(self, path: Path) -> ReconstructionAttack:
         st = torch.load(path, map_location="cpu", weights_only=True)
         self.in_shape = tuple(st["in_shape"])

@@ -22,6 +22,7 @@ next to two "no information" baselines: the attacker's mean face, and a random o
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -54,6 +55,8 @@ from faceveil.models.base import CropSpec, Recognizer
 #: best first: faceres fed BGR scores 97.2 % on LFW (cosine), faceres as Human feeds it (RGB) 95.6 %,
 #: (mobilefacenet, 61.7 %, is degenerate and never judges; see README, "Recognisers")
 INDEPENDENT_JUDGES = ("faceres-bgr", "faceres")
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +295,9 @@ def train_attacker(system: ProtectedSystem, attack_name: str, threat: ThreatMode
     leak = _leak_fn(system, threat)
     path = attack_cache_path(attack, defense.config(), asdict(threat), asdict(budget), str(data_dir(data)), "harness-v2")
     if path.is_file() and not force:
-        return attack.load(path), path
+        if attack.load(path).healthy():
+            return attack, path
+        log.warning("%s: cached attacker %s has non-finite statistics (float32 overflow); retraining", attack_name, path.name)
     chips = public_chips(data, defense.recognizer.crop, budget.train_images, seed, progress)
     targets = resize(to_tensor(chips), budget.target_size)
     if defense.stochastic and not defense.needs_grad_to_protect:

@@ -64,15 +64,19 @@ class Resize(nn.Module):
 
 
 class InputNorm(nn.Module):
-    """Standardise protected data with running batch statistics (no affine parameters)."""
+    """Standardise protected data with running batch statistics (no affine parameters), computed in
+    float64: FaceObfuscator's uploads carry per-image scales up to b^60 = 2^60, whose squares overflow
+    float32 (the running variance became inf and the attacker trained on zeros); float64 holds them
+    (max ~1e308) and the standardised output is cast back to float32."""
 
     def __init__(self, in_shape: tuple[int, ...]) -> None:
         super().__init__()
         c = in_shape[0]
-        self.bn = nn.BatchNorm1d(c, affine=False) if len(in_shape) == 1 else nn.BatchNorm2d(c, affine=False)
+        bn = nn.BatchNorm1d if len(in_shape) == 1 else nn.BatchNorm2d
+        self.bn = bn(c, affine=False, dtype=torch.float64)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.bn(x)
+        return self.bn(x.double()).to(x.dtype)
 
 
 def conv_bn_act(cin: int, cout: int, k: int = 3, stride: int = 1, padding: int | None = None,
