@@ -313,9 +313,15 @@ def test_input_statistics_survive_faceobfuscator_scales(celeba_faces):
     for name in ("dn", "cgan"):
         attack = get_attack(name, target_size=32, width=8)
         src = PairSource(F.interpolate(faces, size=(32, 32), mode="area"), protected=up, seed=0)
-        attack.fit(src, Budget(epochs=2, batch_size=16, target_size=32), progress=False)
+        budget = Budget(epochs=2, batch_size=16, target_size=32)
+        attack.fit(src, budget, progress=False)
         assert attack.healthy(), name
         assert torch.isfinite(attack.attack(up)).all()
         norm = next(m for m in attack.net.modules() if m.__class__.__name__ == "InputNorm")
         norm.bn.running_var.fill_(float("inf"))
         assert not attack.healthy()
+        attack.fit(src, budget, progress=False)  # what the harness does with an unhealthy cached attacker
+        fresh = get_attack(name, target_size=32, width=8).fit(src, budget, progress=False)
+        assert attack.healthy() and attack.log.steps == 4, (name, attack.log)
+        assert all(torch.equal(a, b) for a, b in zip(attack.net.state_dict().values(), fresh.net.state_dict().values(),
+                                                      strict=True)), name

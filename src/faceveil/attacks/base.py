@@ -257,6 +257,7 @@ class ReconstructionAttack(Attack):
         self.in_shape = source.sample_shape()
         self.net = self.build(self.in_shape)
         self.net.train()
+        self.log = TrainLog()  # a fresh run (this object may hold a loaded attacker's log)
         opt = self.make_optimizer(budget)
         steps_per_epoch = max(1, len(source) // budget.batch_size)
         total = budget.epochs * steps_per_epoch

@@ -168,6 +168,7 @@ class CGAN(ReconstructionAttack):
     def make_optimizer(self, budget: Budget) -> torch.optim.Optimizer:
         b = replace(budget, lr=self.lr) if self.lr is not None else budget
         self._opt_d = torch.optim.Adam(self.pix2pix.discriminator.parameters(), lr=b.lr, betas=(0.5, 0.999))
+        self.gan_log = {"d": [], "g_adv": []}  # a fresh run
         return torch.optim.Adam(self.parameters_to_train(), lr=b.lr, betas=(0.5, 0.999))
 
     def optimizer_state(self) -> dict:
