@@ -242,10 +242,10 @@ def align_image(img: np.ndarray, crop: CropSpec = CropSpec(150, 0.25), fallback:
 # ---------------------------------------------------------------------------------------------
 
 
-def _detect_file(args: tuple[str, str]) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int], int, str]:
-    path, select = args
+def _detect_file(args: tuple[str, str, bool]) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int], int, str]:
+    path, select, cnn = args
     try:
-        lm = detect(read_image(path), fallback=False, source=path, select=select)
+        lm = detect(read_image(path), fallback=False, source=path, select=select, cnn=cnn)
     except FaceNotFoundError as e:
         return np.full((5, 2), np.nan), (0, 0, 0, 0), (0, 0), -1, str(e)
     return lm.points, lm.rect, lm.shape, lm.status, ""
@@ -325,7 +325,7 @@ def dataset_landmarks(
     store = _RowStore(_store_stem(name, root, select, "landmarks"))
     todo = store.missing(rel_paths)
     if todo:
-        jobs = [(str(Path(root) / p), select) for p in todo]
+        jobs = [(str(Path(root) / p), select, True) for p in todo]
         n = len(jobs)
         pts = np.empty((n, 5, 2))
         rects = np.empty((n, 4), dtype=np.int64)
@@ -334,10 +334,15 @@ def dataset_landmarks(
         workers = _workers()
         with tqdm(total=n, desc=f"detecting faces ({name})", disable=not progress, unit="img") as bar:
             if workers > 1 and n > 64:
+                # forked workers run the HOG detector only: dlib's CNN detector uses dlib's thread pool,
+                # which a forked child inherits without its threads (a worker hung forever once the
+                # parent had used it); the few HOG misses go to the CNN here, in the parent
                 with ProcessPoolExecutor(workers) as ex:
-                    for i, res in enumerate(ex.map(_detect_file, jobs, chunksize=32)):
+                    for i, res in enumerate(ex.map(_detect_file, [(p, sel, False) for p, sel, _ in jobs], chunksize=32)):
                         pts[i], rects[i], shapes[i], status[i], _ = res
                         bar.update()
+                for i in np.flatnonzero(status == -1):
+                    pts[i], rects[i], shapes[i], status[i], _ = _detect_file(jobs[i])
             else:
                 for i, job in enumerate(jobs):
                     pts[i], rects[i], shapes[i], status[i], _ = _detect_file(job)
