@@ -97,6 +97,39 @@ def load_or_compute_parts(path: Path, n: int, compute_part: Callable[[int], Any]
     return value
 
 
+class EpochCheckpoint:
+    """The state of a long training run, written at epoch ends (at most every ``seconds``) and read
+    back by the next run with the same ``path``, so training survives a stopped process; the torch
+    RNG is saved and restored with it (``path=None``: no checkpoints)."""
+
+    def __init__(self, path: Path | None, seconds: float = 300.0) -> None:
+        import time
+
+        self.path, self.seconds, self._clock = path, seconds, time.perf_counter
+        self._last = self._clock()
+
+    def load(self) -> dict | None:
+        """The saved state (and the torch RNG restored), or None."""
+        import torch
+
+        if self.path is None or not self.path.is_file():
+            return None
+        st = torch.load(self.path, map_location="cpu", weights_only=True)
+        torch.set_rng_state(st["rng"])
+        return st
+
+    def maybe_save(self, state: Callable[[], dict]) -> None:
+        """Write ``state()`` if the interval has passed since the last write."""
+        import torch
+
+        if self.path is None or self._clock() - self._last < self.seconds:
+            return
+        st = {**state(), "rng": torch.get_rng_state()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.path, lambda p: torch.save(st, p))
+        self._last = self._clock()
+
+
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock (``flock``) on ``path`` for read-modify-write of shared cache files."""

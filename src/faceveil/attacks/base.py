@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from faceveil.config import cache_dir, config_hash, write_atomically
+from faceveil.config import EpochCheckpoint, cache_dir, config_hash, write_atomically
 from faceveil.errors import FaceveilDataError
 from faceveil.registry import Registry
 
@@ -265,11 +265,9 @@ class ReconstructionAttack(Attack):
             total = min(total, budget.max_steps)
         # a step budget defines the schedule (reproducible); otherwise wall time may run out first
         timed = budget.max_seconds if not budget.max_steps else None
-        start_epoch, done_seconds = 0, 0.0
-        if checkpoint is not None and checkpoint.is_file():
-            start_epoch, done_seconds = self._resume(checkpoint, opt)
+        ckpt = EpochCheckpoint(checkpoint, checkpoint_seconds)
+        start_epoch, done_seconds = self._resume(ckpt.load(), checkpoint, opt)
         t0 = time.perf_counter() - done_seconds
-        last_save = time.perf_counter()
         bar = tqdm(total=total, initial=self.log.steps, desc=f"training {self.name}", disable=not progress, unit="step",
                    leave=False)
         self.log.stopped_by = "epochs"
@@ -299,9 +297,8 @@ class ReconstructionAttack(Attack):
             self.log.epochs = epoch + 1
             if self.log.stopped_by != "epochs":
                 break
-            if checkpoint is not None and time.perf_counter() - last_save >= checkpoint_seconds:
-                self._checkpoint(checkpoint, opt, epoch + 1, time.perf_counter() - t0)
-                last_save = time.perf_counter()
+            if epoch + 1 < budget.epochs:
+                ckpt.maybe_save(lambda e=epoch + 1: self._train_state(opt, e, time.perf_counter() - t0))
         bar.close()
         self.log.seconds = time.perf_counter() - t0
         self.net.eval()
@@ -325,23 +322,21 @@ class ReconstructionAttack(Attack):
     def load_optimizer_state(self, state: dict) -> None:
         """Inverse of :meth:`optimizer_state`."""
 
-    def _checkpoint(self, path: Path, opt: torch.optim.Optimizer, next_epoch: int, seconds: float) -> None:
+    def _train_state(self, opt: torch.optim.Optimizer, next_epoch: int, seconds: float) -> dict:
         assert self.net is not None
-        st = {"config": self.config(), "epoch": next_epoch, "seconds": seconds, "net": self.net.state_dict(),
-              "opt": opt.state_dict(), "extra": self.optimizer_state(), "rng": torch.get_rng_state(),
-              "log": asdict(self.log)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda p: torch.save(st, p))
+        return {"config": self.config(), "epoch": next_epoch, "seconds": seconds, "net": self.net.state_dict(),
+                "opt": opt.state_dict(), "extra": self.optimizer_state(), "log": asdict(self.log)}
 
-    def _resume(self, path: Path, opt: torch.optim.Optimizer) -> tuple[int, float]:
+    def _resume(self, st: dict | None, path: Path | None, opt: torch.optim.Optimizer) -> tuple[int, float]:
+        """Load a checkpoint's state (if any); returns (first epoch to run, seconds already trained)."""
         assert self.net is not None
-        st = torch.load(path, map_location="cpu", weights_only=True)
+        if st is None:
+            return 0, 0.0
         if st["config"] != self.config():
             raise ValueError(f"{self.name}: checkpoint {path} was written for another configuration")
         self.net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         self.load_optimizer_state(st["extra"])
-        torch.set_rng_state(st["rng"])
         self.log = TrainLog(**st["log"])
         return int(st["epoch"]), float(st["seconds"])
 

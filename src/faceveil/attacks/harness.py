@@ -186,21 +186,16 @@ def _leak_fn(system: ProtectedSystem, threat: ThreatModel):
     return leak
 
 
-def _leak_set(defense: Defense, leak, chips: np.ndarray, seed: int, salt: int, path: Path | None = None,
-              progress: bool = False, desc: str = "protecting", save: bool = True) -> Tensor:
-    """What the attacker's client gives for ``chips``: batches of 64, each with its own seeded draws. A
-    slow client's set (``protect_ms_hint`` >= ``SLOW_CLIENT_MS``; hours at the full profile) is cached at
-    ``path`` batch by batch, so a stopped run resumes (``save=False``: the batches are the cache)."""
-    from tqdm import tqdm
-
-    bs, n = 64, -(-len(chips) // 64)
+def _leak_set(defense: Defense, leak, chips: np.ndarray, seed: int, salt: int, path: Path, progress: bool = False,
+              desc: str = "protecting", save: bool = True) -> Tensor:
+    """What the attacker's client gives for ``chips``: batches of 64, each with its own seeded draws;
+    a slow client's set is cached at ``path`` batch by batch (:meth:`Defense.protected_set`)."""
+    bs = 64
 
     def part(i: int) -> Tensor:
         return leak(to_tensor(chips[i * bs : (i + 1) * bs]), batch_generator(seed, i, salt))
 
-    if path is None or defense.protect_ms_hint < defense.SLOW_CLIENT_MS:
-        return torch.cat([part(i) for i in tqdm(range(n), disable=not progress, desc=desc, leave=False)])
-    return load_or_compute_parts(path, n, part, torch.cat, progress=progress, desc=desc, save=save)
+    return defense.protected_set(path, -(-len(chips) // bs), part, progress, desc, save)
 
 
 def _held_targets(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray, idx: np.ndarray, seed: int, data,

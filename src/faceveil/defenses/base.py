@@ -19,7 +19,9 @@ secret keys are :class:`SecretKey` objects whose ``repr`` never shows the key.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -114,6 +116,25 @@ class Defense:
             for n, p in sig.parameters.items()
             if p.kind is p.KEYWORD_ONLY and n not in cls.NOT_CONFIG
         ]
+
+    @property
+    def slow(self) -> bool:
+        """Protection costs at least ``SLOW_CLIENT_MS`` per face: its large sets are cached on disk."""
+        return self.protect_ms_hint >= self.SLOW_CLIENT_MS
+
+    def protected_set(self, path: Path, n: int, part: Callable[[int], Tensor], progress: bool = False,
+                      desc: str = "protecting", save: bool = True) -> Tensor:
+        """``torch.cat`` of the batches ``part(0) .. part(n-1)`` of protected data (each seeding its own
+        draws). A slow client's set (hours at the full profile) is cached at ``path`` batch by batch
+        (:func:`faceveil.config.load_or_compute_parts`; ``save=False``: the batches are the cache), so a
+        stopped run resumes; a fast client's is computed."""
+        from tqdm import tqdm
+
+        from faceveil.config import load_or_compute_parts
+
+        if not self.slow:
+            return torch.cat([part(i) for i in tqdm(range(n), disable=not progress, desc=desc, leave=False)])
+        return load_or_compute_parts(path, n, part, torch.cat, progress=progress, desc=desc, save=save)
 
     def config(self) -> dict:
         """Everything that determines this defense's output (for cache keys and reports)."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from faceveil.config import cache_dir, config_hash, write_atomically
+from faceveil.config import EpochCheckpoint, cache_dir, config_hash, write_atomically
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import public_training_faces
 from faceveil.defenses.base import Defense
@@ -168,7 +168,6 @@ def _protected_once(defense: Defense, chips: np.ndarray, cfg: DistillConfig, dat
     PMT, AdvFace: too slow to redraw every epoch); each batch with its own seeded draws. A slow client's
     sets (hours at the full profile) are cached batch by batch while they are made, so a stopped run
     resumes; :func:`adapted_server` removes them once the student is saved."""
-    from faceveil.config import load_or_compute_parts
     from faceveil.defenses.system import batch_generator
 
     bs, n = cfg.batch_size, -(-len(chips) // cfg.batch_size)
@@ -179,12 +178,15 @@ def _protected_once(defense: Defense, chips: np.ndarray, cfg: DistillConfig, dat
             return _protected_batch(defense, to_tensor(c[:, :, ::-1].copy() if flip else c),
                                     batch_generator(cfg.seed, i, 41 + flip))
 
-        if defense.protect_ms_hint < defense.SLOW_CLIENT_MS:
-            out.append(torch.cat([part(i) for i in tqdm(range(n), disable=not progress, desc="protecting (once)")]))
-        else:
-            out.append(load_or_compute_parts(_once_path(defense, cfg, data, flip), n, part, torch.cat, progress=progress,
-                                             desc="protecting (once)", save=False))
+        out.append(defense.protected_set(_once_path(defense, cfg, data, flip), n, part, progress, "protecting (once)",
+                                         save=False))
     return out
+
+
+def fresh_draws(defense: Defense, cfg: DistillConfig) -> bool:
+    """Whether the student sees a fresh protection draw every epoch (default: unless protection is an
+    optimisation, which is drawn once per image: :func:`_protected_once`)."""
+    return cfg.fresh_draws if cfg.fresh_draws is not None else not defense.needs_grad_to_protect
 
 
 def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: bool = True, checkpoint: Path | None = None,
@@ -198,7 +200,7 @@ def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: boo
     t_orig, t_flip = teacher_embeddings(teacher, chips, progress)
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    fresh = cfg.fresh_draws if cfg.fresh_draws is not None else not defense.needs_grad_to_protect
+    fresh = fresh_draws(defense, cfg)
     sample = _protected_batch(defense, to_tensor(chips[:2]), g)[0]
     student = make_student(sample, cfg, teacher.embedding_dim)
     cached = _protected_once(defense, chips, cfg, data, progress) if not fresh else None
@@ -209,15 +211,13 @@ def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: boo
     total = max(2, cfg.epochs * steps_per_epoch)
     losses: list[float] = []
     step, start_epoch, done_seconds = 0, 0, 0.0
-    if checkpoint is not None and checkpoint.is_file():
-        st = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = EpochCheckpoint(checkpoint, checkpoint_seconds)
+    if (st := ckpt.load()) is not None:
         student.load_state_dict(st["student"])
         opt.load_state_dict(st["opt"])
         g.set_state(st["g"])
-        torch.set_rng_state(st["rng"])
         losses, step, start_epoch, done_seconds = list(st["losses"]), int(st["step"]), int(st["epoch"]), float(st["seconds"])
     t0 = time.perf_counter() - done_seconds
-    last_save = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=f"distilling student for {defense.name}", disable=not progress, leave=False)
     stop = False
     epoch = start_epoch
@@ -250,11 +250,10 @@ def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: boo
                 break
         if stop:
             break
-        if checkpoint is not None and epoch + 1 < cfg.epochs and time.perf_counter() - last_save >= checkpoint_seconds:
-            ck = {"student": student.state_dict(), "opt": opt.state_dict(), "g": g.get_state(), "rng": torch.get_rng_state(),
-                  "losses": losses, "step": step, "epoch": epoch + 1, "seconds": time.perf_counter() - t0}
-            write_atomically(checkpoint, lambda p, ck=ck: torch.save(ck, p))
-            last_save = time.perf_counter()
+        if epoch + 1 < cfg.epochs:
+            ckpt.maybe_save(lambda e=epoch + 1, n=step: {"student": student.state_dict(), "opt": opt.state_dict(),
+                                                         "g": g.get_state(), "losses": losses, "step": n, "epoch": e,
+                                                         "seconds": time.perf_counter() - t0})
     bar.close()
     student.eval()
     k = max(1, min(20, len(losses) // 4))  # loss averaged over the first / last quarter (at most 20 steps)
@@ -268,8 +267,7 @@ def student_key(defense: Defense, cfg: DistillConfig, data=None) -> str:
     from faceveil.config import data_dir
 
     # v3: one-draw sets (see _protected_once) take per-batch draws; that changes stochastic ones only
-    once = defense.needs_grad_to_protect if cfg.fresh_draws is None else not cfg.fresh_draws
-    version = "distill-v3" if once and defense.stochastic else "distill-v2"
+    version = "distill-v3" if defense.stochastic and not fresh_draws(defense, cfg) else "distill-v2"
     return config_hash(defense.config(), asdict(cfg), model_fingerprint(defense.recognizer), str(data_dir(data)), version)
 
 
