@@ -289,7 +289,8 @@ def table2(cfg: DeepBlurExperiment, x: Tensor, obf: dict[str, Tensor], split: Re
     size = cfg.cnn_budget.size
     x_small = _small(x, size)
     # each trained classifier (minutes) is cached: the T1 model on originals (weights: every method's T1
-    # reuses it) and each method's row, keyed by the images, the split, the budget and the method
+    # reuses it) and each method's row (JSON, read back so fresh and cached rows are alike), keyed by the
+    # images, the split, the budget and the method
     split_key = (blocks.keys, [split.train.tolist(), split.val.tolist(), split.test.tolist()], asdict(cfg.cnn_budget),
                  "reid-v1")
     for label in methods:
@@ -297,23 +298,24 @@ def table2(cfg: DeepBlurExperiment, x: Tensor, obf: dict[str, Tensor], split: Re
         t_small = x_small if label == "original" else _small(t, size)
         res[label] = {}
         for arch in cfg.cnn_archs:
-            if arch not in t1_models:
-                t1_models[arch] = _t1_model(arch, x_small, split, cfg, split_key)
-            model0, t1_log = t1_models[arch]
-            method_key = "original" if label == "original" else info[label]["key"]
-            path = _cache("reid", arch, method_key, *split_key).with_suffix(".json")
-            if path.is_file():
-                r = json.loads(path.read_text())
-            elif label == "original":
-                acc, _, _ = cnn_attack(arch, x_small, x_small, split, "T1", cfg.cnn_budget, model=model0)
-                r = {sc: acc for sc in ("T1", "T2", "T3")} | {"train_log": t1_log}
-            else:
+            def row(arch: str = arch, label: str = label, t_small: Tensor = t_small) -> dict:
+                if arch not in t1_models:  # trained (or loaded) only when a row is computed
+                    t1_models[arch] = _t1_model(arch, x_small, split, cfg, split_key)
+                model0, t1_log = t1_models[arch]
+                if label == "original":
+                    acc, _, _ = cnn_attack(arch, x_small, x_small, split, "T1", cfg.cnn_budget, model=model0)
+                    return {sc: acc for sc in ("T1", "T2", "T3")} | {"train_log": t1_log}
                 r = {"T1": cnn_attack(arch, x_small, t_small, split, "T1", cfg.cnn_budget, model=model0)[0]}
                 r["T2"], model, r["train_log"] = cnn_attack(arch, x_small, t_small, split, "T2", cfg.cnn_budget)
                 r["T3"], _, _ = cnn_attack(arch, x_small, t_small, split, "T3", cfg.cnn_budget, model=model)
+                return r
+
+            method_key = "original" if label == "original" else info[label]["key"]
+            path = _cache("reid", arch, method_key, *split_key).with_suffix(".json")
             if not path.is_file():
+                r = row()
                 write_atomically(path, lambda p, r=r: p.write_text(json.dumps(r, default=str)))
-            res[label][arch] = r
+            res[label][arch] = json.loads(path.read_text())
             bar.update()
         for m, e0 in emb0.items():
             e = e0 if label == "original" else embeddings_cached(m, t, blocks, info[label]["key"])
