@@ -51,6 +51,29 @@ def test_eval_pairs_override_reuses_cached_attacker(res1_result):
     assert r["metrics"]["reconstruction"]["COS"] > r["metrics"]["mean face"]["COS"]
 
 
+def test_judged_results_are_cached_and_follow_the_attacker(res1_result, monkeypatch):
+    """A re-run re-reads the judged result instead of re-embedding the reconstructions; a retrained
+    attacker (a new file) is judged anew."""
+    import os
+    from pathlib import Path
+
+    import faceveil.attacks.harness as h
+
+    calls: list[int] = []
+    real = h._judged
+    monkeypatch.setattr(h, "_judged", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kw = dict(profile="ci", progress=False, return_images=True)
+    again = run_attack(get_defense("none", transmit="res1"), "urec", ThreatModel(), **kw)
+    assert calls == [] and again["metrics"] == res1_result["metrics"]
+    torch.testing.assert_close(again["images"]["reconstruction"], res1_result["images"]["reconstruction"])
+    path = Path(res1_result["cache"])
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # what a retraining does to the key
+    redo = run_attack(get_defense("none", transmit="res1"), "urec", ThreatModel(), **kw)
+    assert calls == [1] and redo["eval_cache"] != res1_result["eval_cache"]
+    assert redo["metrics"]["reconstruction"]["COS"] == pytest.approx(res1_result["metrics"]["reconstruction"]["COS"], abs=1e-5)
+
+
 def test_wrong_shape_for_trained_attacker(res1_result):
     from faceveil.attacks.base import profile_budget
     from faceveil.attacks.harness import train_attacker

@@ -43,7 +43,7 @@ from faceveil.attacks.base import (
     profile_budget,
 )
 from faceveil.bench.lfw import operating_point, subset_pairs
-from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute, load_or_compute_parts
+from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute, load_or_compute_parts, write_atomically
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import LFW
 from faceveil.defenses.base import Defense
@@ -209,15 +209,21 @@ def _held_targets(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray
                      "protecting LFW targets")
 
 
+def _inversion_path(attack: OptimizationAttack, defense: Defense, threat: ThreatModel, budget: Budget, idx: np.ndarray,
+                    seed: int, data) -> Path:
+    """Where :func:`_inverted` caches the white-box reconstructions of the targets ``idx``."""
+    key = config_hash(attack.config(), defense.config(), asdict(threat), asdict(budget), [int(i) for i in idx], seed,
+                      str(data_dir(data)), "whitebox-v1")
+    return cache_dir("whitebox") / f"{defense.name}-{key}.pt"
+
+
 def _inverted(attack: OptimizationAttack, defense: Defense, threat: ThreatModel, budget: Budget, held: Tensor,
               idx: np.ndarray, seed: int, data, force: bool) -> tuple[Tensor, float]:
     """White-box reconstructions of the evaluation targets and their ms/face, cached on disk like a
     trained attacker: the inversion is a seeded optimisation (150 steps through the client, ~4.5 s/face
     on one core for a dlib map) determined by the key, so a re-run reuses it; ``force`` recomputes.
     Each batch of 64 is cached as it finishes, so a stopped run resumes at the next batch."""
-    key = config_hash(attack.config(), defense.config(), asdict(threat), asdict(budget), [int(i) for i in idx], seed,
-                      str(data_dir(data)), "whitebox-v1")
-    path = cache_dir("whitebox") / f"{defense.name}-{key}.pt"
+    path = _inversion_path(attack, defense, threat, budget, idx, seed, data)
 
     target = defense.whitebox_target(held)
     bs = 64  # the attack's batch: samples are inverted independently, so a batch is a resumable part
@@ -346,9 +352,79 @@ def run_attack(defense: Defense, attack_name: str, threat: ThreatModel | None = 
     budget = budget or profile_budget(profile)
     system = ProtectedSystem(defense, server=server, profile=profile, seed=seed, data=data)
     attack, cache_path = train_attacker(system, attack_name, threat, budget, seed, data, attack_kwargs, force, progress)
+    return judge_attack(attack, cache_path, defense, threat, budget, profile=profile, seed=seed, data=data, force=force,
+                        out_dir=out_dir, progress=progress, server=server, return_images=return_images,
+                        eval_pairs_n=eval_pairs_n, t_start=t_start)
 
+
+def judge_attack(attack, attacker_path: Path | None, defense: Defense, threat: ThreatModel, budget: Budget,
+                 profile: str = "quick", seed: int = 0, data=None, force: bool = False, out_dir: Path | None = None,
+                 progress: bool = True, server: str = "frozen", return_images: bool = False,
+                 eval_pairs_n: int | None = None, stem: str | None = None, t_start: float | None = None) -> dict:
+    """Evaluate a trained ``attack`` (cached at ``attacker_path``) on what ``threat`` leaks of
+    ``defense`` for LFW pair images (see :func:`_judged`); the attacker may have been trained on another
+    system (the paper-style non-adaptive attacker of AdvFace). Writes ``<stem>.json/.png`` in ``out_dir``.
+
+    The judged result is cached like the attacker it judges: a resumed bench re-reads its finished
+    cells instead of re-embedding thousands of reconstructions with two recognisers (3-5 min a cell
+    on one core). Keyed by the attacker file's identity (a retrained attacker is a new key) and
+    everything that picks the evaluation; EVAL_VERSION is bumped when the metrics change."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    system = ProtectedSystem(defense, server=server, profile=profile, seed=seed, data=data)
     lfw = LFW(data)
     ia, ib = eval_pairs(lfw, eval_pairs_n or budget.eval_pairs)
+    # A white-box cell's "attacker" is its cached inversion, (re)written while judging: the judged result
+    # is saved under the key of the file as it is afterwards.
+    source = _inversion_path(attack, defense, threat, budget, ia, seed, data) if isinstance(attack, OptimizationAttack) \
+        else attacker_path
+    name = attack.name
+
+    def eval_path() -> tuple[str, Path]:
+        k = config_hash(_file_stamp(source), attack.config(), defense.config(), asdict(threat), asdict(budget),
+                        [int(i) for i in ia], [int(i) for i in ib], seed, str(data_dir(data)), server, EVAL_VERSION)
+        return k, cache_dir("evals") / f"{defense.name}-{name}-{k}.pt"
+
+    ekey, path = eval_path()
+    if path.is_file() and not force:
+        cached = torch.load(path, weights_only=True)
+    else:
+        cached = _judged(attack, defense, system, threat, budget, lfw, ia, ib, seed, data, force, attacker_path, profile,
+                         progress)
+        ekey, path = eval_path()
+        write_atomically(path, lambda q: torch.save(cached, q))
+    result, rows = json.loads(cached["result"]), list(cached["rows"])
+    result["wall_seconds"] = time.perf_counter() - t_start
+    result["eval_cache"] = ekey
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        stem = stem or f"{defense.name}-{config_hash(defense.config(), length=6)}-{name}-{threat.leakage}" + \
+            (f"-{threat.view}" if threat.view else "")
+        result["grid"] = str(image_grid(rows, out_dir / f"{stem}.png"))
+        (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    if return_images:
+        result["images"] = {"original": rows[0], "held": rows[1], "reconstruction": rows[2]}
+    return result
+
+
+#: version of the judged-result cache of :func:`run_attack` (bump when a metric or the judge changes)
+EVAL_VERSION = "eval-v1"
+
+
+def _file_stamp(path: Path | None) -> tuple | None:
+    """Name, size and modification time of a cached attacker (None for an attack without one)."""
+    if path is None or not Path(path).is_file():
+        return None if path is None else (Path(path).name, None, None)
+    st = Path(path).stat()
+    return (Path(path).name, st.st_size, st.st_mtime_ns)
+
+
+def _judged(attack, defense: Defense, system: ProtectedSystem, threat: ThreatModel, budget: Budget, lfw: LFW,
+            ia: np.ndarray, ib: np.ndarray, seed: int, data, force: bool, cache_path: Path | None, profile: str, progress: bool) -> dict:
+    """Reconstruct the held data of LFW pair images ``ia`` with a trained ``attack`` and judge it:
+    image metrics against the targets, COS by an independent recogniser, SRRA against the same image
+    and the pair partner ``ib`` at the deployed model's LFW operating point, with the mean-face and
+    random-person baselines. Returns ``{"result": JSON text, "rows": [targets, held, recon] of the grid}``."""
+    t_start = time.perf_counter()
     ds = lfw.dataset()
     crop = defense.recognizer.crop
     chips_a, _ = ds.subset(ia).chips(crop, progress=False)
@@ -423,21 +499,13 @@ def run_attack(defense: Defense, attack_name: str, threat: ThreatModel | None = 
                       | {"final_loss": float(np.mean(attack.log.losses[-20:])) if attack.log.losses else None})
         if isinstance(attack, ReconstructionAttack) else None,
         "attack_ms_per_face": attack_ms,
-        "wall_seconds": time.perf_counter() - t_start,
+        "judge_seconds": time.perf_counter() - t_start,
         "cache": str(cache_path) if cache_path else None,
         "versions": {"torch": torch.__version__},
     }
     g = grid_positions(lfw, ia)
-    rows = [targets[g], visualise_held(held[g], budget.target_size), recon[g]]
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        stem = f"{defense.name}-{config_hash(defense.config(), length=6)}-{attack_name}-{threat.leakage}" + \
-            (f"-{threat.view}" if threat.view else "")
-        result["grid"] = str(image_grid(rows, out_dir / f"{stem}.png"))
-        (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    if return_images:
-        result["images"] = {"original": rows[0], "held": rows[1], "reconstruction": rows[2]}
-    return result
+    # the result as JSON text: the cache loads with weights_only=True, which refuses e.g. TorchVersion
+    return {"result": json.dumps(result), "rows": [targets[g], visualise_held(held[g], budget.target_size), recon[g]]}
 
 
 def format_result(r: dict) -> str:

@@ -118,66 +118,30 @@ def capped_privacy(defense: Defense, attack: str, ctx: dict) -> dict:
 def plain_attacker(attack: str, ctx: dict, at: str = AT):
     """The paper's attacker: trained on plain ``z`` of the unprotected split system (a black-box
     client of ``none(transmit=at)``), with the profile's budget (cached; the same network as the
-    unprotected system's channel attack)."""
+    unprotected system's channel attack) -> ``(network, cache path)``."""
     from faceveil.attacks.harness import train_attacker
 
     plain = get_defense("none", transmit=at)
     system = ProtectedSystem(plain, server="frozen", profile=ctx["bench_profile"].attack_profile, seed=ctx["seed"],
                              data=ctx["data"])
     kwargs = {"client": system.defense.recognizer.split(at)[0]} if attack == "transrec" else None
-    net, _ = train_attacker(system, attack, ThreatModel(leakage="channel"), _budget(ctx), ctx["seed"], ctx["data"], kwargs,
-                            ctx.get("force", False), ctx.get("progress", True))
-    return net
+    return train_attacker(system, attack, ThreatModel(leakage="channel"), _budget(ctx), ctx["seed"], ctx["data"], kwargs,
+                          ctx.get("force", False), ctx.get("progress", True))
 
 
-def judge(attack, defense: Defense, leakage: str, ctx: dict, eval_pairs: int | None = None, grid: str | None = None) -> dict:
-    """Reconstruct the ``leakage`` data of LFW pair images with a trained attack and judge it exactly
-    like :func:`faceveil.attacks.harness.run_attack` (same images, leak seeds and batches, so the
-    stored features are the ones the harness would attack; same metrics). This mirrors the harness's
-    evaluation because the harness cannot yet train on one leakage and test on another (see the
-    proposed ``ThreatModel.train_leakage``)."""
-    from faceveil.attacks import harness
-    from faceveil.attacks.harness import _held_targets, _leak_fn, cos_judge, embed_images, image_grid, resize, visualise_held
-    from faceveil.attacks.harness import eval_pairs as pairs_of
-    from faceveil.bench.lfw import operating_point
-    from faceveil.data.align import to_tensor
-    from faceveil.metrics.identity import closer_to_own, cosine, srra
-    from faceveil.metrics.image import mse, psnr, ssim
+def judge(attacker: tuple, defense: Defense, leakage: str, ctx: dict, eval_pairs: int | None = None,
+          grid: str | None = None) -> dict:
+    """Reconstruct the ``leakage`` data of LFW pair images with a trained attack ``(network, its cache
+    path)`` and judge it exactly like :func:`faceveil.attacks.harness.run_attack` (same images, leak
+    seeds, metrics and judged-result cache): the attacker may come from another system (the plain-z
+    attacker of the paper); ``grid`` names the cell's files."""
+    from faceveil.attacks.harness import judge_attack
 
-    budget = _budget(ctx) if eval_pairs is None else _budget(ctx, eval_pairs=eval_pairs)
-    lfw, seed = ctx["lfw"], ctx["seed"]
-    ia, ib = pairs_of(lfw, budget.eval_pairs)
-    ds, crop = lfw.dataset(), defense.recognizer.crop
-    chips_a, _ = ds.subset(ia).chips(crop, progress=False)
-    chips_b, _ = ds.subset(ib).chips(crop, progress=False)
-    x_a = to_tensor(chips_a)
-    targets = resize(x_a, budget.target_size)
-    system = ProtectedSystem(defense, server="frozen", seed=seed, data=ctx["data"])
-    threat = ThreatModel(leakage=leakage)
-    held = _held_targets(defense, threat, _leak_fn(system, threat), chips_a, ia, seed, ctx["data"], ctx.get("progress", True))
-    recon = attack.attack(held)
-    deployed = defense.recognizer
-    op = operating_point(deployed, lfw, progress=False)
-    up = resize(recon, crop.size)
-    e, e_a = embed_images(deployed, up, crop), embed_images(deployed, x_a, crop)
-    jm, independent = cos_judge()
-    centre = harness.judge_centre(jm, ctx["data"]) if hasattr(harness, "judge_centre") else 0.0
-    m = {
-        "MSE": float(mse(recon, targets).mean()),
-        "PSNR": float(psnr(recon, targets, 1.0).mean()),
-        "SSIM": float(ssim(recon, targets, 1.0).mean()),
-        "COS": float(cosine(embed_images(jm, up, crop) - centre, embed_images(jm, x_a, crop) - centre).mean()),
-        "SRRA_same_image": float(srra(e, e_a, op).float().mean()),
-        "SRRA_pair": float(srra(e, embed_images(deployed, to_tensor(chips_b), crop), op).float().mean()),
-        "closer_to_own": float(closer_to_own(e, e_a, deployed.metric, seed).float().mean()),
-    }
-    out = {"metrics": {"reconstruction": m}, "n": len(ia), "judge": {"cos": jm.name, "independent": independent},
-           "attack": attack.config(), "leakage": leakage, "defense": defense.describe()}
-    if grid:
-        k = min(8, len(ia))
-        out["grid"] = str(image_grid([targets[:k], visualise_held(held[:k], budget.target_size), recon[:k]],
-                                     Path(ctx["out_dir"]) / "cells" / f"{grid}.png"))
-    return out
+    attack, path = attacker
+    return judge_attack(attack, path, defense, ThreatModel(leakage=leakage), _budget(ctx),
+                        profile=ctx["bench_profile"].attack_profile, seed=ctx["seed"], data=ctx["data"],
+                        force=ctx.get("force", False), out_dir=Path(ctx["out_dir"]) / "cells" if grid else None,
+                        progress=ctx.get("progress", True), eval_pairs_n=eval_pairs, stem=grid)
 
 
 def nonadaptive(defense: AdvFace, attack: str, ctx: dict, eval_pairs: int | None = None) -> dict:
