@@ -350,8 +350,8 @@ def run_attack(defense: Defense, attack_name: str, threat: ThreatModel | None = 
     t_start = time.perf_counter()
     threat = threat or ThreatModel()
     budget = budget or profile_budget(profile)
-    system = ProtectedSystem(defense, server=server, profile=profile, seed=seed, data=data)
-    attack, cache_path = train_attacker(system, attack_name, threat, budget, seed, data, attack_kwargs, force, progress)
+    attack, cache_path = train_attacker(ProtectedSystem(defense, server=server, profile=profile, seed=seed, data=data),
+                                        attack_name, threat, budget, seed, data, attack_kwargs, force, progress)
     return judge_attack(attack, cache_path, defense, threat, budget, profile=profile, seed=seed, data=data, force=force,
                         out_dir=out_dir, progress=progress, server=server, return_images=return_images,
                         eval_pairs_n=eval_pairs_n, t_start=t_start)
@@ -370,7 +370,6 @@ def judge_attack(attack, attacker_path: Path | None, defense: Defense, threat: T
     on one core). Keyed by the attacker file's identity (a retrained attacker is a new key) and
     everything that picks the evaluation; EVAL_VERSION is bumped when the metrics change."""
     t_start = time.perf_counter() if t_start is None else t_start
-    system = ProtectedSystem(defense, server=server, profile=profile, seed=seed, data=data)
     lfw = LFW(data)
     ia, ib = eval_pairs(lfw, eval_pairs_n or budget.eval_pairs)
     # A white-box cell's "attacker" is its cached inversion, (re)written while judging: the judged result
@@ -388,6 +387,7 @@ def judge_attack(attack, attacker_path: Path | None, defense: Defense, threat: T
     if path.is_file() and not force:
         cached = torch.load(path, weights_only=True)
     else:
+        system = ProtectedSystem(defense, server=server, profile=profile, seed=seed, data=data)
         cached = _judged(attack, defense, system, threat, budget, lfw, ia, ib, seed, data, force, attacker_path, profile,
                          progress)
         ekey, path = eval_path()
@@ -412,10 +412,13 @@ EVAL_VERSION = "eval-v1"
 
 def _file_stamp(path: Path | None) -> tuple | None:
     """Name, size and modification time of a cached attacker (None for an attack without one)."""
-    if path is None or not Path(path).is_file():
-        return None if path is None else (Path(path).name, None, None)
-    st = Path(path).stat()
-    return (Path(path).name, st.st_size, st.st_mtime_ns)
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():  # e.g. a white-box inversion not yet (or no longer) saved
+        return (path.name, None, None)
+    st = path.stat()
+    return (path.name, st.st_size, st.st_mtime_ns)
 
 
 def _judged(attack, defense: Defense, system: ProtectedSystem, threat: ThreatModel, budget: Budget, lfw: LFW,
