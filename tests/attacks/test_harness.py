@@ -203,3 +203,27 @@ def test_slow_clients_attacker_set_is_cached_batch_by_batch_and_shared(monkeypat
     cg = run_attack(d, "cgan", force=True, **kw)
     assert faces == []  # neither the training set nor the 4 held targets protected again
     assert dn["metrics"]["reconstruction"]["SSIM"] != cg["metrics"]["reconstruction"]["SSIM"]
+
+
+def test_fast_clients_targets_are_attacked_batch_by_batch(res1_result, lfw):
+    """A fast client's held targets are made and attacked one batch at a time (the whole set can exceed
+    RAM): exactly the reconstructions and grid rows of attacking the whole held set, with the same seeded
+    draws (random perturbation is stochastic, so other draws would give other data)."""
+    import numpy as np
+
+    from faceveil.attacks.base import profile_budget
+    from faceveil.attacks.harness import _attack_streamed, _held_targets, _leak_fn, train_attacker
+    from faceveil.defenses import ProtectedSystem
+
+    torch.set_num_threads(1)
+    attack, _ = train_attacker(ProtectedSystem(get_defense("none", transmit="res1")), "urec", ThreatModel(),
+                               profile_budget("ci"), progress=False)
+    d = get_defense("randperturb", at="res1", iterations=2)
+    assert d.stochastic and not d.slow
+    idx = lfw.pair_images()[:70]  # two batches, the second one partial
+    chips, _ = lfw.dataset().subset(idx).chips(d.recognizer.crop, progress=False)
+    leak, keep = _leak_fn(ProtectedSystem(d), ThreatModel()), np.array([69, 0, 65, 3])
+    whole = _held_targets(d, ThreatModel(), leak, chips, idx, 5, None, False)
+    recon, rows, ms = _attack_streamed(attack, leak, chips, 5, keep, False)
+    assert torch.equal(recon, attack.attack(whole)) and torch.equal(rows, whole[keep]) and ms > 0
+    assert not torch.equal(whole, _held_targets(d, ThreatModel(), leak, chips, idx, 6, None, False))

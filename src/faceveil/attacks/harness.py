@@ -186,16 +186,23 @@ def _leak_fn(system: ProtectedSystem, threat: ThreatModel):
     return leak
 
 
+#: the attacker's client protects faces in batches of this size, each with its own seeded draws
+LEAK_BATCH = 64
+#: salt of the draws that make the held LFW evaluation targets
+HELD_SALT = 23
+
+
+def _leak_part(leak, chips: np.ndarray, seed: int, salt: int, i: int) -> Tensor:
+    """Batch ``i`` (of :data:`LEAK_BATCH` chips) of what the attacker's client gives for ``chips``."""
+    return leak(to_tensor(chips[i * LEAK_BATCH : (i + 1) * LEAK_BATCH]), batch_generator(seed, i, salt))
+
+
 def _leak_set(defense: Defense, leak, chips: np.ndarray, seed: int, salt: int, path: Path, progress: bool = False,
               desc: str = "protecting", save: bool = True) -> Tensor:
-    """What the attacker's client gives for ``chips``: batches of 64, each with its own seeded draws;
-    a slow client's set is cached at ``path`` batch by batch (:meth:`Defense.protected_set`)."""
-    bs = 64
-
-    def part(i: int) -> Tensor:
-        return leak(to_tensor(chips[i * bs : (i + 1) * bs]), batch_generator(seed, i, salt))
-
-    return defense.protected_set(path, -(-len(chips) // bs), part, progress, desc, save)
+    """What the attacker's client gives for ``chips`` (:func:`_leak_part` batches); a slow client's set
+    is cached at ``path`` batch by batch (:meth:`Defense.protected_set`)."""
+    return defense.protected_set(path, -(-len(chips) // LEAK_BATCH), lambda i: _leak_part(leak, chips, seed, salt, i),
+                                 progress, desc, save)
 
 
 def _held_targets(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray, idx: np.ndarray, seed: int, data,
@@ -205,8 +212,27 @@ def _held_targets(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray
     same targets and the protection is seeded, so re-runs reuse it exactly."""
     key = config_hash(defense.config(), threat.leakage, threat.view, [int(i) for i in idx], seed, str(data_dir(data)),
                       "held-v1")
-    return _leak_set(defense, leak, chips, seed + 1, 23, cache_dir("held") / f"{defense.name}-{key}.pt", progress,
+    return _leak_set(defense, leak, chips, seed + 1, HELD_SALT, cache_dir("held") / f"{defense.name}-{key}.pt", progress,
                      "protecting LFW targets")
+
+
+def _attack_streamed(attack: ReconstructionAttack, leak, chips: np.ndarray, seed: int, keep: np.ndarray,
+                     progress: bool) -> tuple[Tensor, Tensor, float]:
+    """A fast client's held targets made and attacked batch by batch, with the draws of
+    :func:`_held_targets` (same batches, so the same reconstructions as attacking the whole set):
+    ``(reconstructions, held rows keep, attack ms/face)``. Why: the whole held set can be larger than
+    RAM (64 FaceObfuscator channels of 3,000 targets are 9.6 GB, twice that while concatenated)."""
+    from tqdm import tqdm
+
+    recon, rows, seconds = [], {}, 0.0
+    want = {int(k) for k in keep}
+    for i in tqdm(range(-(-len(chips) // LEAK_BATCH)), desc="attacking LFW targets", disable=not progress, leave=False):
+        held = _leak_part(leak, chips, seed + 1, HELD_SALT, i)
+        t0 = time.perf_counter()
+        recon.append(attack.attack(held, batch_size=LEAK_BATCH))
+        seconds += time.perf_counter() - t0
+        rows |= {i * LEAK_BATCH + j: held[j] for j in range(len(held)) if i * LEAK_BATCH + j in want}
+    return torch.cat(recon), torch.stack([rows[int(k)] for k in keep]), 1000 * seconds / len(chips)
 
 
 def _inversion_path(attack: OptimizationAttack, defense: Defense, threat: ThreatModel, budget: Budget, idx: np.ndarray,
@@ -435,13 +461,19 @@ def _judged(attack, defense: Defense, system: ProtectedSystem, threat: ThreatMod
     x_a = to_tensor(chips_a)
     targets = resize(x_a, budget.target_size)
     leak = _leak_fn(system, threat)
-    held = _held_targets(defense, threat, leak, chips_a, ia, seed, data, progress)
+    grid = grid_positions(lfw, ia)
     if isinstance(attack, OptimizationAttack):
+        held = _held_targets(defense, threat, leak, chips_a, ia, seed, data, progress)
         recon, attack_ms = _inverted(attack, defense, threat, budget, held, ia, seed, data, force)
-    else:
+        held_grid = held[grid]
+    elif defense.slow:  # cached on disk, read whole
+        held = _held_targets(defense, threat, leak, chips_a, ia, seed, data, progress)
         t0 = time.perf_counter()
-        recon = attack.attack(held)
+        recon = attack.attack(held, batch_size=LEAK_BATCH)
         attack_ms = 1000 * (time.perf_counter() - t0) / len(held)
+        held_grid = held[grid]
+    else:
+        recon, held_grid, attack_ms = _attack_streamed(attack, leak, chips_a, seed, grid, progress)
 
     # baselines: the attacker's mean face, and a random other person
     from faceveil.train.distill import public_chips
@@ -506,9 +538,8 @@ def _judged(attack, defense: Defense, system: ProtectedSystem, threat: ThreatMod
         "cache": str(cache_path) if cache_path else None,
         "versions": {"torch": torch.__version__},
     }
-    g = grid_positions(lfw, ia)
     # the result as JSON text: the cache loads with weights_only=True, which refuses e.g. TorchVersion
-    return {"result": json.dumps(result), "rows": [targets[g], visualise_held(held[g], budget.target_size), recon[g]]}
+    return {"result": json.dumps(result), "rows": [targets[grid], visualise_held(held_grid, budget.target_size), recon[grid]]}
 
 
 def format_result(r: dict) -> str:
