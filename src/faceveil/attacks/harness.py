@@ -220,8 +220,9 @@ def _attack_streamed(attack: ReconstructionAttack, leak, chips: np.ndarray, seed
                      progress: bool) -> tuple[Tensor, Tensor, float]:
     """A fast client's held targets made and attacked batch by batch, with the draws of
     :func:`_held_targets` (same batches, so the same reconstructions as attacking the whole set):
-    ``(reconstructions, held rows keep, attack ms/face)``. Why: the whole held set can be larger than
-    RAM (64 FaceObfuscator channels of 3,000 targets are 9.6 GB, twice that while concatenated)."""
+    ``(reconstructions, held rows keep, attack ms/face)``; the rows are copies (a view would keep its
+    batch alive). Why: the whole held set can be larger than RAM (64 FaceObfuscator channels of 3,000
+    targets are 9.6 GB, twice that while concatenated)."""
     from tqdm import tqdm
 
     recon, rows, seconds = [], {}, 0.0
@@ -231,7 +232,7 @@ def _attack_streamed(attack: ReconstructionAttack, leak, chips: np.ndarray, seed
         t0 = time.perf_counter()
         recon.append(attack.attack(held, batch_size=LEAK_BATCH))
         seconds += time.perf_counter() - t0
-        rows |= {i * LEAK_BATCH + j: held[j] for j in range(len(held)) if i * LEAK_BATCH + j in want}
+        rows |= {i * LEAK_BATCH + j: held[j].clone() for j in range(len(held)) if i * LEAK_BATCH + j in want}
     return torch.cat(recon), torch.stack([rows[int(k)] for k in keep]), 1000 * seconds / len(chips)
 
 
