@@ -463,18 +463,17 @@ def _judged(attack, defense: Defense, system: ProtectedSystem, threat: ThreatMod
     targets = resize(x_a, budget.target_size)
     leak = _leak_fn(system, threat)
     grid = grid_positions(lfw, ia)
-    if isinstance(attack, OptimizationAttack):
-        held = _held_targets(defense, threat, leak, chips_a, ia, seed, data, progress)
-        recon, attack_ms = _inverted(attack, defense, threat, budget, held, ia, seed, data, force)
-        held_grid = held[grid]
-    elif defense.slow:  # cached on disk, read whole
-        held = _held_targets(defense, threat, leak, chips_a, ia, seed, data, progress)
-        t0 = time.perf_counter()
-        recon = attack.attack(held, batch_size=LEAK_BATCH)
-        attack_ms = 1000 * (time.perf_counter() - t0) / len(held)
-        held_grid = held[grid]
-    else:
+    if isinstance(attack, ReconstructionAttack) and not defense.slow:  # a slow client's set is cached, read whole
         recon, held_grid, attack_ms = _attack_streamed(attack, leak, chips_a, seed, grid, progress)
+    else:
+        held = _held_targets(defense, threat, leak, chips_a, ia, seed, data, progress)
+        held_grid = held[grid]
+        if isinstance(attack, OptimizationAttack):
+            recon, attack_ms = _inverted(attack, defense, threat, budget, held, ia, seed, data, force)
+        else:
+            t0 = time.perf_counter()
+            recon = attack.attack(held, batch_size=LEAK_BATCH)
+            attack_ms = 1000 * (time.perf_counter() - t0) / len(held)
 
     # baselines: the attacker's mean face, and a random other person
     from faceveil.train.distill import public_chips
