@@ -97,6 +97,26 @@ def load_or_compute_parts(path: Path, n: int, compute_part: Callable[[int], Any]
     return value
 
 
+def cat_parts(parts: list) -> Any:
+    """``torch.cat(parts)`` that releases each part once it is copied: the peak is the result plus
+    one part instead of twice the result (the whole-set tensors of the full profile are 2-10 GB:
+    13,566 AdvFace feature maps are 2.1 GB; ``torch.cat`` of the list held 4.3 GB). Empties ``parts``."""
+    import torch
+
+    if not parts:
+        raise ValueError("cat_parts: no parts")
+    first = parts[0]
+    out = torch.empty((sum(len(p) for p in parts), *first.shape[1:]), dtype=first.dtype)
+    s = 0
+    for i in range(len(parts)):
+        p, parts[i] = parts[i], None
+        out[s : s + len(p)] = p
+        s += len(p)
+        del p
+    parts.clear()
+    return out
+
+
 class EpochCheckpoint:
     """The state of a long training run, written at epoch ends (at most every ``seconds``) and read
     back by the next run with the same ``path``, so training survives a stopped process; the torch

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from faceveil.attacks.base import ThreatModel
-from faceveil.attacks.harness import recrop, run_attack, visualise_held
+from faceveil.attacks.harness import chip_images, recrop, resize, run_attack, visualise_held
 from faceveil.cli import app
 from faceveil.data.align import to_tensor
 from faceveil.defenses import get_defense
@@ -227,3 +227,11 @@ def test_fast_clients_targets_are_attacked_batch_by_batch(res1_result, lfw):
     recon, rows, ms = _attack_streamed(attack, leak, chips, 5, keep, False)
     assert torch.equal(recon, attack.attack(whole)) and torch.equal(rows, whole[keep]) and ms > 0
     assert not torch.equal(whole, _held_targets(d, ThreatModel(), leak, chips, idx, 6, None, False))
+
+
+def test_chip_images_made_in_chunks_equal_the_whole_batch(lfw_sample):
+    """The attackers' targets, resized a chunk at a time to bound memory, are bit-identical to resizing
+    the whole set at once (down- and up-sampling, a chunk that does not divide the set)."""
+    chips = lfw_sample[1]
+    for size in (64, 112, 200):
+        assert torch.equal(chip_images(chips, size, chunk=3), resize(to_tensor(chips), size))

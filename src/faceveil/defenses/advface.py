@@ -384,7 +384,7 @@ def train_shadow(defense: AdvFace, progress: bool = True, force: bool = False):
     from LFW pairs), with the budget of ``defense.profile`` (``shadow_images`` overrides its number of
     images) and seed ``shadow_seed``. Cached under ``$FACEVEIL_HOME/advface``."""
     from faceveil.attacks.base import PairSource
-    from faceveil.attacks.harness import resize
+    from faceveil.attacks.harness import chip_images
     from faceveil.data.align import to_tensor
     from faceveil.train.distill import public_chips
 
@@ -395,13 +395,15 @@ def train_shadow(defense: AdvFace, progress: bool = True, force: bool = False):
     budget = defense.shadow_budget()
     chips = public_chips(defense.data, defense.recognizer.crop, budget.train_images, defense.shadow_seed, progress)
     E = defense.client_network()
-    feats, targets = [], []
+    # written into preallocated tensors: at the full profile the pairs are 4 GB (2.1 GB of res1 maps,
+    # 2.0 GB of 112-px targets) and lists + torch.cat held twice that (the process was OOM-killed)
+    targets = chip_images(chips, budget.target_size)
+    feats = torch.empty((len(chips), *defense.feature_shape))
     with torch.no_grad():
         for s in range(0, len(chips), 64):
-            x = to_tensor(chips[s : s + 64])
-            feats.append(E(defense.recognizer.prepare(x)))
-            targets.append(resize(x, budget.target_size))
-    source = PairSource(torch.cat(targets), protected=torch.cat(feats), seed=defense.shadow_seed)
+            feats[s : s + 64] = E(defense.recognizer.prepare(to_tensor(chips[s : s + 64])))
+    del chips
+    source = PairSource(targets, protected=feats, seed=defense.shadow_seed)
     return attack.fit_and_save(source, budget, path, progress, force)
 
 

@@ -130,11 +130,11 @@ class Defense:
         stopped run resumes; a fast client's is computed."""
         from tqdm import tqdm
 
-        from faceveil.config import load_or_compute_parts
+        from faceveil.config import cat_parts, load_or_compute_parts
 
         if not self.slow:
-            return torch.cat([part(i) for i in tqdm(range(n), disable=not progress, desc=desc, leave=False)])
-        return load_or_compute_parts(path, n, part, torch.cat, progress=progress, desc=desc, save=save)
+            return cat_parts([part(i) for i in tqdm(range(n), disable=not progress, desc=desc, leave=False)])
+        return load_or_compute_parts(path, n, part, cat_parts, progress=progress, desc=desc, save=save)
 
     def config(self) -> dict:
         """Everything that determines this defense's output (for cache keys and reports)."""
