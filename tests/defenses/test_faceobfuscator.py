@@ -147,3 +147,19 @@ def test_fast_frequency_channels_equal_explicit_pipeline(faces, mode):
     explicit = block_dct(torch.nn.functional.interpolate(grey, scale_factor=8, mode=mode, align_corners=False))
     fast = frequency_channels(faces, upsample=mode).double()
     assert (fast - explicit).abs().max() <= 1e-4 * explicit.abs().max()
+
+
+@pytest.mark.parametrize("kw", [{}, {"channels": "all"}, {"b": 1.8, "z_lower": -70, "z_upper": 70},
+                                {"b": 100.0, "z_lower": -9, "z_upper": 9}])
+def test_obfuscation_is_eq_sign_times_power(faces, kw):
+    """e = a ⊙ (-1)^u ⊙ b^v (Algorithm 1), bit for bit, against the formula written out with int64
+    draws from the same generator (protect draws int8 signs and scales in place to save memory)."""
+    d = get_defense("faceobfuscator", **kw)
+    x = faces[:4]
+    a = d.deleted(x)
+    g = torch.Generator().manual_seed(11)
+    u = torch.randint(0, 2, tuple(a.shape), generator=g)
+    v = torch.randint(d.z_lower, d.z_upper + 1, (*a.shape[:2], 1, 1), generator=g)
+    want = (a.double() * (-1.0) ** u.double() * torch.tensor(d.b, dtype=torch.float64) ** v.double()).float()
+    got = d.protect(x, torch.Generator().manual_seed(11))
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))

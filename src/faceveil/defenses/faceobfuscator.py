@@ -260,8 +260,9 @@ class FaceObfuscator(Defense):
         return self_normalise(f, self.beta) if self.normalise else f
 
     def obfuscation_factors(self, shape: tuple[int, ...], rng: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Random signs (-1)^u per element and exponents v per (image, channel)."""
-        signs = torch.randint(0, 2, shape, generator=rng).mul_(-2).add_(1)
+        """Random signs (-1)^u per element (int8: the same draws as int64, an eighth of the memory;
+        64 channels of a batch of 64 are 51 M signs) and exponents v per (image, channel)."""
+        signs = torch.randint(0, 2, shape, generator=rng, dtype=torch.int8).mul_(-2).add_(1)
         v = torch.randint(self.z_lower, self.z_upper + 1, (*shape[:2], 1, 1), generator=rng)
         return signs, v
 
@@ -271,8 +272,10 @@ class FaceObfuscator(Defense):
             return a
         rng = self._check_rng(rng)
         signs, v = self.obfuscation_factors(tuple(a.shape), rng)
-        # e = a * (-1)^u * b^v, computed in float64 then stored as float32 (validated range)
-        return (a.double() * signs * torch.pow(torch.tensor(self.b, dtype=torch.float64), v.double())).float()
+        # e = a * (-1)^u * b^v, computed in float64 then stored as float32 (validated range); in place
+        # and scale before sign (a sign flip is exact, so the same bits as a * signs * b^v)
+        scale = torch.pow(torch.tensor(self.b, dtype=torch.float64), v.double())
+        return a.double().mul_(scale).mul_(signs).float()
 
     # --- server -------------------------------------------------------------------------------
     def recover(self, t: Tensor) -> Tensor:
