@@ -34,16 +34,41 @@ def test_parts_are_kept_until_the_whole_value_is_saved(tmp_path):
     assert torch.equal(load_or_compute_parts(path, 4, part, torch.cat, force=True), v) and calls == [0, 1, 2, 3]
 
 
-def test_cat_parts_equals_torch_cat_and_releases_the_parts():
-    """Same values and dtype as ``torch.cat``; every part is released once copied (the list is emptied
-    and no reference is kept), so the peak is the result plus one part."""
+def test_cat_parts_equals_torch_cat_streamed_or_from_a_list():
+    """Same values and dtype as ``torch.cat``, from a generator (each batch made on demand) or a list
+    (each entry released once copied: no reference is kept); a batch longer than the first is refused."""
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64, torch.uint8):
-        parts = [(torch.rand(n, 3, 5, 4, generator=g) * 200).to(dtype) for n in (7, 1, 64, 13)]
+        sizes = (16, 16, 16, 5)
+        parts = [(torch.rand(k, 3, 5, 4, generator=g) * 200).to(dtype) for k in sizes]
         want = torch.cat(parts)
+        made = []
+
+        def gen(parts=parts, made=made):
+            for p in parts:
+                made.append(len(p))
+                yield p.clone()
+
+        got = cat_parts(gen(), len(sizes))
+        assert got.dtype == dtype and torch.equal(got, want) and made == list(sizes)
         refs = [weakref.ref(p) for p in parts]
-        got = cat_parts(parts)
-        assert got.dtype == dtype and torch.equal(got, want)
-        assert parts == [] and all(r() is None for r in refs)
+        got = cat_parts(parts, len(sizes))
+        assert torch.equal(got, want) and parts == [] and all(r() is None for r in refs)
     with pytest.raises(ValueError, match="no parts"):
-        cat_parts([])
+        cat_parts([], 1)
+    with pytest.raises(ValueError, match="past the"):
+        cat_parts([torch.zeros(2), torch.zeros(3)], 2)
+
+
+def test_streamed_parts_are_cached_and_combined_lazily(tmp_path):
+    """``stream=True``: combine sees each part as it is computed (and cached), in order."""
+    seen = []
+
+    def combine(it):
+        for _p in it:
+            seen.append(sorted(q.name for q in tmp_path.iterdir()))
+        return len(seen)
+
+    assert load_or_compute_parts(tmp_path / "v.pt", 3, lambda i: torch.full((2,), float(i)), combine, save=False,
+                                 stream=True) == 3
+    assert seen == [["v-part0.pt"], ["v-part0.pt", "v-part1.pt"], ["v-part0.pt", "v-part1.pt", "v-part2.pt"]]

@@ -6,7 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,22 +74,25 @@ def load_or_compute(path: Path, compute: Callable[[], Any], force: bool = False)
     return value
 
 
-def load_or_compute_parts(path: Path, n: int, compute_part: Callable[[int], Any], combine: Callable[[list], Any],
-                          force: bool = False, progress: bool = False, desc: str = "", save: bool = True) -> Any:
+def load_or_compute_parts(path: Path, n: int, compute_part: Callable[[int], Any], combine: Callable[[Any], Any],
+                          force: bool = False, progress: bool = False, desc: str = "", save: bool = True,
+                          stream: bool = False) -> Any:
     """:func:`load_or_compute` for a value made of ``n`` independent parts (batches of a slow client,
     of a white-box inversion, ...): each part is cached at ``<stem>-part<i>.pt`` as it is finished, so
     a stopped run resumes at the next part; ``combine(parts)`` is saved at ``path`` and the part files
     are removed. ``save=False``: the parts are the cache (no combined copy of a large set that is only
-    read whole). The parts must not depend on each other (each seeds its own randomness)."""
+    read whole). ``stream``: ``combine`` gets an iterator that computes or loads each part as it is
+    reached (with :func:`cat_parts`, a set is never held twice). The parts must not depend on each
+    other (each seeds its own randomness)."""
     import torch
     from tqdm import tqdm
 
     if save and path.is_file() and not force:
         return torch.load(path, weights_only=True)
     paths = [path.with_name(f"{path.stem}-part{i}.pt") for i in range(n)]
-    parts = [load_or_compute(p, lambda i=i: compute_part(i), force)
-             for i, p in enumerate(tqdm(paths, desc=desc, disable=not progress, leave=False))]
-    value = combine(parts)
+    parts = (load_or_compute(p, lambda i=i: compute_part(i), force)
+             for i, p in enumerate(tqdm(paths, desc=desc, disable=not progress, leave=False)))
+    value = combine(parts if stream else list(parts))
     if save:
         write_atomically(path, lambda p: torch.save(value, p))
         for p in paths:
@@ -97,24 +100,34 @@ def load_or_compute_parts(path: Path, n: int, compute_part: Callable[[int], Any]
     return value
 
 
-def cat_parts(parts: list) -> Any:
-    """``torch.cat(parts)`` that releases each part once it is copied: the peak is the result plus
-    one part instead of twice the result (the whole-set tensors of the full profile are 2-10 GB:
-    13,566 AdvFace feature maps are 2.1 GB; ``torch.cat`` of the list held 4.3 GB). Empties ``parts``."""
+def cat_parts(parts: Iterable[Any], n: int) -> Any:
+    """``torch.cat`` of ``n`` batches that are the same length except the last, written into one
+    preallocated tensor as they come: from an iterator that makes each batch on demand the peak is the
+    set plus one batch, not twice the set (the full profile's sets are 2-10 GB: 13,566 AdvFace feature
+    maps are 2.1 GB, 13,566 masked 150-px chips 3.7 GB). A list is released entry by entry."""
     import torch
 
-    if not parts:
-        raise ValueError("cat_parts: no parts")
-    first = parts[0]
-    out = torch.empty((sum(len(p) for p in parts), *first.shape[1:]), dtype=first.dtype)
-    s = 0
-    for i in range(len(parts)):
-        p, parts[i] = parts[i], None
+    it = iter(parts)
+    if isinstance(parts, list):
+        def releasing():
+            for i in range(len(parts)):
+                p, parts[i] = parts[i], None
+                yield p
+        it = releasing()
+    out, s = None, 0
+    for p in it:
+        if out is None:
+            out = torch.empty((n * len(p), *p.shape[1:]), dtype=p.dtype)
+        if s + len(p) > len(out):
+            raise ValueError(f"cat_parts: batch of {len(p)} past the {len(out)} rows of {n} batches like the first")
         out[s : s + len(p)] = p
         s += len(p)
         del p
-    parts.clear()
-    return out
+    if out is None:
+        raise ValueError("cat_parts: no parts")
+    if isinstance(parts, list):
+        parts.clear()
+    return out if s == len(out) else out[:s]
 
 
 class EpochCheckpoint:
