@@ -34,26 +34,26 @@ def test_parts_are_kept_until_the_whole_value_is_saved(tmp_path):
     assert torch.equal(load_or_compute_parts(path, 4, part, torch.cat, force=True), v) and calls == [0, 1, 2, 3]
 
 
-def test_cat_parts_equals_torch_cat_streamed_or_from_a_list():
-    """Same values and dtype as ``torch.cat``, from a generator (each batch made on demand) or a list
-    (each entry released once copied: no reference is kept); a batch longer than the first is refused."""
+def test_cat_parts_equals_torch_cat_made_batch_by_batch():
+    """Same values and dtype as ``torch.cat``, each batch taken from the generator only when it is
+    copied (so a batch is freed before the next is made); a batch longer than the first is refused."""
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64, torch.uint8):
         sizes = (16, 16, 16, 5)
         parts = [(torch.rand(k, 3, 5, 4, generator=g) * 200).to(dtype) for k in sizes]
-        want = torch.cat(parts)
-        made = []
+        made, alive = [], []
 
-        def gen(parts=parts, made=made):
+        def gen(parts=parts, made=made, alive=alive):
             for p in parts:
                 made.append(len(p))
-                yield p.clone()
+                q = p.clone()
+                alive.append(weakref.ref(q))
+                yield q
+                del q
 
         got = cat_parts(gen(), len(sizes))
-        assert got.dtype == dtype and torch.equal(got, want) and made == list(sizes)
-        refs = [weakref.ref(p) for p in parts]
-        got = cat_parts(parts, len(sizes))
-        assert torch.equal(got, want) and parts == [] and all(r() is None for r in refs)
+        assert got.dtype == dtype and torch.equal(got, torch.cat(parts)) and made == list(sizes)
+        assert all(r() is None for r in alive)
     with pytest.raises(ValueError, match="no parts"):
         cat_parts([], 1)
     with pytest.raises(ValueError, match="past the"):
