@@ -241,7 +241,7 @@ app.add_typer(fo_app, name="faceobfuscator")
 
 @fo_app.command("channels")
 def fo_channels(
-    profile: Annotated[str, typer.Option(help="ci | quick (~150 s training per stage) | full (~900 s per stage)")] = "quick",
+    profile: Annotated[str, typer.Option(help="ci | quick (150 steps per stage) | full (1,000 steps per stage, all LFW pairs)")] = "quick",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/channels"),
     data_dir: DataDir = None,
     seed: int = 0,

@@ -337,22 +337,40 @@ def train_attacker(system: ProtectedSystem, attack_name: str, threat: ThreatMode
         log.warning("%s: cached attacker %s has non-finite statistics (float32 overflow); retraining", attack_name, path.name)
     chips = public_chips(data, defense.recognizer.crop, budget.train_images, seed, progress)
     targets = chip_images(chips, budget.target_size)
-    if defense.stochastic and not defense.needs_grad_to_protect:
+    source = attacker_source(defense, threat, leak, chips, targets, seed, budget.train_images, data, progress)
+    attack.fit_and_save(source, budget, path, progress, force)  # resumable: outlives a stopped process
+    return attack, path
+
+
+#: a fast deterministic client's attacker set larger than this is made batch by batch during
+#: training instead of held in memory (64 FaceObfuscator channels of 13,566 public faces: 43 GB)
+ATTACKER_SET_MAX_BYTES = 4 * 2**30
+
+
+def attacker_source(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray, targets: Tensor, seed: int,
+                    train_images: int | None = None, data=None, progress: bool = False,
+                    max_bytes: int = ATTACKER_SET_MAX_BYTES) -> PairSource:
+    """The attacker's (protected, target) pairs. A stochastic client redraws every epoch; a fast
+    deterministic client whose set would exceed ``max_bytes`` is run on each batch as it is drawn
+    (the same values as the precomputed set: its output does not depend on the draws); otherwise the
+    set is made once (:func:`_leak_set`, cached on disk for slow clients; ``train_images`` keys it)."""
+    on_the_fly = defense.stochastic and not defense.needs_grad_to_protect
+    if not (defense.stochastic or defense.needs_grad_to_protect or defense.slow):
+        one = leak(to_tensor(chips[:1]), batch_generator(seed, 0, 11))
+        on_the_fly = one.numel() * 4 * len(chips) > max_bytes
+    if on_the_fly:
         u8 = torch.from_numpy(chips)
 
         def redraw(c: Tensor, g: torch.Generator) -> Tensor:
             return leak(c.permute(0, 3, 1, 2).float().div(255), g)
 
-        source = PairSource(targets, inputs=u8, redraw=redraw, seed=seed)
-    else:
-        # keyed by what makes the set, not by the attack: dn and cgan of a setting share it
-        key = config_hash(defense.config(), str(defense.recognizer.crop), asdict(threat), budget.train_images, seed,
-                          str(data_dir(data)), "attacker-set-v1")
-        protected = _leak_set(defense, leak, chips, seed, 11, cache_dir("protected") / f"{defense.name}-attacker-{key}.pt",
-                              progress, "attacker protects public faces", save=False)
-        source = PairSource(targets, protected=protected, seed=seed)
-    attack.fit_and_save(source, budget, path, progress, force)  # resumable: outlives a stopped process
-    return attack, path
+        return PairSource(targets, inputs=u8, redraw=redraw, seed=seed)
+    # keyed by what makes the set, not by the attack: dn and cgan of a setting share it
+    key = config_hash(defense.config(), str(defense.recognizer.crop), asdict(threat), train_images, seed,
+                      str(data_dir(data)), "attacker-set-v1")
+    protected = _leak_set(defense, leak, chips, seed, 11, cache_dir("protected") / f"{defense.name}-attacker-{key}.pt",
+                          progress, "attacker protects public faces", save=False)
+    return PairSource(targets, protected=protected, seed=seed)
 
 
 def whitebox_attack(system: ProtectedSystem, threat: ThreatModel, budget: Budget, seed: int, data, kwargs: dict):

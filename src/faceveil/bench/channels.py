@@ -8,8 +8,8 @@ network is retrained on the rest, until 64, 16, 8, 4, 2, 1 channels are left. At
 measure the auxiliary network's LFW accuracy and the COS of a ``dn`` reconstruction attack
 trained on the kept (clean, deletion-only) channels — the shape of the paper's Fig. 5/8.
 
-CPU budget: each stage trains for ``seconds`` (quick: 150 s, full: 900 s) on public faces;
-accuracies are on the bench profile's LFW pair subset.
+CPU budget: each stage trains for ``steps`` batches of 32 (quick: 150, full: 1,000; at most
+``seconds``: 300 / 2,400) on public faces; accuracies are on the profile's LFW pairs (full: all 6,000).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute
 from faceveil.data.align import to_tensor
 from faceveil.defenses import ProtectedSystem, get_defense
 from faceveil.defenses.faceobfuscator import CHANNEL_NAMES, ZIGZAG
@@ -35,19 +36,23 @@ STAGES = (64, 16, 8, 4, 2, 1)
 
 @dataclass(frozen=True)
 class ChannelBudget:
+    steps: int
     seconds: float
     train_images: int
     per_fold: int | None
     attack_profile: str
+    attack_steps: int | None = None  # overrides of the attack profile (tests)
+    attack_images: int | None = None
+    attack_pairs: int | None = None
     l1: float = 1e-3
     batch_size: int = 32
     lr: float = 2e-3
 
 
 CHANNEL_BUDGETS = {
-    "ci": ChannelBudget(20, 512, 5, "ci"),
-    "quick": ChannelBudget(150, 4000, 30, "ci"),
-    "full": ChannelBudget(900, 13566, None, "quick"),
+    "ci": ChannelBudget(30, 20, 512, 5, "ci"),
+    "quick": ChannelBudget(150, 300, 4000, 30, "ci"),
+    "full": ChannelBudget(1000, 2400, 13566, None, "quick"),
 }
 
 
@@ -74,8 +79,10 @@ def train_gated(kept: list[int], chips: np.ndarray, targets: tuple[Tensor, Tenso
     opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=5e-4)
     t0 = time.perf_counter()
     model.train()
-    bar = tqdm(desc=f"aux net on {len(kept)} channels", disable=not progress, leave=False)
-    while time.perf_counter() - t0 < budget.seconds:
+    bar = tqdm(total=budget.steps, desc=f"aux net on {len(kept)} channels", disable=not progress, leave=False)
+    for _ in range(budget.steps):
+        if time.perf_counter() - t0 > budget.seconds:
+            break
         idx = torch.randint(0, len(chips), (budget.batch_size,), generator=g)
         flip = torch.rand(len(idx), generator=g) < 0.5
         c = chips[idx.numpy()]
@@ -122,7 +129,7 @@ def channel_importance(profile: str = "quick", out_dir: Path = Path("results/cha
                        progress: bool = True) -> dict:
     """Rank the 64 channels, then remove iteratively (64 -> 16 -> 8 -> 4 -> 2 -> 1), measuring the
     auxiliary network's LFW accuracy and a dn attack's COS at each stage."""
-    from faceveil.attacks.base import ThreatModel
+    from faceveil.attacks.base import ThreatModel, profile_budget
     from faceveil.attacks.harness import run_attack
     from faceveil.data.datasets import LFW
     from faceveil.models import get_recognizer
@@ -141,19 +148,32 @@ def channel_importance(profile: str = "quick", out_dir: Path = Path("results/cha
         if len(kept) > n:  # drop the least important by the previous stage's |alpha|
             order = np.argsort(-np.abs(stages[-1]["alpha"]))
             kept = [stages[-1]["kept"][i] for i in sorted(order[:n])]
-        model = train_gated(kept, chips, targets, budget, seed, progress)
-        alpha = model.alpha.detach().numpy().copy()
+        names = ",".join(CHANNEL_NAMES[i] for i in kept)
+
+        def stage(kept=kept, names=names) -> dict:
+            model = train_gated(kept, chips, targets, budget, seed, progress)
+            d = get_defense("faceobfuscator", channels=names, obfuscate=False)
+            system = ProtectedSystem(d, server="frozen", data=data)
+            system._server = model
+            system.metric = "cosine"
+            u = system.lfw_utility(lfw, per_fold=budget.per_fold)
+            over = {k: v for k, v in (("max_steps", budget.attack_steps), ("train_images", budget.attack_images))
+                    if v is not None}
+            r = run_attack(d, "dn", ThreatModel(), profile=budget.attack_profile, seed=seed, data=data,
+                           progress=progress, budget=profile_budget(budget.attack_profile, **over),
+                           eval_pairs_n=budget.attack_pairs)
+            m = r["metrics"]["reconstruction"]
+            return {"alpha": model.alpha.detach().clone(), "acc": float(u["acc_mean"]), "acc_std": float(u["acc_std"]),
+                    "cos": float(m["COS"]), "ssim": float(m["SSIM"])}
+
+        # each stage is cached (a full run is hours; a stopped one resumes at the next stage)
+        key = config_hash(kept, budget.__dict__, seed, str(data_dir(data)), "channel-stage-v1")
+        st = load_or_compute(cache_dir("channels") / f"stage-{n}-{key}.pt", stage)
+        alpha = st["alpha"].numpy().copy()
         if first_alpha is None:
             first_alpha = alpha
-        names = ",".join(CHANNEL_NAMES[i] for i in kept)
-        d = get_defense("faceobfuscator", channels=names, obfuscate=False)
-        system = ProtectedSystem(d, server="frozen", data=data)
-        system._server = model
-        system.metric = "cosine"
-        u = system.lfw_utility(lfw, per_fold=budget.per_fold)
-        r = run_attack(d, "dn", ThreatModel(), profile=budget.attack_profile, seed=seed, data=data, progress=progress)
-        stages.append({"n": n, "kept": kept, "names": names, "alpha": alpha, "acc": u["acc_mean"], "acc_std": u["acc_std"],
-                       "cos": r["metrics"]["reconstruction"]["COS"], "ssim": r["metrics"]["reconstruction"]["SSIM"]})
+        stages.append({"n": n, "kept": kept, "names": names, "alpha": alpha,
+                       **{k: float(st[k]) for k in ("acc", "acc_std", "cos", "ssim")}})
     ranking = [CHANNEL_NAMES[i] for i in np.argsort(-np.abs(first_alpha))]
     heat = importance_heatmap(first_alpha, out_dir / "channel_importance.png")
     curve = _curve(stages, out_dir / "channels_curve.png")
