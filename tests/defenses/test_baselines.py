@@ -362,3 +362,34 @@ def test_fast_client_batches_are_streamed_not_cached(lfw_sample, dlib_model, poo
     e = system.embed_chips(chips, stored=False, batch_size=4, salt=7)
     assert torch.allclose(e[:4], system.embed_protected(first, stored=False), atol=1e-5)
     assert not (tmp_path / "protected").exists()
+
+
+def test_lfw_utility_is_cached_by_defense_and_server_weights(lfw, dlib_model, monkeypatch, tmp_path):
+    """A judged system's LFW utility is read back from the cache (the same numbers, no embedding);
+    another defense setting or a server with other weights is judged afresh."""
+    import copy
+
+    import faceveil.config
+
+    real_dir = faceveil.config.cache_dir
+    monkeypatch.setattr(faceveil.config, "cache_dir", lambda kind: tmp_path if kind == "utility" else real_dir(kind))
+    sysm = ProtectedSystem(get_defense("blur", recognizer=dlib_model, k=9))
+    first = sysm.lfw_utility(lfw, per_fold=2)
+    real = ProtectedSystem.pair_embeddings
+    calls: list[int] = []
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(ProtectedSystem, "pair_embeddings", counted)
+    assert ProtectedSystem(get_defense("blur", recognizer=dlib_model, k=9)).lfw_utility(lfw, per_fold=2) == first
+    assert calls == []
+    ProtectedSystem(get_defense("blur", recognizer=dlib_model, k=10)).lfw_utility(lfw, per_fold=2)
+    assert calls == [1]
+    other = ProtectedSystem(get_defense("blur", recognizer=dlib_model, k=9))
+    other._server = copy.deepcopy(sysm.server)
+    with torch.no_grad():
+        next(other._server.parameters()).mul_(0.5)
+    other.lfw_utility(lfw, per_fold=2)
+    assert calls == [1, 1]

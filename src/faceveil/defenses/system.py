@@ -32,6 +32,15 @@ def batch_generator(seed: int, batch_index: int, salt: int = 0) -> torch.Generat
     return torch.Generator().manual_seed((seed * 1_000_003 + batch_index * 7_919 + salt) % (2**63))
 
 
+def module_digest(m: nn.Module, length: int = 16) -> str:
+    """sha256 of a module's parameters and buffers (keys caches of results computed with it)."""
+    h = hashlib.sha256()
+    for k, v in m.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:length]
+
+
 @dataclass
 class Timing:
     client_ms: float
@@ -182,13 +191,23 @@ class ProtectedSystem:
         self.operating = OperatingPoint(self.metric, t, "lfw pairsDevTrain.txt (protected path)", acc)
         return self.operating
 
-    def lfw_utility(self, lfw: LFW | None = None, per_fold: int | None = None) -> dict:
-        """LFW 10-fold accuracy of the protected system (both images protected)."""
+    def lfw_utility(self, lfw: LFW | None = None, per_fold: int | None = None, force: bool = False) -> dict:
+        """LFW 10-fold accuracy of the protected system (both images protected). Cached on disk, keyed
+        by the defense, the server's weights, the seed, the metric and the pairs (all 6,000 pairs of a
+        64-channel client take minutes, and benchmarks and experiments re-judge the same systems);
+        ``client_ms``/``server_ms`` are those measured when the result was computed."""
         from faceveil.bench.lfw import subset_pairs, verification
+        from faceveil.config import cache_dir, config_hash, load_or_compute
 
         lfw = lfw or LFW(self.data)
-        pairs = subset_pairs(lfw.pairs("pairs"), per_fold)
-        ea, eb, tm = self.pair_embeddings(lfw, pairs)
-        res = verification(ea, eb, pairs, f"{self.defense.name}/{self.server_kind}", metrics=(self.metric,))[0]
-        return {**asdict(res), "client_ms": tm.client_ms, "server_ms": tm.server_ms,
-                "storage_bytes": self.defense.storage_bytes(), "server": self.server_kind}
+        key = config_hash(self.defense.config(), self.defense.recognizer.name, self.server_kind, module_digest(self.server),
+                          self.seed, self.metric, per_fold, str(lfw.base), "utility-v1")
+
+        def compute() -> dict:
+            pairs = subset_pairs(lfw.pairs("pairs"), per_fold)
+            ea, eb, tm = self.pair_embeddings(lfw, pairs)
+            res = verification(ea, eb, pairs, f"{self.defense.name}/{self.server_kind}", metrics=(self.metric,))[0]
+            return {**asdict(res), "client_ms": tm.client_ms, "server_ms": tm.server_ms}
+
+        out = load_or_compute(cache_dir("utility") / f"{self.defense.name}-{key}.pt", compute, force)
+        return {**out, "storage_bytes": self.defense.storage_bytes(), "server": self.server_kind}
