@@ -44,6 +44,7 @@ class ChannelBudget:
     attack_steps: int | None = None  # overrides of the attack profile (tests)
     attack_images: int | None = None
     attack_pairs: int | None = None
+    attack_seconds: float | None = None  # the attack profile's wall-time cap (quick: 900 s) would cut the 64-channel dn
     l1: float = 1e-3
     batch_size: int = 32
     lr: float = 2e-3
@@ -52,7 +53,7 @@ class ChannelBudget:
 CHANNEL_BUDGETS = {
     "ci": ChannelBudget(30, 20, 512, 5, "ci"),
     "quick": ChannelBudget(150, 300, 4000, 30, "ci"),
-    "full": ChannelBudget(1000, 2400, 13566, None, "quick"),
+    "full": ChannelBudget(1000, 2400, 13566, None, "quick", attack_seconds=7200),
 }
 
 
@@ -150,30 +151,31 @@ def channel_importance(profile: str = "quick", out_dir: Path = Path("results/cha
             kept = [stages[-1]["kept"][i] for i in sorted(order[:n])]
         names = ",".join(CHANNEL_NAMES[i] for i in kept)
 
-        def stage(kept=kept, names=names) -> dict:
+        def aux(kept=kept, names=names) -> dict:
             model = train_gated(kept, chips, targets, budget, seed, progress)
-            d = get_defense("faceobfuscator", channels=names, obfuscate=False)
-            system = ProtectedSystem(d, server="frozen", data=data)
+            system = ProtectedSystem(get_defense("faceobfuscator", channels=names, obfuscate=False), data=data)
             system._server = model
             system.metric = "cosine"
             u = system.lfw_utility(lfw, per_fold=budget.per_fold)
-            over = {k: v for k, v in (("max_steps", budget.attack_steps), ("train_images", budget.attack_images))
-                    if v is not None}
-            r = run_attack(d, "dn", ThreatModel(), profile=budget.attack_profile, seed=seed, data=data,
-                           progress=progress, budget=profile_budget(budget.attack_profile, **over),
-                           eval_pairs_n=budget.attack_pairs)
-            m = r["metrics"]["reconstruction"]
-            return {"alpha": model.alpha.detach().clone(), "acc": float(u["acc_mean"]), "acc_std": float(u["acc_std"]),
-                    "cos": float(m["COS"]), "ssim": float(m["SSIM"])}
+            return {"alpha": model.alpha.detach().clone(), "acc": float(u["acc_mean"]), "acc_std": float(u["acc_std"])}
 
-        # each stage is cached (a full run is hours; a stopped one resumes at the next stage)
-        key = config_hash(kept, budget.__dict__, seed, str(data_dir(data)), "channel-stage-v1")
-        st = load_or_compute(cache_dir("channels") / f"stage-{n}-{key}.pt", stage)
+        # the auxiliary network of every stage is cached, and so is the dn attacker (harness): a full
+        # run is hours, a stopped one resumes where it was
+        key = config_hash(kept, {k: v for k, v in budget.__dict__.items() if not k.startswith("attack")}, seed,
+                          str(data_dir(data)), "channel-aux-v1")
+        st = load_or_compute(cache_dir("channels") / f"aux-{n}-{key}.pt", aux)
+        over = {k: v for k, v in (("max_steps", budget.attack_steps), ("train_images", budget.attack_images),
+                                  ("max_seconds", budget.attack_seconds)) if v is not None}
+        r = run_attack(get_defense("faceobfuscator", channels=names, obfuscate=False), "dn", ThreatModel(),
+                       profile=budget.attack_profile, seed=seed, data=data, progress=progress,
+                       budget=profile_budget(budget.attack_profile, **over), eval_pairs_n=budget.attack_pairs)
+        m = r["metrics"]["reconstruction"]
         alpha = st["alpha"].numpy().copy()
         if first_alpha is None:
             first_alpha = alpha
-        stages.append({"n": n, "kept": kept, "names": names, "alpha": alpha,
-                       **{k: float(st[k]) for k in ("acc", "acc_std", "cos", "ssim")}})
+        stages.append({"n": n, "kept": kept, "names": names, "alpha": alpha, "acc": float(st["acc"]),
+                       "acc_std": float(st["acc_std"]), "cos": m["COS"], "ssim": m["SSIM"], "srra_pair": m["SRRA_pair"],
+                       "attack_steps": r["train_log"]["steps"]})
     ranking = [CHANNEL_NAMES[i] for i in np.argsort(-np.abs(first_alpha))]
     heat = importance_heatmap(first_alpha, out_dir / "channel_importance.png")
     curve = _curve(stages, out_dir / "channels_curve.png")
@@ -213,8 +215,8 @@ def _curve(stages: list[dict], path: Path) -> Path:
 def format_channels(result: dict) -> str:
     lines = ["channel ranking by |alpha| (most important first): " + ", ".join(result["ranking"][:16]) + ", ...",
              f"AC01/AC10 ranks: {result['ac01_ac10_rank']} (top-2: {result['ac01_ac10_top2']})",
-             f"{'kept':>5} {'LFW acc %':>10} {'dn COS':>8}  channels"]
+             f"{'kept':>5} {'LFW acc %':>10} {'dn SSIM':>8} {'dn COS':>8} {'SRRA pair':>9}  channels"]
     for s in result["stages"]:
         names = s["names"] if s["n"] <= 16 else "all 64"
-        lines.append(f"{s['n']:>5} {100 * s['acc']:>10.2f} {s['cos']:>8.3f}  {names}")
+        lines.append(f"{s['n']:>5} {100 * s['acc']:>10.2f} {s['ssim']:>8.3f} {s['cos']:>8.3f} {100 * s['srra_pair']:>8.1f}%  {names}")
     return "\n".join(lines)
