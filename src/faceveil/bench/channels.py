@@ -142,6 +142,9 @@ def channel_importance(profile: str = "quick", out_dir: Path = Path("results/cha
     chips = public_chips(data, teacher.crop, budget.train_images, seed, progress)
     targets = teacher_embeddings(teacher, chips, progress)
     lfw = LFW(data)
+    over = {k: v for k, v in (("max_steps", budget.attack_steps), ("train_images", budget.attack_images),
+                              ("max_seconds", budget.attack_seconds)) if v is not None}
+    attack_budget = profile_budget(budget.attack_profile, **over)
     kept = list(range(64))
     stages = []
     first_alpha = None
@@ -151,11 +154,12 @@ def channel_importance(profile: str = "quick", out_dir: Path = Path("results/cha
             kept = [stages[-1]["kept"][i] for i in sorted(order[:n])]
         names = ",".join(CHANNEL_NAMES[i] for i in kept)
 
-        def aux(kept=kept, names=names) -> dict:
+        d = get_defense("faceobfuscator", channels=names, obfuscate=False)
+
+        def aux(kept=kept, d=d) -> dict:
             model = train_gated(kept, chips, targets, budget, seed, progress)
-            system = ProtectedSystem(get_defense("faceobfuscator", channels=names, obfuscate=False), data=data)
+            system = ProtectedSystem(d, metric="cosine", data=data)
             system._server = model
-            system.metric = "cosine"
             u = system.lfw_utility(lfw, per_fold=budget.per_fold)
             return {"alpha": model.alpha.detach().clone(), "acc": float(u["acc_mean"]), "acc_std": float(u["acc_std"])}
 
@@ -164,11 +168,8 @@ def channel_importance(profile: str = "quick", out_dir: Path = Path("results/cha
         key = config_hash(kept, {k: v for k, v in budget.__dict__.items() if not k.startswith("attack")}, seed,
                           str(data_dir(data)), "channel-aux-v1")
         st = load_or_compute(cache_dir("channels") / f"aux-{n}-{key}.pt", aux)
-        over = {k: v for k, v in (("max_steps", budget.attack_steps), ("train_images", budget.attack_images),
-                                  ("max_seconds", budget.attack_seconds)) if v is not None}
-        r = run_attack(get_defense("faceobfuscator", channels=names, obfuscate=False), "dn", ThreatModel(),
-                       profile=budget.attack_profile, seed=seed, data=data, progress=progress,
-                       budget=profile_budget(budget.attack_profile, **over), eval_pairs_n=budget.attack_pairs)
+        r = run_attack(d, "dn", ThreatModel(), profile=budget.attack_profile, seed=seed, data=data, progress=progress,
+                       budget=attack_budget, eval_pairs_n=budget.attack_pairs)
         m = r["metrics"]["reconstruction"]
         alpha = st["alpha"].numpy().copy()
         if first_alpha is None:
