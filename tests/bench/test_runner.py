@@ -111,3 +111,21 @@ def test_interrupted_run_still_writes_its_report(tmp_path, data_root, monkeypatc
     assert r["cells"][0]["kind"] == "utility" and r["cells"][0]["status"] == "ok"
     assert "Interrupted" in (tmp_path / "report.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["interrupted"] is True
+
+
+def test_utility_cell_without_servers_says_why_not_failed():
+    """A feature-domain defense at a profile that trains no students has no utility server: the report
+    says it was not measured and why, and keeps FAILED for cells that really failed."""
+    from faceveil.bench.report import utility_rows, utility_table
+    from faceveil.bench.runner import BENCH_PROFILES, Setting, utility_servers
+    from faceveil.defenses import get_defense
+
+    fo = get_defense("faceobfuscator")
+    assert utility_servers(fo, Setting("fo", "faceobfuscator"), BENCH_PROFILES["ci"]) == ()
+    cells = [{"kind": "utility", "setting": "fo", "defense": "faceobfuscator", "status": "ok", "error": None,
+              "result": {"servers": {}, "skipped": "needs an adapted server; the ci profile trains none"}},
+             {"kind": "utility", "setting": "broken", "defense": "blur", "status": "failed", "error": "boom",
+              "result": {}}]
+    table = utility_table(utility_rows({"cells": cells}))
+    assert "| fo | — | not measured: needs an adapted server" in table and "FAILED: None" not in table
+    assert "| broken | — | FAILED: boom" in table

@@ -29,7 +29,7 @@ def utility_rows(results: dict) -> list[dict]:
         base = {"setting": c["setting"], "defense": c["defense"], "status": c["status"], "error": c["error"]}
         servers = c["result"].get("servers", {}) if c["status"] == "ok" else {}
         if not servers:
-            rows.append(base)
+            rows.append({**base, "skipped": c["result"].get("skipped") if c["status"] == "ok" else None})
         for server, u in servers.items():
             rows.append({**base, "server": server, "acc": u["acc_mean"], "std": u["acc_std"], "tpr2": u["tpr_at_fpr_1e2"],
                          "tpr3": u["tpr_at_fpr_1e3"], "storage_kb": u["storage_bytes"] / 1024, "client_ms": u["client_ms"],
@@ -61,6 +61,9 @@ def utility_table(rows: list[dict]) -> str:
     out = ["| defense setting | server | LFW acc % (± std) | paper | TPR@1e-2 | TPR@1e-3 | storage KB/face | client ms/face "
            "| server ms/face | pairs |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r.get("skipped"):
+            out.append(f"| {r['setting']} | — | not measured: {html.escape(r['skipped'])} | | | | | | | |")
+            continue
         if r["status"] != "ok" or "acc" not in r:
             out.append(f"| {r['setting']} | — | FAILED: {html.escape(str(r['error']))[:120]} | | | | | | | |")
             continue

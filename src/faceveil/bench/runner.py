@@ -409,7 +409,11 @@ def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, data, seed: int
             sz = sizes[st.label]
             if kind == "utility":
                 cell.result = {"config": d.describe(), "servers": {}, "sizes": asdict(sz)}
-                for server in utility_servers(d, st, bp):
+                servers = utility_servers(d, st, bp)
+                if not servers:  # e.g. a feature-domain defense at a profile that trains no students
+                    cell.result["skipped"] = (f"needs an adapted server; the {bp.name} profile trains none "
+                                              "(its experiment, if any, measures accuracy)")
+                for server in servers:
                     sysm = ProtectedSystem(d, server=server, profile=bp.attack_profile, seed=seed, data=data,
                                            student_overrides={"train_images": sz.student_images} if sz.student_images else None)
                     cell.result["servers"][server] = sysm.lfw_utility(lfw, per_fold=sz.utility_per_fold)
