@@ -194,19 +194,13 @@ def test_shadow_is_trained_once_and_cached(faces, dlib_model):
     assert time.perf_counter() - t0 < 80
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "the paper's offline > online (97.78 vs 96.43) is not reproduced with CPU-budget retraining: measured online "
-    "98.50 %, offline 92.50 % (200 LFW pairs), and the retrained server's embeddings of held-out adversarial features "
-    "are further from the clean ones than the frozen server's (cos 0.954 vs 0.962); with 1,000 training faces or only "
-    "the input affine trained, offline stays below online (README, AdvFace). Strict: a pass means the finding changed."))
-def test_offline_beats_online_on_lfw_subset(lfw, dlib_model):
-    """The paper's Section 4.4 claim, measured: offline (Ψ retrained on stored adversarial features,
-    probes converted) vs online (deployed Ψ, adversarial enrolment, plain probes) on 200 LFW pairs, with
-    the quick-profile shadow (600 steps) and a student retrained for 72 steps on 300 public faces (x2
-    flips). Step budgets only, so the result does not depend on the machine's load. About 5 minutes
-    on one core with the shadow cached. Also prints what the retraining optimises, on held-out faces:
-    the cosine of the server's embeddings of adversarial features to the teacher's clean embeddings."""
+@pytest.fixture(scope="module")
+def offline_measured(lfw, dlib_model) -> dict:
+    """Online vs offline on 200 LFW pairs with the quick-profile shadow (600 steps), the offline server
+    retrained as in the quick bench (500 public faces x 2 flips, 12 epochs; step budgets only, so the
+    result does not depend on the machine's load), plus what the retraining optimises, on held-out faces
+    (the enrolment side of the pairs): the cosine of the server's embeddings of their adversarial
+    features to the teacher's clean embeddings. About 10 minutes on one core with the shadow cached."""
     import torch.nn.functional as F
 
     from faceveil.bench.lfw import subset_pairs, verification
@@ -214,25 +208,46 @@ def test_offline_beats_online_on_lfw_subset(lfw, dlib_model):
 
     on = get_defense("advface", profile="quick").enable_memo(2000)
     off = on.with_mode("offline")
-    student = adapted_server_part(off, "res1", profile="ci", train_images=300, epochs=8, max_seconds=None, progress=False)
+    student = adapted_server_part(off, "res1", profile="ci", train_images=500, epochs=12, max_seconds=None, progress=False)
     pairs = subset_pairs(lfw.pairs("pairs"), 10)
     accs = {}
-    for name, d, server, metric in (("online", on, None, "euclidean"), ("offline", off, student, "cosine")):
-        sysm = ProtectedSystem(d, server="adapted" if server is not None else "frozen", metric=metric)
+    for name, d, server in (("online", on, None), ("offline frozen", off, None), ("offline", off, student)):
+        sysm = ProtectedSystem(d, server="adapted" if server is not None else "frozen", metric="cosine")
         if server is not None:
             sysm._server = server.eval()
         ea, eb, _ = sysm.pair_embeddings(lfw, pairs)
-        accs[name] = verification(ea, eb, pairs, name, metrics=(metric,))[0].acc_mean
-    # the retraining objective on held-out LFW faces (enrolment side of the pairs)
+        accs[name] = verification(ea, eb, pairs, name, metrics=("cosine",))[0].acc_mean
     chips, _ = lfw.dataset().subset(np.unique(pairs.a)).chips(on.recognizer.crop, progress=False)
     x = to_tensor(chips)
     _, psi = dlib_model.split("res1")
     with torch.no_grad():
         clean = dlib_model(x)
         adv = torch.cat([off.protect_stored(off.protect(x[s : s + 32])) for s in range(0, len(x), 32)])
-        cos_frozen = float(F.cosine_similarity(psi(adv), clean).mean())
-        cos_retrained = float(F.cosine_similarity(student.eval()(adv), clean).mean())
-    print(f"\nLFW 200 pairs: online {100 * accs['online']:.2f}%, offline {100 * accs['offline']:.2f}%; "
-          f"cos to clean embeddings: frozen {cos_frozen:.4f}, retrained {cos_retrained:.4f}")
-    assert np.isfinite(list(accs.values())).all() and np.isfinite([cos_frozen, cos_retrained]).all()
-    assert accs["offline"] > accs["online"]
+        cos = {"frozen": float(F.cosine_similarity(psi(adv), clean).mean()),
+               "retrained": float(F.cosine_similarity(student.eval()(adv), clean).mean())}
+    print("\nLFW 200 pairs (cosine): " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in accs.items())
+          + f"; held-out cos to clean embeddings: frozen {cos['frozen']:.4f}, retrained {cos['retrained']:.4f}")
+    assert np.isfinite(list(accs.values())).all() and np.isfinite(list(cos.values())).all()
+    return {"acc": accs, "cos": cos}
+
+
+@pytest.mark.slow
+def test_offline_retraining_brings_adversarial_embeddings_closer_to_clean(offline_measured):
+    """Section 4.4's mechanism: the server part retrained on stored adversarial features maps held-out
+    adversarial features closer to the clean embeddings than the deployed Ψ does (5 Dec: 0.9657 vs 0.9629
+    on these 200 pairs' enrolment faces; offline accuracy 95.5 % retrained vs 94.0 % frozen, online 97.0 %).
+    Before the body's rate was lowered to lr/50 the retrained server was *below* the frozen one (0.954)."""
+    assert offline_measured["cos"]["retrained"] > offline_measured["cos"]["frozen"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "the paper's offline > online (97.78 vs 96.43) is not reproduced with CPU-budget retraining: both sides of an "
+    "offline comparison carry the adversarial perturbation, and retraining on hundreds of public faces moves held-out "
+    "adversarial embeddings only from cos 0.962 to 0.964-0.968 of the clean ones. Measured 5 Dec on 600 LFW pairs "
+    "(quick shadow, cosine): online 96.5 %, offline frozen 94.0 %, offline retrained on 500 / 1,500 faces 93.3-95.7 % "
+    "(README, AdvFace). Strict: a pass means the finding changed."))
+def test_offline_beats_online_on_lfw_subset(offline_measured):
+    """The paper's Section 4.4 claim, measured: offline (Ψ retrained on stored adversarial features, probes
+    converted) vs online (deployed Ψ, adversarial enrolment, plain probes) on 200 LFW pairs."""
+    assert offline_measured["acc"]["offline"] > offline_measured["acc"]["online"]

@@ -86,7 +86,7 @@ class AdvBudget:
 #: 1,000 pairs per point (the two other shadows' grid on all of LFW would add ≈20,000 PGD runs, ≈4 h).
 ADV_BUDGETS: dict[str, AdvBudget] = {
     "ci": AdvBudget(64, 64, 1, 30.0, 2, 1, 16, 16, 2, (0.0, 0.2), 16),
-    "quick": AdvBudget(300, 200, 12, 150.0, 10, 3, 30, 30, 3, (0.0, 0.1, 0.2, 0.3), 100),
+    "quick": AdvBudget(300, 500, 12, 150.0, 10, 3, 30, 30, 3, (0.0, 0.1, 0.2, 0.3), 100),
     "full": AdvBudget(None, 3000, 3, 3600.0, None, 50, 1000, 1000, 50),
 }
 
