@@ -43,11 +43,10 @@ def table2(profile: str, out: Path) -> None:
     adv = advface(ctx)
     off = adv.with_mode("offline")
     model = offline_server(off, ctx, ADV_BUDGETS[profile])
-    retrained = utility_at(off, ctx, None, "adapted", model)
     rows = [("unprotected (dlib ResNet)", "98.13", utility_at(get_defense("none", transmit=AT), ctx, None)),
             ("AdvFace online (deployed Ψ)", "96.43", utility_at(adv, ctx, None)),
             ("AdvFace offline, frozen Ψ", "", utility_at(off, ctx, None)),
-            ("AdvFace offline, Ψ retrained", "97.78", retrained)]
+            ("AdvFace offline, Ψ retrained", "97.78", utility_at(off, ctx, None, "adapted", model))]
     print(f"AdvFace ({profile} shadow), LFW 10-fold on every pair")
     print(f"{'system':<32} {'acc %':>14} {'TPR@1e-3':>9} {'pairs':>6} {'paper':>6}")
     for label, paper, u in rows:
