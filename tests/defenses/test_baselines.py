@@ -232,6 +232,36 @@ def test_randperturb_projection(x, dlib_model):
     assert all(0.2 < float(f) < 0.47 for f in frac)  # stationary distribution: 1/3 each
 
 
+
+def _simulated_walk(n: int, iterations: int, alpha: float, eps: float, seed: int) -> torch.Tensor:
+    """Reference: the walk of AdvFace's random-perturbation baseline simulated step by step."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.zeros(n, dtype=torch.float64)
+    for _ in range(iterations):
+        d = (d + alpha * torch.sign(torch.randn(n, generator=g, dtype=torch.float64))).clamp(-eps, eps)
+    return d
+
+
+@pytest.mark.parametrize("iterations,alpha,eps", [(40, 0.2, 0.2), (7, 0.1, 0.25), (40, 0.07, 0.2), (3, 0.3, 1.0)])
+def test_random_sign_walk_matches_simulated_walk(iterations, alpha, eps):
+    """The one-draw sampler has the distribution of the step-by-step walk (values and frequencies)."""
+    from faceveil.defenses.randperturb import random_sign_walk, walk_marginal
+
+    n = 200_000
+    ref = _simulated_walk(n, iterations, alpha, eps, seed=1)
+    fast = random_sign_walk((n // 100, 10, 10), iterations, alpha, eps, gen(2), torch.float64).reshape(-1)
+    values, cdf = walk_marginal(iterations, alpha, eps)
+    probs = torch.diff(cdf, prepend=cdf.new_zeros(1))
+    assert fast.abs().max() <= eps + 1e-12
+    for sample in (ref, fast):
+        nearest = (sample[:, None] - values).abs().min(dim=1)
+        assert nearest.values.max() < 1e-9  # every end point is one of the computed states
+        freq = torch.bincount(nearest.indices, minlength=len(values)).double() / n
+        sd = (probs * (1 - probs) / n).sqrt()
+        assert ((freq - probs).abs() <= 5 * sd + 1e-12).all(), (freq, probs)
+    if iterations == 3 and alpha == 0.3:  # no clipping: exact binomial, P(δ = 0.9) = 1/8
+        assert values.tolist() == pytest.approx([-0.9, -0.3, 0.3, 0.9]) and probs[3].item() == pytest.approx(1 / 8)
+
 # --- mixing defenses ----------------------------------------------------------------------------
 
 

@@ -4,6 +4,8 @@ PGD-like steps in *random* directions instead of adversarial ones."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from functools import lru_cache
 from typing import ClassVar
 
 import torch
@@ -14,15 +16,39 @@ from faceveil.defenses.laplace import FeatureDefense, _positive
 from faceveil.models.base import Recognizer
 
 
+@lru_cache(maxsize=32)
+def walk_marginal(iterations: int, alpha: float, eps: float) -> tuple[Tensor, Tensor]:
+    """Exact distribution of one coordinate of ``δ`` after ``iterations`` steps
+    ``δ ← clip(δ + α·s, −ε, ε)`` from ``δ = 0``, ``s`` a fair ±1 coin: ``(values, cdf)``, both float64.
+
+    Dynamic programming over the reachable values (at most a few per step: the clip keeps the set
+    finite); values are merged after rounding to 1e-12 so that float paths to the same point (e.g.
+    0.1 + 0.2 − 0.2) are one state."""
+    dist: dict[float, float] = {0.0: 1.0}
+    for _ in range(iterations):
+        nxt: dict[float, float] = defaultdict(float)
+        for v, p in dist.items():
+            for s in (-alpha, alpha):
+                nxt[round(min(max(v + s, -eps), eps), 12)] += p / 2
+        dist = nxt
+    values = torch.tensor(sorted(dist), dtype=torch.float64)
+    cdf = torch.tensor([dist[v] for v in sorted(dist)], dtype=torch.float64).cumsum(0)
+    return values, cdf / cdf[-1]
+
+
 def random_sign_walk(shape: torch.Size | tuple[int, ...], iterations: int, alpha: float, eps: float,
                      rng: torch.Generator, dtype: torch.dtype) -> Tensor:
     """The perturbation ``δ`` after ``iterations`` steps ``δ ← clip(δ + α·sign(r), −ε, ε)``,
-    ``r ~ N(0, I)`` (so ``sign(r)`` is a uniform ±1 vector). Independent of the features."""
-    d = torch.zeros(shape, dtype=torch.float64)
-    for _ in range(iterations):
-        r = torch.randn(shape, generator=rng, dtype=torch.float64)
-        d = (d + alpha * torch.sign(r)).clamp(-eps, eps)
-    return d.to(dtype)
+    ``r ~ N(0, I)`` (so ``sign(r)`` is a uniform ±1 vector). Independent of the features.
+
+    The coordinates are independent and only the walk's end point is kept, so each is drawn from the
+    walk's exact marginal (:func:`walk_marginal`) with one uniform number: the same distribution as
+    simulating the steps (checked in the tests), ≈40x faster for AdvFace's 40 steps; simulating
+    them was half the training time of an attacker that redraws the perturbation every batch."""
+    values, cdf = walk_marginal(int(iterations), float(alpha), float(eps))
+    u = torch.rand(shape, generator=rng, dtype=torch.float64)
+    idx = torch.searchsorted(cdf, u.reshape(-1), right=True).clamp_(max=len(values) - 1)
+    return values[idx].reshape(shape).to(dtype)
 
 
 @register_defense("randperturb")
