@@ -95,6 +95,20 @@ def test_pgd_respects_the_bound_and_moves_away_from_the_reconstruction(faces, dl
     assert (rel.protect_stored(z) - z0).abs().max() <= 0.1 * RES1_FEATURE_STD + 1e-6
 
 
+def test_bf16_pgd_respects_the_bound_and_matches_fp32_objective(faces, dlib_model):
+    S = tiny_shadow()
+    d32, d16 = make(dlib_model, S, iterations=8), make(dlib_model, S, iterations=8, precision="bf16")
+    z = d32.protect(faces)
+    x_rec, z0 = d32.reconstruct_and_reencode(z)
+    a32, a16 = d32.protect_stored(z), d16.protect_stored(z)
+    assert a16.dtype == torch.float32 and (a16 - z0).abs().max() <= 0.2 + 1e-6  # step and clip stay in fp32
+    with torch.no_grad(), batch_statistics(S):
+        obj = {k: (S(a) - x_rec).abs().mean().item() for k, a in (("fp32", a32), ("bf16", a16), ("start", z0))}
+    assert obj["bf16"] > obj["start"] + 0.01  # bf16 gradients still ascend ‖S(z) − x̃‖₁ ...
+    assert obj["bf16"] == pytest.approx(obj["fp32"], rel=0.05)  # ... as far as fp32 does
+    assert "precision" not in d32.config() and d16.config()["precision"] == "bf16"  # fp32 keys unchanged
+
+
 def test_bn_uses_test_batch_statistics_and_keeps_running_stats(faces, dlib_model):
     S = tiny_shadow()
     d = make(dlib_model, S, iterations=3)
@@ -172,7 +186,7 @@ def test_whitebox_forward(faces, dlib_model):
 @pytest.mark.parametrize("kw,msg", [
     ({"shadow": "dn"}, "shadow"), ({"mode": "both"}, "mode"), ({"eps": -0.1}, "eps"), ({"alpha": float("nan")}, "alpha"),
     ({"iterations": -1}, "iterations"), ({"profile": "huge"}, "profile"), ({"at": "embedding"}, "layer name"),
-    ({"at": "res99"}, "unknown layer"), ({"shadow_images": 10}, "shadow_images"),
+    ({"at": "res99"}, "unknown layer"), ({"shadow_images": 10}, "shadow_images"), ({"precision": "fp16"}, "precision"),
 ])
 def test_parameter_validation(kw, msg, dlib_model):
     with pytest.raises(ValueError, match=msg):

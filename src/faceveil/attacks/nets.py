@@ -46,6 +46,8 @@ def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    if shrink and x.dtype == torch.bfloat16:  # torch's antialiased kernel has no bfloat16 version (bf16 autocast)
+        return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True).to(x.dtype)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
 
 

@@ -26,7 +26,10 @@ Server step (Section 4, :meth:`AdvFace.protect_stored`):
 3. eqs. 5-6: PGD from ``z₀ = z̃`` *away* from the shadow reconstruction,
    ``z_{t+1} = Clip_{z₀,ε}(z_t + α · sign(∇_z ‖S(z_t) − x̃‖₁))``, for ``iterations`` steps (paper: 40,
    α = 0.2, ε = 0.2); the perturbation stays in the L∞ ball of radius ε around the starting point
-   z̃, as the issue asks;
+   z̃, as the issue asks; ``precision="bf16"`` runs S's forward and backward under CPU bfloat16
+   autocast (the step, the clip and the stored features stay float32): 2.1x faster per PGD
+   iteration on an AVX512-BF16 CPU (8.3 vs 17.6 ms per face and iteration, 112-px resrec shadow,
+   one core), with the same protection (see ``bench/advface.py --precision``);
 4. batch norm (Section 4.2): every BN layer of S normalises with the statistics of the incoming
    batch (S runs with BN in training mode *without* updating its running statistics,
    :func:`batch_statistics`), so the stored features of a face depend on the batch it was enrolled
@@ -72,6 +75,7 @@ from faceveil.models.base import Recognizer
 
 SHADOWS = ("transrec", "resrec", "urec")
 MODES = ("online", "offline")
+PRECISIONS = ("fp32", "bf16")
 #: elements std of dlib ``res1`` features on 256 public faces (see the module docstring)
 RES1_FEATURE_STD = 0.874
 
@@ -158,12 +162,13 @@ class AdvFace(Defense):
         "eps_relative": "multiply α and ε by the feature std at the cut (res1: 0.874) instead of absolute units",
         "mode": "online (deployed Ψ, plain probes) | offline (retrained server, probes converted too)",
         "bn_batch_stats": "BN layers of S use the incoming batch's statistics (Section 4.2); False: running stats",
+        "precision": "fp32 | bf16: S's arithmetic inside PGD (bf16 = CPU bfloat16 autocast, ~2x faster on AVX512-BF16)",
     }
 
     def __init__(self, shadow_model: nn.Module | None = None, data: str | os.PathLike | None = None, *, at: str = "res1",
                  shadow: str = "resrec", profile: str = "quick", shadow_images: int = 0, shadow_seed: int = 1,
                  alpha: float = 0.2, eps: float = 0.2, iterations: int = 40, eps_relative: bool = False,
-                 mode: str = "online", bn_batch_stats: bool = True, recognizer: Recognizer | None = None) -> None:
+                 mode: str = "online", bn_batch_stats: bool = True, precision: str = "fp32", recognizer: Recognizer | None = None) -> None:
         super().__init__(recognizer)
         from faceveil.attacks.base import PROFILES
 
@@ -175,6 +180,8 @@ class AdvFace(Defense):
             raise ValueError(f"advface: profile must be one of {', '.join(sorted(PROFILES))}, got {profile!r}")
         if mode not in MODES:
             raise ValueError(f"advface: mode must be online or offline, got {mode!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"advface: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         for name, v in (("alpha", alpha), ("eps", eps)):
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"advface: {name} must be a finite number >= 0, got {v!r}")
@@ -187,6 +194,7 @@ class AdvFace(Defense):
         self.shadow_images, self.shadow_seed = shadow_images, shadow_seed
         self.alpha, self.eps, self.iterations = float(alpha), float(eps), iterations
         self.eps_relative, self.mode, self.bn_batch_stats = bool(eps_relative), mode, bool(bn_batch_stats)
+        self.precision = precision
         self.data = data
         self._parts: tuple[nn.Module, nn.Module] = self.recognizer.split(at)  # validates the layer name
         self._feature_shape: tuple[int, ...] | None = None
@@ -207,6 +215,8 @@ class AdvFace(Defense):
         c = super().config()
         if self._injected:
             c["shadow_model"] = self._injected
+        if c.get("precision") == "fp32":  # the default is left out: keys of results cached before it existed stay valid
+            del c["precision"]
         return c
 
     def describe(self) -> dict:
@@ -315,7 +325,9 @@ class AdvFace(Defense):
         with torch.enable_grad(), batch_statistics(S, self.bn_batch_stats):
             for _ in range(self.iterations):
                 zt.requires_grad_(True)
-                loss = (S(zt) - x_rec).abs().sum()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                    out = S(zt)
+                loss = (out.float() - x_rec).abs().sum()
                 (g,) = torch.autograd.grad(loss, zt)
                 zt = torch.minimum(torch.maximum(zt.detach() + alpha * g.sign(), lo), hi)
         return zt.detach()
