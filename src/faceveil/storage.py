@@ -54,7 +54,9 @@ _verified: dict[str, tuple] = {}
 # ---------------------------------------------------------------------------------------------
 
 
-def _home_hint(path: Path) -> str:
+def _home_hint(path: Path, code: int | None = None) -> str:
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return ""
     home = os.environ.get("FACEVEIL_HOME")
     root = Path(home) if home else Path.home() / ".cache" / "faceveil"
     try:
@@ -70,7 +72,7 @@ def output_error(path: str | os.PathLike, e: OSError, what: str = "cannot write"
               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
               errno.EPERM: "operation not permitted", errno.ENOTDIR: "a parent is not a folder",
               errno.EEXIST: "a file of that name is in the way"}.get(e.errno or 0, e.strerror or str(e))
-    return FaceveilOutputError(f"{what} {path}: {reason}{_home_hint(Path(path))}")
+    return FaceveilOutputError(f"{what} {path}: {reason}{_home_hint(Path(path), e.errno)}")
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:
@@ -383,7 +385,8 @@ def load_cache(path: str | os.PathLike, load: Callable[[Path], Any], what: str =
         else:
             if reason == NO_SIDECAR:
                 log.warning("warning: %s: %s %s; adopted (FACEVEIL_ADOPT_UNVERIFIED)", p, what, reason)
-                adopt(p)
+                with contextlib.suppress(FaceveilOutputError):  # a read-only cache stays unverified
+                    adopt(p)
             return value
     report_bad(p, reason, what, action)
     discard(p)
