@@ -93,6 +93,28 @@ def test_every_writer_is_atomic_and_leaves_no_temp_files(tmp_path: Path, face: n
     assert _temp_files(tmp_path) == []
 
 
+def test_temp_file_and_folder_are_fsynced_before_and_after_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data reaches the disk before it gets its final name, and the rename itself is synced."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file")
+        real_fsync(fd)
+
+    def replace(a, b) -> None:
+        events.append(f"rename {Path(b).name}")
+        real_replace(a, b)
+
+    monkeypatch.setattr(storage.os, "fsync", fsync)
+    monkeypatch.setattr(storage.os, "replace", replace)
+    write_text_atomic(tmp_path / "r.md", "x")
+    assert events == ["fsync file", "rename r.md", "fsync dir"]
+    events.clear()
+    save_torch(tmp_path / "c.pt", torch.ones(2))
+    assert events == ["fsync file", "fsync file", "rename c.pt.sha256", "rename c.pt", "fsync dir"]
+
+
 def _writer_loop(out: Path, face: np.ndarray, ready: int) -> None:
     """What the killed process does: rewrite PNGs, .npy arrays, torch caches (with sidecars) and a
     load_or_compute entry, forever; file k of each kind holds a value that identifies its iteration."""
@@ -284,6 +306,28 @@ def test_cli_protect_into_unwritable_folder(tmp_path: Path, data_root: Path) -> 
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot") and str(d) in lines[0]
+
+
+def test_cli_protect_on_a_full_disk(tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`faceveil protect` when the disk fills up while the PNG is written: one `error:` line naming the
+    file, exit 2, nothing under the final name."""
+    import PIL.Image
+    from typer.testing import CliRunner
+
+    from faceveil.cli import app
+
+    def full(self, fp, *a, **k):
+        Path(fp).write_bytes(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(PIL.Image.Image, "save", full)
+    img = data_root / "lfw" / "lfw-deepfunneled" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
+    res = CliRunner().invoke(app, ["protect", str(img), "--defense", "pixelate", "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    dest = tmp_path / "out" / "Aaron_Eckhart_0001.pixelate.png"
+    assert lines == [f"error: cannot write {dest}: no space left on device"]
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------
