@@ -10,6 +10,14 @@ import torch
 from faceveil.config import cat_parts, load_or_compute_parts
 
 
+def _entries(folder) -> list[str]:
+    """Cache entries in ``folder`` (each is checked to have its sha256 sidecar, which is not listed)."""
+    names = sorted(p.name for p in folder.iterdir())
+    entries = [n for n in names if not n.endswith(".sha256")]
+    assert sorted(n + ".sha256" for n in entries) == [n for n in names if n.endswith(".sha256")]
+    return entries
+
+
 def test_parts_are_kept_until_the_whole_value_is_saved(tmp_path):
     """A computation stopped in part 2 keeps parts 0-1; the next call computes only parts 2-3, saves the
     combined value, removes the part files; a later call loads it; ``force`` recomputes every part."""
@@ -24,11 +32,11 @@ def test_parts_are_kept_until_the_whole_value_is_saved(tmp_path):
 
     with pytest.raises(RuntimeError, match="killed"):
         load_or_compute_parts(path, 4, part, torch.cat)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["value-part0.pt", "value-part1.pt"]
+    assert _entries(tmp_path) == ["value-part0.pt", "value-part1.pt"]
     calls.clear()
     v = load_or_compute_parts(path, 4, part, torch.cat)
     assert calls == [2, 3] and torch.equal(v, torch.tensor([0.0, 0, 1, 1, 2, 2, 3, 3]))
-    assert [p.name for p in tmp_path.iterdir()] == ["value.pt"]
+    assert _entries(tmp_path) == ["value.pt"]
     calls.clear()
     assert torch.equal(load_or_compute_parts(path, 4, part, torch.cat), v) and calls == []
     assert torch.equal(load_or_compute_parts(path, 4, part, torch.cat, force=True), v) and calls == [0, 1, 2, 3]
@@ -66,7 +74,7 @@ def test_streamed_parts_are_cached_and_combined_lazily(tmp_path):
 
     def combine(it):
         for _p in it:
-            seen.append(sorted(q.name for q in tmp_path.iterdir()))
+            seen.append(_entries(tmp_path))
         return len(seen)
 
     assert load_or_compute_parts(tmp_path / "v.pt", 3, lambda i: torch.full((2,), float(i)), combine, save=False,

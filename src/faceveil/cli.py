@@ -45,7 +45,10 @@ def eval_lfw(
         _fail(e)
     typer.echo(format_table(report))
     path = out or Path("results") / f"lfw-{model}{'-flip' if flip_tta else ''}.json"
-    save_report(report, path)
+    try:
+        save_report(report, path)
+    except FaceveilError as e:
+        _fail(e)
     typer.echo(f"wrote {path}")
 
 
@@ -61,11 +64,10 @@ def eval_utility(
     out: Annotated[Path | None, typer.Option(help="JSON output path.")] = None,
 ) -> None:
     """LFW 10-fold accuracy through a defense's full protected path (enrolment and probe protected)."""
-    import json
-
     from faceveil.bench.lfw import LFW
     from faceveil.defenses import ProtectedSystem
     from faceveil.defenses.cli_support import make_defense
+    from faceveil.storage import write_json_atomic
 
     try:
         d = make_defense(defense, parse_params(param), data_dir)
@@ -81,8 +83,10 @@ def eval_utility(
                f"TPR@1e-3 {100 * r['tpr_at_fpr_1e3']:.1f} %; client {r['client_ms']:.1f} ms, server {r['server_ms']:.1f} ms per face")
     tag = "".join(f"-{x}" for x in (param or [])).replace("/", "_")
     path = out or Path("results") / "utility" / f"{defense}{tag}-{server}-{profile}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(r, indent=2, default=str))
+    try:
+        write_json_atomic(path, r, indent=2, default=str)
+    except FaceveilError as e:
+        _fail(e)
     typer.echo(f"wrote {path}")
 
 
@@ -132,6 +136,7 @@ def protect_cmd(
 
     Defense parameters can also be given as options, e.g. ``--k 16`` or ``--model dlib``."""
     from faceveil.defenses.cli_support import protect_files
+    from faceveil.storage import ensure_dir
 
     params = parse_params(param)
     # unknown "--name value" options may land among the image arguments or in ctx.args
@@ -149,6 +154,7 @@ def protect_cmd(
             _fail(ValueError(f"unexpected argument {flag!r} (defense options take a value: --k 16)"))
         params[flag[2:].replace("-", "_")] = extra.pop(0)
     try:
+        ensure_dir(out)  # a clear error when the output folder cannot be made
         written = protect_files(defense, params, files, out, seed, data_dir)
     except (FaceveilError, ValueError) as e:
         _fail(e)

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from faceveil.errors import FaceveilDataError
+from faceveil.storage import discard, ensure_dir, load_cache, output_error, save_torch, torch_load, write_atomically
+
+__all__ = ["write_atomically"]  # re-exported: the one atomic writer (faceveil.storage)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,36 +44,23 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def home() -> Path:
-    """Cache root (``FACEVEIL_HOME``, default ``~/.cache/faceveil``); created on demand."""
-    p = Path(os.environ.get("FACEVEIL_HOME", Path.home() / ".cache" / "faceveil"))
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    """Cache root (``FACEVEIL_HOME``, default ``~/.cache/faceveil``); created on demand (a
+    :class:`~faceveil.errors.FaceveilOutputError` naming it when it cannot be)."""
+    return ensure_dir(Path(os.environ.get("FACEVEIL_HOME", Path.home() / ".cache" / "faceveil")))
 
 
 def cache_dir(kind: str) -> Path:
-    p = home() / kind
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` then rename ``tmp`` onto ``path``, so readers never see a partial file. ``tmp`` is
-    unique per process (``faceveil bench --jobs`` workers fill the same caches) and keeps ``path``'s
-    suffix (numpy adds .npy/.npz otherwise)."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    write(tmp)
-    tmp.replace(path)
+    return ensure_dir(home() / kind)
 
 
 def load_or_compute(path: Path, compute: Callable[[], Any], force: bool = False) -> Any:
     """The tensors (or dict/list of tensors) cached at ``path``; else ``compute()``, saved atomically
-    (``force`` recomputes). Loading uses ``weights_only=True``: caches hold data, never code."""
-    import torch
-
-    if path.is_file() and not force:
-        return torch.load(path, weights_only=True)
+    with a sha256 sidecar (``force`` recomputes). A corrupt or unverified entry is reported, removed
+    and recomputed. Loading uses ``weights_only=True``: caches hold data, never code."""
+    if not force and (value := load_cache(path, torch_load)) is not None:
+        return value
     value = compute()
-    write_atomically(path, lambda p: torch.save(value, p))
+    save_torch(path, value)
     return value
 
 
@@ -84,19 +74,18 @@ def load_or_compute_parts(path: Path, n: int, compute_part: Callable[[int], Any]
     read whole). ``stream``: ``combine`` gets an iterator that computes or loads each part as it is
     reached (with :func:`cat_parts`, a set is never held twice). The parts must not depend on each
     other (each seeds its own randomness)."""
-    import torch
     from tqdm import tqdm
 
-    if save and path.is_file() and not force:
-        return torch.load(path, weights_only=True)
+    if save and not force and (value := load_cache(path, torch_load)) is not None:
+        return value
     paths = [path.with_name(f"{path.stem}-part{i}.pt") for i in range(n)]
     parts = (load_or_compute(p, lambda i=i: compute_part(i), force)
              for i, p in enumerate(tqdm(paths, desc=desc, disable=not progress, leave=False)))
     value = combine(parts if stream else list(parts))
     if save:
-        write_atomically(path, lambda p: torch.save(value, p))
+        save_torch(path, value)
         for p in paths:
-            p.unlink(missing_ok=True)
+            discard(p)
     return value
 
 
@@ -133,12 +122,15 @@ class EpochCheckpoint:
         self._last = self._clock()
 
     def load(self) -> dict | None:
-        """The saved state (and the torch RNG restored), or None."""
+        """The saved state (and the torch RNG restored), or None (also for a corrupt checkpoint, which
+        is reported and removed: training starts afresh)."""
         import torch
 
-        if self.path is None or not self.path.is_file():
+        if self.path is None:
             return None
-        st = torch.load(self.path, map_location="cpu", weights_only=True)
+        st = load_cache(self.path, torch_load, "training checkpoint", "discarded, training from the start")
+        if st is None:
+            return None
         torch.set_rng_state(st["rng"])
         return st
 
@@ -149,15 +141,18 @@ class EpochCheckpoint:
         if self.path is None or self._clock() - self._last < self.seconds:
             return
         st = {**state(), "rng": torch.get_rng_state()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(self.path, lambda p: torch.save(st, p))
+        save_torch(self.path, st)
         self._last = self._clock()
 
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock (``flock``) on ``path`` for read-modify-write of shared cache files."""
-    with open(path, "a") as f:
+    try:
+        f = open(path, "a")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise output_error(path, e) from None
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -15,3 +15,15 @@ class FaceNotFoundError(FaceveilDataError):
 
 class ModelNotInstalledError(FaceveilError):
     """A model's files are missing and could not be installed."""
+
+
+class ModelCorruptedError(ModelNotInstalledError):
+    """An installed model file does not match its recorded or pinned checksum."""
+
+
+class FaceveilOutputError(FaceveilError):
+    """A file could not be written (full disk, read-only or missing folder); names the path."""
+
+
+class FaceveilCacheError(FaceveilError):
+    """A cache entry went bad while in use (it was removed; running again rebuilds it)."""

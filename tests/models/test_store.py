@@ -166,3 +166,66 @@ def test_cli_hooks(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     err: list[str] = []
     assert store.install_command(["faceres"], echo=err.append) == 1
     assert err and err[0].startswith("error:") and "npm" in err[0]
+
+
+def _damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "bit-flip":
+        data[len(data) // 2] ^= 0x01
+    elif how == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["bit-flip", "truncated", "empty"])
+def test_corrupted_model_is_listed_refused_and_reinstalled(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture, how: str) -> None:
+    """An installed model file that no longer matches the sha256 recorded at install is shown as corrupted
+    by `faceveil models list` (naming the file), refused without auto-install, re-installed with it."""
+    from faceveil.errors import ModelCorruptedError
+
+    src = tmp_path / "registry"
+    src.mkdir()
+    tgz = _fake_face_api(src)
+    _pin(monkeypatch, tgz)
+    store.install(["faceapi-age-gender"], from_dir=src)
+    f = store.package_dir(FA) / "model/age_gender_model.bin"
+    good = f.read_bytes()
+    assert store.model_status("faceapi-age-gender") == ("installed", "")
+    _damage(f, how)
+    out: list[str] = []
+    assert store.list_command(echo=out.append) == 1
+    row = next(line for line in out if line.startswith("faceapi-age-gender"))
+    assert "corrupted" in row
+    assert next(line for line in out if line.startswith("faceapi-expression")).split()[1] == "installed"
+    assert any(str(f) in line and "install --force faceapi-age-gender" in line for line in out)
+    assert not store.is_installed("faceapi-age-gender")
+    monkeypatch.setenv("FACEVEIL_NO_AUTO_INSTALL", "1")
+    with pytest.raises(ModelCorruptedError) as e:
+        store.model_files("faceapi-age-gender")
+    assert str(f) in str(e.value) and "faceveil models install --force faceapi-age-gender" in str(e.value)
+    monkeypatch.delenv("FACEVEIL_NO_AUTO_INSTALL")
+    npm = _script(tmp_path / "npm", 'while [ "$1" != "--pack-destination" ]; do shift; done\n'
+                  f'cp {tgz} "$2/"\necho "[]"\n')
+    monkeypatch.setenv("FACEVEIL_NPM", str(npm))
+    caplog.clear()
+    files = store.model_files("faceapi-age-gender")
+    assert files["model/age_gender_model.bin"].read_bytes() == good
+    assert str(f) in caplog.text and "re-installing" in caplog.text
+    out.clear()
+    assert store.list_command(echo=out.append) == 0
+    assert not any(line.split()[1:2] == ["corrupted"] or line.startswith("corrupted:") for line in out)
+
+
+def test_model_without_install_record_is_not_trusted(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "registry"
+    src.mkdir()
+    _pin(monkeypatch, _fake_face_api(src))
+    store.install(["faceapi-expression"], from_dir=src)
+    (store.package_dir(FA) / "SOURCE.json").write_text("{garbage")
+    status, problem = store.model_status("faceapi-expression")
+    assert status == "corrupted" and "SOURCE.json" in problem
+    store.install(["faceapi-expression"], from_dir=src)  # not installed -> installed again
+    assert store.model_status("faceapi-expression") == ("installed", "")

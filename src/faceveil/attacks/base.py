@@ -20,9 +20,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from faceveil.config import EpochCheckpoint, cache_dir, config_hash, write_atomically
+from faceveil.config import EpochCheckpoint, cache_dir, config_hash
 from faceveil.errors import FaceveilDataError
 from faceveil.registry import Registry
+from faceveil.storage import discard, load_cache, read_verified, save_torch, torch_load
 
 ATTACKS: Registry[Attack] = Registry("attack")
 
@@ -309,10 +310,10 @@ class ReconstructionAttack(Attack):
         """:meth:`fit` resumable through ``path.ckpt`` (``force`` starts afresh), then save to ``path``."""
         ckpt = path.with_suffix(".ckpt")
         if force:
-            ckpt.unlink(missing_ok=True)
+            discard(ckpt)
         self.fit(source, budget, progress=progress, checkpoint=ckpt)
         self.save(path)
-        ckpt.unlink(missing_ok=True)
+        discard(ckpt)
         return self
 
     def optimizer_state(self) -> dict:
@@ -367,8 +368,8 @@ class ReconstructionAttack(Attack):
                 "log": asdict(self.log)}
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda p: torch.save(self.state(), p))
+        """Write the trained attacker atomically with a sha256 sidecar."""
+        save_torch(path, self.state())
 
     def healthy(self) -> bool:
         """Every weight and statistic is finite (a cached attacker whose running statistics overflowed,
@@ -377,7 +378,19 @@ class ReconstructionAttack(Attack):
         return all(bool(torch.isfinite(t).all()) for t in self.net.state_dict().values() if torch.is_floating_point(t))
 
     def load(self, path: Path) -> ReconstructionAttack:
-        st = torch.load(path, map_location="cpu", weights_only=True)
+        """Load a saved attacker (checked against its sha256 sidecar when it has one)."""
+        return self._load_state(read_verified(path, torch_load, "saved attacker"))
+
+    def load_cached(self, path: Path) -> bool:
+        """Load the attacker cached at ``path`` if it is there and intact (a corrupt or unverified one is
+        reported and removed); whether it was loaded."""
+        st = load_cache(path, torch_load, "trained attacker", "discarded, retraining")
+        if st is None:
+            return False
+        self._load_state(st)
+        return True
+
+    def _load_state(self, st: dict) -> ReconstructionAttack:
         self.in_shape = tuple(st["in_shape"])
         self.net = self.build(self.in_shape)
         self.net.load_state_dict(st["net"])

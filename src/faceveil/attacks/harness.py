@@ -43,7 +43,7 @@ from faceveil.attacks.base import (
     profile_budget,
 )
 from faceveil.bench.lfw import operating_point, subset_pairs
-from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute, load_or_compute_parts, write_atomically
+from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute, load_or_compute_parts
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import LFW
 from faceveil.defenses.base import Defense
@@ -51,6 +51,7 @@ from faceveil.defenses.system import ProtectedSystem, batch_generator
 from faceveil.metrics.identity import closer_to_own, cosine, srra
 from faceveil.metrics.image import mse, psnr, ssim
 from faceveil.models.base import CropSpec, Recognizer
+from faceveil.storage import load_cache, save_torch, torch_load, write_json_atomic
 
 #: best first: faceres fed BGR scores 97.2 % on LFW (cosine), faceres as Human feeds it (RGB) 95.6 %,
 #: (mobilefacenet, 61.7 %, is degenerate and never judges; see README, "Recognisers")
@@ -162,8 +163,8 @@ def visualise_held(t: Tensor, size: int) -> Tensor:
 
 
 def image_grid(rows: list[Tensor], path: Path, pad: int = 2) -> Path:
-    """Save rows of equally sized images ``[N,3,S,S]`` as one PNG."""
-    from PIL import Image
+    """Save rows of equally sized images ``[N,3,S,S]`` as one PNG (atomically)."""
+    from faceveil.data.io import write_image
 
     n, s = rows[0].shape[0], rows[0].shape[-1]
     canvas = torch.ones(3, len(rows) * (s + pad) + pad, n * (s + pad) + pad)
@@ -172,8 +173,7 @@ def image_grid(rows: list[Tensor], path: Path, pad: int = 2) -> Path:
             y, x = pad + r * (s + pad), pad + c * (s + pad)
             canvas[:, y : y + s, x : x + s] = resize(row[c : c + 1], s)[0]
     arr = (canvas.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    write_image(path, arr)
     return path
 
 
@@ -331,8 +331,8 @@ def train_attacker(system: ProtectedSystem, attack_name: str, threat: ThreatMode
     assert isinstance(attack, ReconstructionAttack)
     leak = _leak_fn(system, threat)
     path = attack_cache_path(attack, defense.config(), asdict(threat), asdict(budget), str(data_dir(data)), "harness-v2")
-    if path.is_file() and not force:
-        if attack.load(path).healthy():
+    if not force and attack.load_cached(path):
+        if attack.healthy():
             return attack, path
         log.warning("%s: cached attacker %s has non-finite statistics (float32 overflow); retraining", attack_name, path.name)
     chips = public_chips(data, defense.recognizer.crop, budget.train_images, seed, progress)
@@ -438,14 +438,12 @@ def judge_attack(attack, attacker_path: Path | None, defense: Defense, threat: T
         return k, cache_dir("evals") / f"{defense.name}-{name}-{k}.pt"
 
     ekey, path = eval_path()
-    if path.is_file() and not force:
-        cached = torch.load(path, weights_only=True)
-    else:
+    if force or (cached := load_cache(path, torch_load, "judged attack result")) is None:
         system = ProtectedSystem(defense, server=server, profile=profile, seed=seed, data=data)
         cached = _judged(attack, defense, system, threat, budget, lfw, ia, ib, seed, data, force, attacker_path, profile,
                          progress)
         ekey, path = eval_path()
-        write_atomically(path, lambda q: torch.save(cached, q))
+        save_torch(path, cached)
     result, rows = json.loads(cached["result"]), list(cached["rows"])
     result["wall_seconds"] = time.perf_counter() - t_start
     result["eval_cache"] = ekey
@@ -454,7 +452,7 @@ def judge_attack(attack, attacker_path: Path | None, defense: Defense, threat: T
         stem = stem or f"{defense.name}-{config_hash(defense.config(), length=6)}-{name}-{threat.leakage}" + \
             (f"-{threat.view}" if threat.view else "")
         result["grid"] = str(image_grid(rows, out_dir / f"{stem}.png"))
-        (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
+        write_json_atomic(out_dir / f"{stem}.json", result, indent=2)
     if return_images:
         result["images"] = {"original": rows[0], "held": rows[1], "reconstruction": rows[2]}
     return result

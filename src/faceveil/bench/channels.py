@@ -14,7 +14,6 @@ CPU budget: each stage trains for ``steps`` batches of 32 (quick: 150, full: 1,0
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute
 from faceveil.data.align import to_tensor
 from faceveil.defenses import ProtectedSystem, get_defense
 from faceveil.defenses.faceobfuscator import CHANNEL_NAMES, ZIGZAG
+from faceveil.storage import ensure_dir, save_figure_atomic, write_json_atomic
 from faceveil.train.distill import distill_loss, public_chips, teacher_embeddings
 from faceveil.train.students import StudentNet
 
@@ -121,7 +121,7 @@ def importance_heatmap(alpha: np.ndarray, path: Path) -> Path:
     ax.set_title("channel importance |α|")
     fig.colorbar(im)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -137,7 +137,7 @@ def channel_importance(profile: str = "quick", out_dir: Path = Path("results/cha
 
     budget = CHANNEL_BUDGETS[profile]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir)
     teacher = get_recognizer("dlib")
     chips = public_chips(data, teacher.crop, budget.train_images, seed, progress)
     targets = teacher_embeddings(teacher, chips, progress)
@@ -187,7 +187,7 @@ def channel_importance(profile: str = "quick", out_dir: Path = Path("results/cha
         "stages": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()} for s in stages],
         "heatmap": str(heat), "curve": str(curve),
     }
-    (out_dir / "channels.json").write_text(json.dumps(result, indent=2))
+    write_json_atomic(out_dir / "channels.json", result, indent=2)
     return result
 
 
@@ -208,7 +208,7 @@ def _curve(stages: list[dict], path: Path) -> Path:
     ax2.set_ylabel("COS")
     fig.legend(loc="lower center", ncol=2, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 

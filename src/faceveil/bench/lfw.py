@@ -7,7 +7,6 @@ TPR at FPR 1e-2 and 1e-3 over all 6,000 pairs. Both Euclidean and cosine distanc
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from faceveil.data.datasets import LFW, PairSet
 from faceveil.metrics.verification import best_threshold, kfold_accuracy, tpr_at_fpr
 from faceveil.models.base import OperatingPoint, Recognizer, pairwise_distance
 from faceveil.models.embed import dataset_embeddings
+from faceveil.storage import write_json_atomic
 
 METRICS = ("euclidean", "cosine")
 
@@ -133,5 +133,5 @@ def format_table(report: dict) -> str:
 
 
 def save_report(report: dict, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report, indent=2))
+    """The report as JSON at ``path`` (atomically; ``FaceveilOutputError`` when it cannot be written)."""
+    write_json_atomic(path, report, indent=2)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from faceveil.bench.paper import paper_value
+from faceveil.storage import save_figure_atomic, write_atomically, write_text_atomic
 
 BASELINES = ("mean face", "random person")
 
@@ -161,7 +162,7 @@ def scatter(urows: list[dict], prows: list[dict], out_dir: Path) -> Path | None:
     axes[0].set_title("privacy–utility: lower right is better")
     fig.tight_layout()
     path = out_dir / "privacy_utility.png"
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -173,10 +174,13 @@ def write_csv(urows: list[dict], prows: list[dict], path: Path) -> None:
         for k in r:
             if k not in keys:
                 keys.append(k)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    def write(p: Path) -> None:
+        with p.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+
+    write_atomically(path, write)
 
 
 def write_report(results: dict, images: dict, out_dir: Path) -> Path:
@@ -221,8 +225,8 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
     if failed:
         md += ["## Failed cells", ""] + [f"- {c['setting']} / {c['kind']}: `{c['error']}`" for c in failed] + [""]
     text = "\n".join(md)
-    (out_dir / "report.md").write_text(text)
-    (out_dir / "report.html").write_text(markdown_to_html(text, out_dir))
+    write_text_atomic(out_dir / "report.md", text)
+    write_text_atomic(out_dir / "report.html", markdown_to_html(text, out_dir))
     return out_dir / "report.md"
 
 

@@ -29,6 +29,7 @@ from faceveil.attacks.base import ThreatModel
 from faceveil.data.datasets import LFW
 from faceveil.defenses import DEFENSES, Defense, ProtectedSystem, get_defense
 from faceveil.registry import Registry
+from faceveil.storage import ensure_dir, save_torch, write_json_atomic
 
 
 @dataclass
@@ -204,7 +205,7 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
         DEFENSES.get(n)  # clear error for unknown names
     attack_names = tuple(attacks or DEFAULT_ATTACKS)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir)
     if jobs > 1 and len(names) > 1:
         return _run_parallel(profile, names, attack_names, out_dir, data, seed, force, progress,
                              experiments and defenses is not None, jobs)
@@ -251,7 +252,7 @@ def write_outputs(results: dict, images: dict, out_dir: Path) -> None:
     """A run's results.json, images.pt and report (md, html, csv, figures) in ``out_dir``."""
     from faceveil.bench.report import write_report
 
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_json_atomic(out_dir / "results.json", results, indent=2, default=str)
     save_images(images, out_dir / "images.pt")
     write_report(results, images, out_dir)
 
@@ -259,8 +260,8 @@ def write_outputs(results: dict, images: dict, out_dir: Path) -> None:
 def save_images(images: dict, path: Path) -> None:
     """The grid images of a run ({(setting, attack, leakage): {"original"|"held"|"reconstruction": N×3×H×W
     in [0, 1]}}) as uint8, so that runs can be merged into one report later."""
-    torch.save({k: {r: (t.clamp(0, 1) * 255).round().to(torch.uint8) for r, t in v.items()} for k, v in images.items()},
-               path)
+    save_torch(path, {k: {r: (t.clamp(0, 1) * 255).round().to(torch.uint8) for r, t in v.items()} for k, v in images.items()},
+               checksum=False)
 
 
 def load_images(path: Path) -> dict:
@@ -306,7 +307,7 @@ def merge_runs(run_dirs: list[Path], out_dir: Path, wall_seconds: float | None =
     if "profile" not in merged:
         raise ValueError(f"none of {[str(d) for d in run_dirs]} holds a results.json")
     merged["wall_seconds"] = wall_seconds if wall_seconds is not None else sum(p.get("wall_seconds", 0) for p in merged["parts"])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir)
     write_outputs(merged, images, out_dir)
     return merged
 
@@ -350,7 +351,7 @@ def _run_parallel(profile: str, names: list[str], attack_names: tuple[str, ...],
             while pending or running:
                 while pending and len(running) < jobs:
                     n = pending.pop(0)
-                    parts[n].mkdir(parents=True, exist_ok=True)
+                    ensure_dir(parts[n])
                     (parts[n] / "results.json").unlink(missing_ok=True)  # a stale result must not pass for this run's
                     with (parts[n] / "log.txt").open("w") as log:
                         running[n] = subprocess.Popen(command(n), stdout=log, stderr=subprocess.STDOUT, env=env)

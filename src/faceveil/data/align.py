@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from faceveil.config import cache_dir, config_hash, file_lock, write_atomically
+from faceveil.config import cache_dir, config_hash, file_lock
 from faceveil.data.io import read_image
-from faceveil.errors import FaceNotFoundError
+from faceveil.errors import FaceNotFoundError, FaceveilCacheError
 from faceveil.models.base import CropSpec
+from faceveil.storage import discard, load_cache, report_bad, verify, write_atomically
 
 #: dlib's 5-point template (get_face_chip_details), in units of the unpadded template square.
 TEMPLATE_5 = np.array(
@@ -86,8 +87,10 @@ def _dlib_models():
     import dlib
     import face_recognition_models as frm
 
+    from faceveil.models.pinned import verified_weights
+
     det = dlib.get_frontal_face_detector()
-    sp = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+    sp = dlib.shape_predictor(str(verified_weights(frm.pose_predictor_five_point_model_location())))
     return dlib, det, sp
 
 
@@ -96,7 +99,9 @@ def _dlib_cnn():
     import dlib
     import face_recognition_models as frm
 
-    return dlib.cnn_face_detection_model_v1(frm.cnn_face_detector_model_location())
+    from faceveil.models.pinned import verified_weights
+
+    return dlib.cnn_face_detection_model_v1(str(verified_weights(frm.cnn_face_detector_model_location())))
 
 
 SELECT_POLICIES = ("largest", "centre")
@@ -259,14 +264,16 @@ class _RowStore:
     """Arrays with one row per image file of a dataset, filled on demand and kept on disk.
 
     ``FACEVEIL_HOME/align/<stem>.index.json`` lists the files; ``<stem>.<field>.npy`` hold the rows.
-    Writes go to temporary files renamed into place, so an interrupted run never corrupts it, and
-    ``append`` holds a file lock and re-reads the index, so concurrent processes (``bench --jobs``)
-    never lose or misalign each other's rows.
+    Writes go to temporary files renamed into place, each with a sha256 sidecar, so an interrupted run
+    never corrupts it, and ``append`` holds a file lock and re-reads the index, so concurrent processes
+    (``bench --jobs``) never lose or misalign each other's rows. A store whose index or arrays fail
+    their checksum (or have none, or are shorter than the index) is reported, removed and rebuilt.
     """
 
-    def __init__(self, stem: str) -> None:
+    def __init__(self, stem: str, fields: Sequence[str]) -> None:
         self.dir = cache_dir("align")
         self.stem = stem
+        self.fields = tuple(fields)
         self.index_path = self.dir / f"{stem}.index.json"
         self.files: list[str] = []
         self.row: dict[str, int] = {}
@@ -276,7 +283,13 @@ class _RowStore:
         return self.dir / f"{self.stem}.{field}.npy"
 
     def get(self, field: str) -> np.ndarray:
-        return np.load(self._path(field), mmap_mode="r")
+        p = self._path(field)
+        reason = verify(p)
+        if reason is not None:  # changed since _reload checked it
+            report_bad(p, reason, "aligned-face cache", "discarded; run again to rebuild it")
+            self._reset()
+            raise FaceveilCacheError(f"{p}: aligned-face cache {reason}; it was removed, run again to rebuild it")
+        return np.load(p, mmap_mode="r")
 
     def missing(self, files: Sequence[str]) -> list[str]:
         seen: set[str] = set()
@@ -288,12 +301,41 @@ class _RowStore:
         return out
 
     def _reload(self) -> None:
-        self.files = json.loads(self.index_path.read_text()) if self.index_path.is_file() else []
+        """Read the index, checking it and the arrays (a bad file is reported by :func:`load_cache`;
+        any bad, missing or short array voids the whole store, which is then rebuilt)."""
+        what, action = "aligned-face cache", "discarded with the rest of its store, rebuilding"
+
+        def load_index(p: Path) -> list[str]:
+            files = json.loads(p.read_text())
+            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+                raise ValueError("not a list of file names")
+            return files
+
+        files = load_cache(self.index_path, load_index, what + " index", action) or []
+        for f in self.fields if files else ():  # arrays without an index are an interrupted append's
+            p = self._path(f)
+            exists = p.is_file()
+            rows = load_cache(p, lambda q: len(np.load(q, mmap_mode="r")), what, action)
+            if rows is None or rows < len(files):
+                if rows is not None or not exists:
+                    report_bad(p, "is missing" if rows is None else f"has {rows} rows for {len(files)} indexed files", what,
+                               action)
+                self._reset()
+                files = []
+                break
+        self.files = files
         self.row = {f: i for i, f in enumerate(self.files)}
+
+    def _reset(self) -> None:
+        for p in [self.index_path, *map(self._path, self.fields)]:
+            discard(p)
+        self.files, self.row = [], {}
 
     def append(self, files: list[str], fields: dict[str, np.ndarray]) -> None:
         if not files:
             return
+        if set(fields) != set(self.fields):
+            raise ValueError(f"{self.stem}: fields {sorted(fields)} != {sorted(self.fields)}")
         with file_lock(self.dir / f"{self.stem}.lock"):
             self._reload()  # another process may have appended since we read the index
             new = [i for i, f in enumerate(files) if f not in self.row]
@@ -302,10 +344,10 @@ class _RowStore:
                 # rows beyond the index are an interrupted append's: dropped
                 old = np.load(self._path(name))[:n] if n else None
                 arr = rows[new] if old is None else np.concatenate([old, rows[new]])
-                write_atomically(self._path(name), lambda p, a=arr: np.save(p, a))
+                write_atomically(self._path(name), lambda p, a=arr: np.save(p, a), checksum=True)
             self.files = self.files + [files[i] for i in new]
             self.row = {f: i for i, f in enumerate(self.files)}
-            write_atomically(self.index_path, lambda p: p.write_text(json.dumps(self.files)))
+            write_atomically(self.index_path, lambda p: p.write_text(json.dumps(self.files)), checksum=True)
 
     def rows(self, files: Sequence[str]) -> np.ndarray:
         return np.array([self.row[f] for f in files], dtype=np.int64)
@@ -322,7 +364,7 @@ def dataset_landmarks(
     dataset). Returns arrays ``points [N,5,2]``, ``rects [N,4]``, ``shapes [N,2]`` and ``status [N]``
     (0 detected, 1 detected with upsampling, 3 by the CNN detector, -1 no face; the centre-crop
     fallback is decided later)."""
-    store = _RowStore(_store_stem(name, root, select, "landmarks"))
+    store = _RowStore(_store_stem(name, root, select, "landmarks"), ("points", "rects", "shapes", "status"))
     todo = store.missing(rel_paths)
     if todo:
         jobs = [(str(Path(root) / p), select, True) for p in todo]
@@ -367,7 +409,7 @@ def aligned_chips(
             bad = [rel_paths[i] for i in np.flatnonzero(status < 0)]
             raise FaceNotFoundError(f"no face found in {len(bad)} image(s), e.g. {Path(root) / bad[0]}")
         status[status < 0] = STATUS_FALLBACK
-    store = _RowStore(_store_stem(name, root, select, "chips" + crop.key()))
+    store = _RowStore(_store_stem(name, root, select, "chips" + crop.key()), ("chips",))
     todo = store.missing(rel_paths)
     if todo:
         lm_todo = dataset_landmarks(root, todo, name, progress=False, select=select)

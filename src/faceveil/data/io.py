@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from faceveil.errors import FaceveilDataError
+from faceveil.storage import write_atomically
 
 # Decompression-bomb guard: faces never need more than this many pixels.
 MAX_PIXELS = 40_000_000
@@ -55,9 +56,23 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Write an (H,W,3) or (H,W) uint8 array, or a float array in [0,1], as PNG/JPEG by suffix."""
+    """Write an (H,W,3) or (H,W) uint8 array, or a float array in [0,1], as PNG/JPEG by suffix.
+
+    Atomic (:func:`faceveil.storage.write_atomically`): a killed process never leaves a truncated
+    image under ``path``; a full disk or unwritable folder raises ``FaceveilOutputError``."""
     a = np.asarray(img)
     if a.dtype != np.uint8:
         a = np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(a).save(path)
+    im = Image.fromarray(a)
+    write_atomically(path, lambda p: im.save(p))
+
+
+def write_array(path: str | os.PathLike, arr: np.ndarray) -> None:
+    """Write an array as ``.npy`` atomically (like :func:`write_image`)."""
+    a = np.asarray(arr)
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:  # a file object: np.save would append .npy to another suffix
+            np.save(f, a, allow_pickle=False)
+
+    write_atomically(path, write)

@@ -402,8 +402,8 @@ def train_shadow(defense: AdvFace, progress: bool = True, force: bool = False):
 
     attack = defense._new_shadow_attack()
     path = defense.shadow_path()
-    if path.is_file() and not force:
-        return attack.load(path)
+    if not force and attack.load_cached(path):
+        return attack
     budget = defense.shadow_budget()
     chips = public_chips(defense.data, defense.recognizer.crop, budget.train_images, defense.shadow_seed, progress)
     E = defense.client_network()
@@ -424,17 +424,18 @@ def measure_feature_std(recognizer: Recognizer, at: str, data=None, n: int = 256
     from faceveil.config import cache_dir, config_hash, data_dir
     from faceveil.data.align import to_tensor
     from faceveil.models.embed import model_fingerprint
+    from faceveil.storage import load_cache, write_json_atomic
     from faceveil.train.distill import public_chips
 
     path = cache_dir("advface") / f"scale-{config_hash(at, n, model_fingerprint(recognizer), str(data_dir(data)))}.json"
-    if path.is_file():
-        return float(json.loads(path.read_text())["std"])
+    if (std := load_cache(path, lambda p: float(json.loads(p.read_text())["std"]), "feature scale")) is not None:
+        return std
     E = recognizer.split(at)[0]
     chips = public_chips(data, recognizer.crop, n, 0, False)
     with torch.no_grad():
         f = torch.cat([E(recognizer.prepare(to_tensor(chips[s : s + 64]))) for s in range(0, len(chips), 64)])
     std = float(f.double().std())
-    path.write_text(json.dumps({"at": at, "n": n, "std": std, "mean": float(f.double().mean()),
-                                "q99": float(np.quantile(f.flatten()[::7].numpy(), 0.99))}))
+    write_json_atomic(path, {"at": at, "n": n, "std": std, "mean": float(f.double().mean()),
+                             "q99": float(np.quantile(f.flatten()[::7].numpy(), 0.99))}, checksum=True)
     return std
 

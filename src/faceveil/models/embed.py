@@ -13,6 +13,7 @@ from faceveil.config import cache_dir, config_hash, write_atomically
 from faceveil.data.align import ALIGN_VERSION, to_tensor
 from faceveil.data.datasets import FaceDataset
 from faceveil.models.base import Recognizer
+from faceveil.storage import load_cache
 
 
 def model_fingerprint(model: Recognizer) -> str:
@@ -45,14 +46,19 @@ def dataset_embeddings(
     sub = ds.subset(idx)
     key = config_hash(model_fingerprint(model), sub.name, sub.files, model.crop.key(), ALIGN_VERSION, flip_tta)
     path = cache_dir("embeddings") / f"{model.name}-{sub.name}{'-flip' if flip_tta else ''}-{key}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return torch.from_numpy(z["emb"]), z["status"], float("nan")
+    if (cached := load_cache(path, lambda p: load_npz(p, "emb", "status"))) is not None:
+        return torch.from_numpy(cached["emb"]), cached["status"], float("nan")
     chips, status = sub.chips(model.crop, progress=progress)
     t0 = time.perf_counter()
     emb = embed_chips(model, chips, progress=progress)
     if flip_tta:
         emb = 0.5 * (emb + embed_chips(model, np.ascontiguousarray(chips[:, :, ::-1]), progress=progress))
     ms = 1000.0 * (time.perf_counter() - t0) / max(1, len(chips))
-    write_atomically(path, lambda p: np.savez(p, emb=emb.numpy(), status=status))
+    write_atomically(path, lambda p: np.savez(p, emb=emb.numpy(), status=status), checksum=True)
     return emb, status, ms
+
+
+def load_npz(path, *keys: str) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an ``.npz`` file, read into memory (a missing key raises ``KeyError``)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: np.asarray(z[k]) for k in keys}

@@ -50,9 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceveil.config import cache_dir, config_hash, write_atomically
+from faceveil.config import cache_dir, config_hash
 from faceveil.errors import FaceveilDataError
 from faceveil.models.base import CropSpec
+from faceveil.models.pinned import verified_weights
+from faceveil.storage import load_cache, save_torch, torch_load
 
 SPACES = ("z", "feature")
 GENERATOR_NAMES = ("digiface", "public")
@@ -299,7 +301,7 @@ def digiface_weights_path() -> Path:
     path = Path(str(importlib.resources.files(DIGIFACE_PACKAGE).joinpath("weights.tar")))
     if not path.is_file():
         raise FaceveilDataError(f"{path}: gan-face-generate is installed but its weights.tar is missing; reinstall it")
-    return path
+    return verified_weights(path)
 
 
 def load_digiface_dcgan(path: str | Path | None = None) -> DCGANGenerator:
@@ -369,8 +371,7 @@ def train_dcgan(cfg: DCGANConfig = DCGANConfig(), data=None, progress: bool = Tr
     from faceveil.train.distill import public_chips
 
     path = dcgan_cache_path(cfg, data)
-    if path.is_file() and not force:
-        st = torch.load(path, map_location="cpu", weights_only=True)
+    if not force and (st := load_cache(path, torch_load, "trained generator")) is not None:
         net = DCGANGenerator(cfg.nz, cfg.ngf)
         net.load_state_dict(st["netG"])
         return net.eval(), st["log"]
@@ -424,8 +425,7 @@ def train_dcgan(cfg: DCGANConfig = DCGANConfig(), data=None, progress: bool = Tr
     log.seconds = time.perf_counter() - t0
     netg.eval()
     info = {k: v for k, v in asdict(log).items()}
-    write_atomically(path, lambda p: torch.save(
-        {"netG": netg.state_dict(), "netD": netd.state_dict(), "config": asdict(cfg), "log": info}, p))
+    save_torch(path, {"netG": netg.state_dict(), "netD": netd.state_dict(), "config": asdict(cfg), "log": info})
     return netg, info
 
 

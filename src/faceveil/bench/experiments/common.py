@@ -8,6 +8,7 @@ from pathlib import Path
 
 from faceveil.attacks.base import ThreatModel
 from faceveil.defenses import Defense, ProtectedSystem
+from faceveil.storage import ensure_dir
 
 
 def utility(defense: Defense, server: str, ctx: dict) -> dict:
@@ -71,6 +72,6 @@ def experiment_context(profile: str, out_dir: Path, data=None, seed: int = 0, fo
     from faceveil.bench.runner import BENCH_PROFILES
     from faceveil.data.datasets import LFW
 
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    ensure_dir(Path(out_dir))
     return dict(profile=profile, bench_profile=BENCH_PROFILES[profile], data=data, seed=seed, out_dir=out_dir,
                 lfw=LFW(data), force=force, progress=progress, **extra)

@@ -37,9 +37,10 @@ from torch import Tensor
 from faceveil.attacks.reid import ReidBudget, ReidSplit, cnn_attack, embedding_attack, make_split
 from faceveil.bench.experiments.common import md_table
 from faceveil.bench.runner import EXPERIMENTS, SETTINGS, Setting
-from faceveil.config import cache_dir, config_hash, data_dir, write_atomically
+from faceveil.config import cache_dir, config_hash, data_dir
 from faceveil.defenses import Defense, get_defense
 from faceveil.models.base import CropSpec
+from faceveil.storage import ensure_dir, load_cache, save_torch, torch_load, write_json_atomic, write_text_atomic
 
 CHIP = CropSpec(150, 0.25)
 
@@ -155,14 +156,12 @@ class Blocks:
         for b, (blk, key) in enumerate(tqdm(list(zip(self.index, self.keys, strict=True)), desc=desc, disable=not progress,
                                             leave=False)):
             path = _cache(kind, *parts, key).with_suffix(".pt")
-            if path.is_file():
-                st = torch.load(path, weights_only=True)
-            else:
+            if (st := load_cache(path, torch_load)) is None:
                 xb = x[torch.as_tensor(blk)]
                 t0 = time.perf_counter()
                 y, extra = fn(_f(xb), self.seeds[b])
                 st = {"y": y, "ms": 1000 * (time.perf_counter() - t0) / len(blk), "extra": extra}
-                write_atomically(path, lambda p, st=st: torch.save(st, p))
+                save_torch(path, st)
             outs[b] = st["y"]
             extras.append(st.get("extra", {}))
             ms_total += float(st["ms"]) * len(blk)
@@ -312,10 +311,10 @@ def table2(cfg: DeepBlurExperiment, x: Tensor, obf: dict[str, Tensor], split: Re
 
             method_key = "original" if label == "original" else info[label]["key"]
             path = _cache("reid", arch, method_key, *split_key).with_suffix(".json")
-            if not path.is_file():
-                r = row()
-                write_atomically(path, lambda p, r=r: p.write_text(json.dumps(r, default=str)))
-            res[label][arch] = json.loads(path.read_text())
+            if (r := load_cache(path, lambda p: json.loads(p.read_text()))) is None:
+                r = json.loads(json.dumps(row(), default=str))
+                write_json_atomic(path, r, checksum=True)
+            res[label][arch] = r
             bar.update()
         for m, e0 in emb0.items():
             e = e0 if label == "original" else embeddings_cached(m, t, blocks, info[label]["key"])
@@ -331,13 +330,12 @@ def _t1_model(arch: str, x_small: Tensor, split: ReidSplit, cfg: DeepBlurExperim
     from faceveil.attacks.reid import make_cnn
 
     path = _cache("reid-t1", arch, *split_key).with_suffix(".pt")
-    if path.is_file():
-        st = torch.load(path, weights_only=True)
+    if (st := load_cache(path, torch_load, "trained re-identification model")) is not None:
         model = make_cnn(arch, split.n_ids, cfg.cnn_budget.width)
         model.load_state_dict(st["state"])
         return model.eval(), json.loads(st["log"])
     _, model, log = cnn_attack(arch, x_small, x_small, split, "T1", cfg.cnn_budget)
-    write_atomically(path, lambda p: torch.save({"state": model.state_dict(), "log": json.dumps(log, default=str)}, p))
+    save_torch(path, {"state": model.state_dict(), "log": json.dumps(log, default=str)})
     return model, log
 
 
@@ -384,7 +382,7 @@ def run_experiment(cfg: DeepBlurExperiment, data=None, out_dir: Path | None = No
     figures = []
     if out_dir is not None:
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out_dir)
         k = torch.as_tensor(split.test[:: max(1, len(split.test) // 8)][:8])
         figures.append(str(image_grid([_f(x[k])] + [_f(obf[m][k]) for m in obf], out_dir / f"deepblur_methods_{tag}.png")))
         by_sigma = db.protect_sigmas(_f(x[k]), list(GRID_SIGMAS), w[k])
@@ -403,8 +401,8 @@ def run_experiment(cfg: DeepBlurExperiment, data=None, out_dir: Path | None = No
                f"`{Path(figures[1]).name}` (rows: original, DeepBlur at sigma {', '.join(f'{v:g}' for v in GRID_SIGMAS)}; "
                "0 = the plain inversion, 100 = the average face).\n")
     if out_dir is not None:
-        (Path(out_dir) / f"deepblur_experiment_{tag}.json").write_text(json.dumps(data_out, indent=2, default=str))
-        (Path(out_dir) / f"deepblur_experiment_{tag}.md").write_text(md)
+        write_json_atomic(Path(out_dir) / f"deepblur_experiment_{tag}.json", data_out, indent=2, default=str)
+        write_text_atomic(Path(out_dir) / f"deepblur_experiment_{tag}.md", md)
     return {"markdown": md, "data": data_out, "figures": figures}
 
 

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from faceveil.bench.experiments.common import (
@@ -26,6 +25,7 @@ from faceveil.bench.experiments.common import (
 )
 from faceveil.bench.runner import EXPERIMENTS, SETTINGS, Setting
 from faceveil.defenses import get_defense
+from faceveil.storage import save_figure_atomic, write_json_atomic, write_text_atomic
 
 SETTINGS["faceobfuscator"] = [
     Setting("FaceObfuscator (AC01,AC10; b=2; [-60,60])", "faceobfuscator", {}, views=(None, "abs")),
@@ -202,7 +202,7 @@ def _plot_ranges(ranges: dict, out_dir: Path) -> Path | None:
     fig.legend(loc="lower center", ncol=2, fontsize=8)
     fig.tight_layout()
     path = out_dir / "faceobfuscator_fig7.png"
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -228,8 +228,8 @@ def main() -> None:
     ctx = experiment_context(args.profile, args.out, args.data_dir, args.seed, args.force, parts=parts)
     r = run(ctx)
     stem = "faceobfuscator" + ("" if set(parts) == set(PARTS) else "_" + "_".join(parts))
-    (args.out / f"{stem}.md").write_text(f"# FaceObfuscator experiment ({args.profile})\n\n" + r["markdown"] + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps(r["data"], indent=2, default=str))
+    write_text_atomic(args.out / f"{stem}.md", f"# FaceObfuscator experiment ({args.profile})\n\n" + r["markdown"] + "\n")
+    write_json_atomic(args.out / f"{stem}.json", r["data"], indent=2, default=str)
     print(r["markdown"])
 
 

@@ -79,6 +79,7 @@ from faceveil.config import cache_dir, config_hash, load_or_compute_parts
 from faceveil.defenses import get_defense
 from faceveil.defenses.pmt import PMT, gaussian_blur
 from faceveil.models.base import CropSpec, Recognizer
+from faceveil.storage import ensure_dir, write_json_atomic, write_text_atomic
 
 #: no generic cells: the generic bench would PMT every LFW pair image (and, for attacks, thousands of
 #: public faces) at ~1-3 s per face on this CPU; this module's experiment runs the white-box and
@@ -685,9 +686,9 @@ def run(ctx: dict) -> dict:
     def checkpoint() -> None:
         """Partial results after every table (a long run stopped early still leaves its tables)."""
         d = Path(ctx["out_dir"])
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "pmt_partial.md").write_text("\n".join(md) + "\n")
-        (d / "pmt_partial.json").write_text(json.dumps(out, indent=2, default=str))
+        ensure_dir(d)
+        write_text_atomic(d / "pmt_partial.md", "\n".join(md) + "\n")
+        write_json_atomic(d / "pmt_partial.json", out, indent=2, default=str)
 
     res, xts = data_abuse(ctx, budget, models, evals)
     out["table7"] = res
@@ -778,13 +779,13 @@ def main() -> None:
         models, _, evaluated, evals = evaluators(ctx)
         res = cut_depth(ctx, PMT_BUDGETS[args.profile], models, evals)
         md = "\n".join(cut_depth_md(res, evaluated))
-        (args.out / "pmt_cut_depth.md").write_text(md + "\n")
-        (args.out / "pmt_cut_depth.json").write_text(json.dumps(res, indent=2, default=str))
+        write_text_atomic(args.out / "pmt_cut_depth.md", md + "\n")
+        write_json_atomic(args.out / "pmt_cut_depth.json", res, indent=2, default=str)
         print(md)
         return
     r = run(ctx)
-    (args.out / "pmt.md").write_text(f"# PMT experiment ({args.profile})\n\n" + r["markdown"] + "\n")
-    (args.out / "pmt.json").write_text(json.dumps(r["data"], indent=2, default=str))
+    write_text_atomic(args.out / "pmt.md", f"# PMT experiment ({args.profile})\n\n" + r["markdown"] + "\n")
+    write_json_atomic(args.out / "pmt.json", r["data"], indent=2, default=str)
     print(r["markdown"])
 
 
