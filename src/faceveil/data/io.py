@@ -65,6 +65,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         with warnings.catch_warnings():
             # our MAX_PIXELS check below replaces PIL's warning (89 MP); PIL's error (179 MP) stays
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # PIL warns and reads on about damaged metadata (EXIF tags past the end of the file):
+            # the pixels decode, so the image is kept; an unreadable orientation counts as upright
+            warnings.simplefilter("ignore", UserWarning)
             with Image.open(p) as im:
                 w, h = im.size
                 if w * h > MAX_PIXELS:
