@@ -2,8 +2,9 @@
 
     python bench/detect_bounds.py IMAGE [IMAGE ...] [--max-memory-gb 12] [--timeout 600] [--no-cnn]
 
-For each image a child process runs ``read_image`` then ``detect`` under an address-space limit
-(``RLIMIT_AS``) and a wall-clock timeout, and reports wall time of the read and of the detection,
+For each image a child process runs ``read_image``, ``detect`` and (if a face was found) the
+150x150 chip warp under an address-space limit
+(``RLIMIT_AS``) and a wall-clock timeout, and reports wall time of the read, the detection and the chip,
 the child's peak RSS (``ru_maxrss``) and the outcome (status and box, no face, or how it failed).
 Used for issue 36's before/after table; the child's peak RSS includes torch and dlib's models.
 """
@@ -23,7 +24,8 @@ resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
 out = {}
 try:
     from faceveil.data.io import read_image
-    from faceveil.data.align import detect, _dlib_models
+    from faceveil.data.align import detect, chips_from_images, _dlib_models
+    from faceveil.models.base import CropSpec
     from faceveil.errors import FaceNotFoundError, FaceveilError
     _dlib_models()
     t = time.perf_counter()
@@ -34,9 +36,13 @@ try:
     try:
         lm = detect(img, source=sys.argv[1], cnn=sys.argv[3] == "1")
         out["outcome"] = f"face status={lm.status} rect={lm.rect}"
+        out["detect_s"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        chips_from_images([img], [lm], CropSpec(150, 0.25))
+        out["chip_s"] = round(time.perf_counter() - t, 2)
     except FaceNotFoundError:
         out["outcome"] = "FaceNotFoundError"
-    out["detect_s"] = round(time.perf_counter() - t, 2)
+        out["detect_s"] = round(time.perf_counter() - t, 2)
 except MemoryError:
     out["outcome"] = "MemoryError"
 except FaceveilError as e:

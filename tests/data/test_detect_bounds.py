@@ -175,3 +175,15 @@ def test_large_image_chip_crop_matches_whole_image_warp(data_root, tmp_path, mon
         cropped = chips_from_images([big], [lm], crop)[0]
         diff = np.abs(whole.astype(int) - cropped.astype(int))
         assert diff.mean() < 0.05 and diff.max() <= 2, crop
+
+
+def test_protect_names_a_too_small_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from faceveil.cli import app
+
+    p = tmp_path / "tiny.png"
+    Image.new("RGB", (2, 2)).save(p)
+    res = CliRunner().invoke(app, ["protect", str(p), "--defense", "blur", "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    assert "tiny.png: image of 2x2 pixels is too small to detect a face in" in res.output
