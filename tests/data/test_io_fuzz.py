@@ -23,7 +23,7 @@ from tests.fuzz.seeds import seed_files
 #: FACEVEIL_FUZZ_EXAMPLES=20000 for a longer, randomised search (the default run is fixed and ~5 s)
 _N = int(os.environ.get("FACEVEIL_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(
-    max_examples=_N or 500, deadline=timedelta(seconds=5), database=None, derandomize=not _N,
+    max_examples=_N or 500, deadline=timedelta(seconds=10), database=None, derandomize=not _N,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 #: magic numbers that route bytes to each of PIL's decoders
