@@ -136,3 +136,15 @@ def test_memory_error_classification():
         assert limits.is_memory_error(e)
     assert not limits.is_memory_error(RuntimeError("shape mismatch"))
     assert not limits.is_memory_error(ValueError("bad"))
+
+
+def test_exit_after_a_caught_time_error_is_remapped():
+    import typer
+
+    b = limits.Bounds(seconds=1, what="faceveil bench")
+    assert b.outcome(typer.Exit(1)) is None  # no time-out: exits pass through
+    b.timed_out = True
+    assert b.outcome(typer.Exit(2)) == ("", limits.EXIT_TIME)  # the command printed the error itself
+    msg, code = b.outcome(typer.Exit(5))  # e.g. bench's failed-cell count: the line is still printed
+    assert code == limits.EXIT_TIME and msg.startswith("out of the 1 s time bound while running `faceveil bench`")
+    assert b.outcome(typer.Exit(0)) is None

@@ -136,8 +136,11 @@ class Bounds:
             return str(e), EXIT_TIME
         if isinstance(e, typer.Exit | SystemExit):
             code = e.exit_code if isinstance(e, typer.Exit) else e.code
-            # a command caught the TimeBoundError (a FaceveilError), printed it and exited: keep its line
-            return ("", EXIT_TIME) if self.timed_out and code else None
+            if not (self.timed_out and code):
+                return None
+            # a command caught the TimeBoundError (a FaceveilError) and failed: the CLI's commands print
+            # such errors and exit 2 (cli._fail), so only other exits still need the line
+            return ("" if code == 2 else self.time_message()), EXIT_TIME
         if self.memory_gb and is_memory_error(e):
             return self.memory_message(_where(e.__traceback__)), EXIT_MEMORY
         return None
