@@ -9,10 +9,13 @@ from typing import Annotated
 import typer
 
 from faceveil.errors import FaceveilError
+from faceveil.limits import BoundedGroup, bounds_options
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Privacy-preserving face recognition: defenses, attacks, measurements."
+    cls=BoundedGroup, add_completion=False, no_args_is_help=True,
+    help="Privacy-preserving face recognition: defenses, attacks, measurements.",
 )
+app.callback()(bounds_options)  # global --max-memory-gb / --max-seconds (faceveil.limits)
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate recognisers.")
 models_app = typer.Typer(no_args_is_help=True, help="Install and list pretrained models.")
 app.add_typer(eval_app, name="eval")

@@ -84,7 +84,7 @@ def protect_files(defense_name: str, params: dict[str, str], images: list[Path],
         path = Path(path)
         img = read_image(path)
         try:
-            chip, _ = align_image(img, crop, fallback=False)
+            chip, _ = align_image(img, crop, fallback=False, source=str(path))
         except FaceNotFoundError as e:
             raise FaceNotFoundError(f"{path}: no face found, nothing written for it ({e})") from e
         x = to_tensor(chip[None])
