@@ -121,22 +121,29 @@ def defenses_list() -> None:
 @app.command("protect", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def protect_cmd(
     ctx: typer.Context,
-    images: Annotated[list[Path], typer.Argument(help="Face images to protect.")],
+    images: Annotated[list[Path] | None, typer.Argument(help="Face images to protect.")] = None,
     defense: Annotated[str, typer.Option(help="Defense name (see `faceveil defenses list`).")] = "blur",
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("protected"),
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Defense parameter NAME=VALUE (repeatable).")] = None,
-    seed: int = 0,
+    research_seed: Annotated[int | None, typer.Option(
+        help="RESEARCH ONLY: derive the protection noise from this seed, so anyone with the seed can regenerate "
+             "(and remove) it. Default: fresh randomness from the OS CSPRNG for every image.")] = None,
+    key_file: Annotated[Path | None, typer.Option(
+        help="Client key file of a defense that needs a persistent secret (created with mode 0600 if absent).")] = None,
+    keep_going: Annotated[bool, typer.Option(help="Skip bad inputs (corrupt image, no face) instead of stopping.")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Protect face images: writes protected PNGs (image-domain defenses) or .npy arrays.
+    """Protect face images: writes protected PNGs (image-domain defenses) or .npy arrays, and OUT/manifest.json.
 
-    Defense parameters can also be given as options, e.g. ``--k 16`` or ``--model dlib``."""
-    from faceveil.defenses.cli_support import protect_files
+    Defense parameters can also be given as options, e.g. ``--k 16`` or ``--model dlib``. Exits 1 when an
+    input failed (the manifest says which files were written and which not)."""
+    from faceveil.defenses.cli_support import ProtectBatchError, protect_files
+    from faceveil.keys import Randomness
 
     params = parse_params(param)
     # unknown "--name value" options may land among the image arguments or in ctx.args
     extra, files = [], []
-    items = [str(i) for i in images] + list(ctx.args)
+    items = [str(i) for i in images or []] + list(ctx.args)
     while items:
         it = items.pop(0)
         if it.startswith("--"):
@@ -145,15 +152,33 @@ def protect_cmd(
             files.append(Path(it))
     while extra:
         flag = extra.pop(0)
+        if flag == "--seed":
+            _fail(ValueError("--seed was removed from `protect`: protection randomness comes from the OS CSPRNG; "
+                             "--research-seed N makes reproducible (and removable) noise for research only"))
         if not flag.startswith("--") or not extra:
             _fail(ValueError(f"unexpected argument {flag!r} (defense options take a value: --k 16)"))
         params[flag[2:].replace("-", "_")] = extra.pop(0)
+    if not files:
+        _fail(ValueError("no images given: faceveil protect [OPTIONS] IMAGE..."))
     try:
-        written = protect_files(defense, params, files, out, seed, data_dir)
+        randomness = Randomness.csprng() if research_seed is None else Randomness.research(research_seed)
+        report = protect_files(defense, params, files, out, randomness, data_dir, key_file=key_file, keep_going=keep_going)
+    except ProtectBatchError as e:
+        for w in e.report.written:
+            typer.echo(f"wrote {w}")
+        for r in e.report.failed:
+            typer.secho(f"failed: {r['error']}", fg=typer.colors.RED, err=True)
+        typer.secho(e.report.summary(), err=True)
+        raise typer.Exit(1) from None
     except (FaceveilError, ValueError) as e:
         _fail(e)
-    for w in written:
-        typer.echo(f"wrote {w}")
+    if research_seed is not None:
+        typer.secho(f"research seed {research_seed}: the noise can be regenerated from it (recorded in the manifest)", err=True)
+    for r in report.rows:
+        face = r.get("face", {})
+        note = f" ({face['n_faces']} faces found; kept the {face['selected']})" if face.get("n_faces", 1) > 1 else ""
+        typer.echo(f"wrote {r['output']}{note}")
+    typer.echo(report.summary())
 
 
 def parse_params(items: list[str] | None) -> dict[str, str]:
@@ -233,6 +258,38 @@ def bench_cmd(
         typer.echo(f"interrupted after {len(r['cells'])} of {r['planned_cells']} cells", err=True)
         raise typer.Exit(130)
     raise typer.Exit(min(r["failed"], 100))
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="Client secret keys (for defenses that hold a persistent secret).")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new(path: Annotated[Path, typer.Argument(help="Key file to create (mode 0600).")],
+             force: Annotated[bool, typer.Option(help="Replace an existing key (old protected data can no longer be matched).")] = False,
+             ) -> None:
+    """Generate a 256-bit client key from the OS CSPRNG; prints only its public fingerprint."""
+    from faceveil.keys import SecretKey
+
+    if path.exists() and not force:
+        _fail(FaceveilError(f"{path} exists; pass --force to replace it (a new key renews every template made with it)"))
+    try:
+        k = SecretKey.generate()
+        k.save(path)
+    except FaceveilError as e:
+        _fail(e)
+    typer.echo(f"wrote {path} (mode 600), fingerprint {k.fingerprint()}")
+
+
+@keys_app.command("info")
+def keys_info(path: Annotated[Path, typer.Argument(help="Key file.")]) -> None:
+    """Check a key file (format, owner-only permissions) and print its public fingerprint."""
+    from faceveil.keys import SecretKey
+
+    try:
+        typer.echo(f"{path}: faceveil key, fingerprint {SecretKey.load(path).fingerprint()}")
+    except FaceveilError as e:
+        _fail(e)
 
 
 fo_app = typer.Typer(no_args_is_help=True, help="FaceObfuscator tools.")

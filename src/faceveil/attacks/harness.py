@@ -47,7 +47,8 @@ from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute, l
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import LFW
 from faceveil.defenses.base import Defense
-from faceveil.defenses.system import ProtectedSystem, batch_generator
+from faceveil.defenses.system import ProtectedSystem
+from faceveil.keys import research_generator
 from faceveil.metrics.identity import closer_to_own, cosine, srra
 from faceveil.metrics.image import mse, psnr, ssim
 from faceveil.models.base import CropSpec, Recognizer
@@ -203,7 +204,7 @@ HELD_SALT = 23
 
 def _leak_part(leak, chips: np.ndarray, seed: int, salt: int, i: int) -> Tensor:
     """Batch ``i`` (of :data:`LEAK_BATCH` chips) of what the attacker's client gives for ``chips``."""
-    return leak(to_tensor(chips[i * LEAK_BATCH : (i + 1) * LEAK_BATCH]), batch_generator(seed, i, salt))
+    return leak(to_tensor(chips[i * LEAK_BATCH : (i + 1) * LEAK_BATCH]), research_generator(seed, i, salt))
 
 
 def _leak_set(defense: Defense, leak, chips: np.ndarray, seed: int, salt: int, path: Path, progress: bool = False,
@@ -356,7 +357,7 @@ def attacker_source(defense: Defense, threat: ThreatModel, leak, chips: np.ndarr
     set is made once (:func:`_leak_set`, cached on disk for slow clients; ``train_images`` keys it)."""
     on_the_fly = defense.stochastic and not defense.needs_grad_to_protect
     if not (defense.stochastic or defense.needs_grad_to_protect or defense.slow):
-        one = leak(to_tensor(chips[:1]), batch_generator(seed, 0, 11))
+        one = leak(to_tensor(chips[:1]), research_generator(seed, 0, 11))
         on_the_fly = one.numel() * 4 * len(chips) > max_bytes
     if on_the_fly:
         u8 = torch.from_numpy(chips)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib
 
-from faceveil.defenses.base import DEFENSES, Defense, SecretKey, get_defense, register_defense
+from faceveil.defenses.base import DEFENSES, Defense, get_defense, register_defense
 from faceveil.defenses.system import ProtectedSystem
+from faceveil.keys import SecretKey
 
 _MODULES = [
     "none", "noise", "blur", "pixelate", "mask", "advnoise", "laplace", "randperturb", "instahide",

@@ -12,8 +12,9 @@ A defense declares *where* it acts and *what* leaves the client / sits in the da
 - Feature-domain defenses transmit or store features (Laplace DP and random perturbation on
   embeddings, AdvFace on split-network feature maps, FaceObfuscator's frequency channels).
 
-Per-sample randomness always comes from an explicit ``torch.Generator`` (seeded from the config);
-secret keys are :class:`SecretKey` objects whose ``repr`` never shows the key.
+Per-sample randomness comes from a ``torch.Generator``: without one a stochastic defense draws a fresh
+seed from the OS CSPRNG (real use); benchmarks pass generators derived from their configured seed
+(:mod:`faceveil.keys`). Persistent secrets are :class:`faceveil.keys.SecretKey` objects.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from faceveil.errors import FaceveilDataError
+from faceveil.keys import os_generator
 from faceveil.models.base import Recognizer, check_images
 from faceveil.registry import Registry
 
@@ -43,21 +45,6 @@ def register_defense(name: str):
         return cls
 
     return deco
-
-
-class SecretKey:
-    """A secret (key or seed) that is never printed or logged."""
-
-    def __init__(self, value: int) -> None:
-        self._value = int(value)
-
-    def generator(self, salt: int = 0) -> torch.Generator:
-        return torch.Generator().manual_seed((self._value * 1_000_003 + salt) % (2**63))
-
-    def __repr__(self) -> str:
-        return "SecretKey(<hidden>)"
-
-    __str__ = __repr__
 
 
 @dataclass(frozen=True)
@@ -86,6 +73,9 @@ class Defense:
     side: ClassVar[str] = "client"
     stochastic: ClassVar[bool] = False
     differentiable: ClassVar[bool] = True
+    #: the client holds a persistent secret: ``__init__`` takes ``key`` (a :class:`faceveil.keys.SecretKey`,
+    #: generated from the CSPRNG when not given); the key never enters config(), caches or server bundles
+    needs_key: ClassVar[bool] = False
     #: whether the server recogniser must be adapted (a distilled student) to work at all
     needs_adapted_server: ClassVar[bool] = False
     #: protect() runs an optimisation (PMT, AdvNoise, DeepBlur, AdvFace) and needs autograd
@@ -225,9 +215,13 @@ class Defense:
 
     # --- helpers ------------------------------------------------------------------------------
     def _check_rng(self, rng: torch.Generator | None) -> torch.Generator:
-        if self.stochastic and rng is None:
-            raise ValueError(f"{self.name} is stochastic: pass a seeded torch.Generator")
-        return rng if rng is not None else torch.Generator().manual_seed(0)
+        """``rng``, or for a stochastic defense called without one a generator freshly seeded from the OS
+        CSPRNG (real use: nothing about the draw follows from public inputs; benchmarks pass seeded ones)."""
+        if rng is not None:
+            if not isinstance(rng, torch.Generator):
+                raise TypeError(f"{self.name}: rng must be a torch.Generator, got {type(rng).__name__}")
+            return rng
+        return os_generator() if self.stochastic else torch.Generator().manual_seed(0)
 
     @staticmethod
     def _check_images(x: Tensor) -> Tensor:

@@ -23,13 +23,9 @@ from torch import Tensor, nn
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import LFW
 from faceveil.defenses.base import Defense
+from faceveil.keys import research_generator
 from faceveil.metrics.verification import best_threshold
 from faceveil.models.base import OperatingPoint, pairwise_distance
-
-
-def batch_generator(seed: int, batch_index: int, salt: int = 0) -> torch.Generator:
-    """Per-batch randomness derived from a config seed (reproducible, independent per batch)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + batch_index * 7_919 + salt) % (2**63))
 
 
 def module_digest(m: nn.Module, length: int = 16) -> str:
@@ -143,7 +139,7 @@ class ProtectedSystem:
 
         def one(bi: int) -> tuple[Tensor, float]:
             x = to_tensor(chips[bi * batch_size : (bi + 1) * batch_size])
-            rng = batch_generator(self.seed, bi, salt)
+            rng = research_generator(self.seed, bi, salt)
             t0 = time.perf_counter()
             with torch.set_grad_enabled(d.needs_grad_to_protect):
                 t = self.database(x, rng) if stored else self.channel(x, rng)

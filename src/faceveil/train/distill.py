@@ -168,7 +168,7 @@ def _protected_once(defense: Defense, chips: np.ndarray, cfg: DistillConfig, dat
     PMT, AdvFace: too slow to redraw every epoch); each batch with its own seeded draws. A slow client's
     sets (hours at the full profile) are cached batch by batch while they are made, so a stopped run
     resumes; :func:`adapted_server` removes them once the student is saved."""
-    from faceveil.defenses.system import batch_generator
+    from faceveil.keys import research_generator
 
     bs, n = cfg.batch_size, -(-len(chips) // cfg.batch_size)
     out = []
@@ -176,7 +176,7 @@ def _protected_once(defense: Defense, chips: np.ndarray, cfg: DistillConfig, dat
         def part(i: int, flip: bool = flip) -> Tensor:
             c = chips[i * bs : (i + 1) * bs]
             return _protected_batch(defense, to_tensor(c[:, :, ::-1].copy() if flip else c),
-                                    batch_generator(cfg.seed, i, 41 + flip))
+                                    research_generator(cfg.seed, i, 41 + flip))
 
         out.append(defense.protected_set(_once_path(defense, cfg, data, flip), n, part, progress, "protecting (once)",
                                          save=False))
