@@ -26,6 +26,26 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _check_options(**checks: tuple[object, str]) -> None:
+    """Validate numeric and choice options before any work: ``name=(value, rule)`` with rule ``"positive"``
+    (> 0, None allowed), ``"positive-int"`` or a comma-separated list of choices. Fails with a one-line
+    error naming the option."""
+    for name, (value, rule) in checks.items():
+        opt = "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if rule == "positive-int":
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                _fail(ValueError(f"{opt} must be a positive integer, got {value!r}"))
+        elif rule == "positive":
+            import math
+
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                _fail(ValueError(f"{opt} must be a positive number, got {value!r}"))
+        elif str(value) not in rule.split(","):
+            _fail(ValueError(f"{opt} must be one of {rule.replace(',', ', ')}; got {value!r}"))
+
+
 @eval_app.command("lfw")
 def eval_lfw(
     model: Annotated[str, typer.Option(help="Recogniser name (see `faceveil models list`).")] = "dlib",
@@ -38,6 +58,7 @@ def eval_lfw(
     from faceveil.bench.lfw import LFW, evaluate_lfw, format_table, save_report
     from faceveil.models import get_recognizer
 
+    _check_options(per_fold=(per_fold, "positive-int"))
     try:
         rec = get_recognizer(model)
         report = evaluate_lfw(rec, LFW(data_dir), per_fold=per_fold, flip_tta=flip_tta)
@@ -67,6 +88,8 @@ def eval_utility(
     from faceveil.defenses import ProtectedSystem
     from faceveil.defenses.cli_support import make_defense
 
+    _check_options(per_fold=(per_fold, "positive-int"), server=(server, "frozen,adapted,clean-student"),
+                   profile=(profile, "ci,quick,full"))
     try:
         d = make_defense(defense, parse_params(param), data_dir)
         if server == "clean-student":  # the same-budget student trained on clean images (the baseline of every adapted number)
@@ -212,12 +235,21 @@ def attack_cmd(
         help="Evaluate on this many LFW same-pairs (default: the profile's; the attacker cache is unaffected).")] = None,
 ) -> None:
     """Train an attack on a defense (as a real attacker would) and judge it on LFW."""
-    from faceveil.attacks.base import ThreatModel, profile_budget
+    from faceveil.attacks import attack_names
+    from faceveil.attacks.base import PROFILES, ThreatModel, profile_budget
     from faceveil.attacks.harness import format_result, run_attack
     from faceveil.defenses.cli_support import make_defense
 
+    _check_options(max_seconds=(max_seconds, "positive"), eval_pairs=(eval_pairs, "positive-int"),
+                   profile=(profile, ",".join(PROFILES)), leakage=(leakage, "channel,database"),
+                   attack=(attack, ",".join(attack_names())))
+    if identity_weight < 0 or identity_weight != identity_weight:
+        _fail(ValueError(f"--identity-weight must be >= 0, got {identity_weight!r}"))
     try:
         d = make_defense(defense, parse_params(param), data_dir)
+        if view is not None and view not in d.ATTACKER_VIEWS:
+            known = ", ".join(d.ATTACKER_VIEWS) or "none (it has no defense-specific attacker view)"
+            raise ValueError(f"--view {view!r}: {defense} has no such attacker view; known: {known}")
         threat = ThreatModel(leakage=leakage, adaptive=view is not None, view=view,
                              knowledge="white-box" if attack == "whitebox" else "black-box client")
         budget = profile_budget(profile, **({"max_seconds": max_seconds, "max_steps": None} if max_seconds else {}))
@@ -245,8 +277,9 @@ def bench_cmd(
         help="Worker processes (one defense each, longest first; OMP threads = cores / jobs); logs in OUT/parts/.")] = 1,
 ) -> None:
     """Defenses x attacks on LFW: utility and privacy tables, grids, scatter plot, report.md/html."""
-    from faceveil.bench.runner import run_bench
+    from faceveil.bench.runner import BENCH_PROFILES, run_bench
 
+    _check_options(jobs=(jobs, "positive-int"), profile=(profile, ",".join(BENCH_PROFILES)))
     try:
         r = run_bench(profile, defenses.split(",") if defenses else None, attacks.split(",") if attacks else None,
                       out, data_dir, seed, force, experiments=experiments, jobs=jobs)

@@ -255,3 +255,47 @@ def test_large_deterministic_attacker_set_is_made_batch_by_batch(lfw_sample):
     assert held.protected.shape[1:] == (3, 112, 112)
     for (p, t), (q, u) in zip(held.batches(1, 4), streamed.batches(1, 4), strict=True):
         assert torch.equal(p, q) and torch.equal(t, u)
+
+
+@pytest.mark.parametrize(("args", "msg"), [
+    (["--max-seconds", "0"], "--max-seconds must be a positive number"),
+    (["--max-seconds", "-5"], "--max-seconds must be a positive number"),
+    (["--eval-pairs", "0"], "--eval-pairs must be a positive integer"),
+    (["--profile", "fast"], "--profile must be one of"),
+    (["--leakage", "disk"], "--leakage must be one of channel, database"),
+    (["--attack", "magic"], "--attack must be one of"),
+    (["--view", "abs"], "--view 'abs': none has no such attacker view"),
+    (["--identity-weight", "-1"], "--identity-weight must be >= 0"),
+])
+def test_attack_cli_validates_options_before_any_work(tmp_path, args, msg):
+    res = CliRunner().invoke(app, ["attack", "--defense", "none", *args, "--out", str(tmp_path)])
+    assert res.exit_code == 2 and msg in res.output, res.output
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_cli_numeric_options_validated():
+    for cmd in (["eval", "lfw", "--per-fold", "0"], ["eval", "utility", "--per-fold", "-2"], ["bench", "--jobs", "0"],
+                ["bench", "--profile", "huge"], ["eval", "utility", "--server", "gpu"]):
+        res = CliRunner().invoke(app, cmd)
+        assert res.exit_code == 2 and "must be" in res.output, (cmd, res.output)
+
+
+def test_attacker_stopped_by_the_time_guard_is_not_a_privacy_result(tmp_path):
+    """`--max-seconds` so small the guard fires before training: the command fails with a clear message
+    and writes no result; a cached undertrained attacker is refused the same way."""
+    from faceveil.attacks.base import MIN_TRAIN_STEPS, AttackerUndertrainedError, TrainLog, check_trained, profile_budget
+
+    cmd = ["attack", "--defense", "none", "-p", "transmit=res1", "--attack", "urec", "--profile", "ci",
+           "--max-seconds", "0.001", "--out", str(tmp_path)]
+    res = CliRunner().invoke(app, cmd)
+    assert res.exit_code == 2 and "not a privacy result" in res.output, res.output
+    assert not list(tmp_path.glob("*.json"))
+    res = CliRunner().invoke(app, cmd)  # the cached attacker is not judged either
+    assert res.exit_code == 2 and "not a privacy result" in res.output
+    b = profile_budget("quick")
+    check_trained("dn", TrainLog(steps=3, stopped_by="steps", planned_steps=3), b)  # its whole budget: fine
+    check_trained("dn", TrainLog(steps=200, stopped_by="time", planned_steps=600), b)
+    with pytest.raises(AttackerUndertrainedError):
+        check_trained("dn", TrainLog(steps=100, stopped_by="time", planned_steps=600), b)  # < a quarter
+    with pytest.raises(AttackerUndertrainedError):
+        check_trained("dn", TrainLog(steps=MIN_TRAIN_STEPS - 1, stopped_by="time"), profile_budget("ci"))

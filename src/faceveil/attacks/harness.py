@@ -39,6 +39,7 @@ from faceveil.attacks.base import (
     ReconstructionAttack,
     ThreatModel,
     attack_cache_path,
+    check_trained,
     get_attack,
     profile_budget,
 )
@@ -334,12 +335,14 @@ def train_attacker(system: ProtectedSystem, attack_name: str, threat: ThreatMode
     path = attack_cache_path(attack, defense.config(), asdict(threat), asdict(budget), str(data_dir(data)), "harness-v2")
     if path.is_file() and not force:
         if attack.load(path).healthy():
+            check_trained(attack_name, attack.log, budget)
             return attack, path
         log.warning("%s: cached attacker %s has non-finite statistics (float32 overflow); retraining", attack_name, path.name)
     chips = public_chips(data, defense.recognizer.crop, budget.train_images, seed, progress)
     targets = chip_images(chips, budget.target_size)
     source = attacker_source(defense, threat, leak, chips, targets, seed, budget.train_images, data, progress)
     attack.fit_and_save(source, budget, path, progress, force)  # resumable: outlives a stopped process
+    check_trained(attack_name, attack.log, budget)
     return attack, path
 
 

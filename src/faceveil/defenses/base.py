@@ -225,7 +225,7 @@ class Defense:
 
     @staticmethod
     def _check_images(x: Tensor) -> Tensor:
-        return check_images(x, "protect() input")
+        return check_images(x, "protect() input", strict=True)
 
 
 def check_features(f: Tensor, shape: tuple[int, ...] | None, what: str) -> Tensor:
