@@ -84,8 +84,8 @@ def eval_utility(
     """LFW 10-fold accuracy through a defense's full protected path (enrolment and probe protected)."""
     import json
 
+    from faceveil.bench.build import bench_system, lfw_utility
     from faceveil.bench.lfw import LFW
-    from faceveil.defenses import ProtectedSystem
     from faceveil.defenses.cli_support import make_defense
 
     _check_options(per_fold=(per_fold, "positive-int"), server=(server, "frozen,adapted,clean-student"),
@@ -94,11 +94,11 @@ def eval_utility(
         d = make_defense(defense, parse_params(param), data_dir)
         if server == "clean-student":  # the same-budget student trained on clean images (the baseline of every adapted number)
             d, server = make_defense("none", {"transmit": "image"}, data_dir), "adapted"
-        sysm = ProtectedSystem(d, server=server, profile=profile, seed=seed, data=data_dir)
-        r = sysm.lfw_utility(LFW(data_dir), per_fold=per_fold)
+        sysm = bench_system(d, server, profile, seed, data_dir)
+        r = lfw_utility(sysm, LFW(data_dir), per_fold=per_fold, seed=seed)
     except (FaceveilError, ValueError) as e:
         _fail(e)
-    r["train_log"] = getattr(sysm.server, "train_log", None)
+    r["train_log"] = getattr(sysm.model, "train_log", None)
     r["config"] = d.describe()
     typer.echo(f"{d.name} ({server}, {r['n_pairs']} pairs): {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} %; "
                f"TPR@1e-3 {100 * r['tpr_at_fpr_1e3']:.1f} %; client {r['client_ms']:.1f} ms, server {r['server_ms']:.1f} ms per face")
@@ -291,6 +291,112 @@ def bench_cmd(
         typer.echo(f"interrupted after {len(r['cells'])} of {r['planned_cells']} cells", err=True)
         raise typer.Exit(130)
     raise typer.Exit(min(r["failed"], 100))
+
+
+system_app = typer.Typer(no_args_is_help=True, help="Build, save and inspect protected systems.")
+app.add_typer(system_app, name="system")
+SystemFile = Annotated[Path, typer.Option("--system", help="A saved system (faceveil system build).")]
+
+
+@system_app.command("build")
+def system_build(
+    defense: Annotated[str, typer.Option(help="Defense name (see `faceveil defenses list`).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Bundle file to write.")],
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Defense parameter NAME=VALUE (repeatable).")] = None,
+    server: Annotated[str, typer.Option(help="frozen (deployed recogniser) | adapted (student distilled on protected inputs)")] = "frozen",
+    profile: Annotated[str, typer.Option(help="Student training budget: ci | quick | full")] = "quick",
+    client_only: Annotated[bool, typer.Option(help="Write only what users' devices need (no server weights).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the offline work (student training, threshold fit).")] = 0,
+    data_dir: DataDir = None,
+) -> None:
+    """Do the offline work (train or load the server model, fit the operating point on LFW pairsDevTrain)
+    and save the system as one bundle."""
+    from faceveil.bench.build import build_system
+    from faceveil.defenses.cli_support import make_defense
+
+    _check_options(server=(server, "frozen,adapted"), profile=(profile, "ci,quick,full"))
+    try:
+        d = make_defense(defense, parse_params(param), data_dir)
+        system = build_system(d, server, profile, seed, data_dir)
+        path = system.save(out, client_only=client_only)
+    except (FaceveilError, ValueError) as e:
+        _fail(e)
+    op = system.operating_point
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {d.name}, {server} server, "
+               f"threshold {op.threshold:.4f} ({op.metric}; pairsDevTrain accuracy {100 * op.train_accuracy:.2f} %)")
+
+
+@system_app.command("info")
+def system_info(path: Annotated[Path, typer.Argument(help="A system bundle.")]) -> None:
+    """Check a bundle (format, versions, checksums) and print what it holds."""
+    import json
+
+    from faceveil.system import bundle_info
+
+    try:
+        m = bundle_info(path)
+    except FaceveilError as e:
+        _fail(e)
+    m.pop("members", None)
+    typer.echo(json.dumps(m, indent=2))
+
+
+def _load(system: Path, data_dir):
+    from faceveil.system import load_system
+
+    return load_system(system, data=data_dir)
+
+
+@app.command("verify")
+def verify_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Two photos: the enrolled one, then the probe.")],
+    system: SystemFile,
+    data_dir: DataDir = None,
+) -> None:
+    """Do two photos show the same person? Enrols the first through the protected path, verifies the second."""
+    if len(images) != 2:
+        _fail(ValueError(f"verify takes two photos (enrolled, probe), got {len(images)}"))
+    try:
+        s = _load(system, data_dir)
+        templates = s.enroll(str(images[0]))
+        d = s.verify(str(images[1]), templates)[0]
+    except (FaceveilError, ValueError) as e:
+        _fail(e)
+    verdict = "same person" if d.accepted else "different people"
+    typer.echo(f"{verdict}: distance {d.distance:.4f} {'<=' if d.accepted else '>'} threshold {d.threshold:.4f} ({d.metric})")
+
+
+@app.command("identify")
+def identify_cmd(
+    image: Annotated[Path, typer.Argument(help="The probe photo.")],
+    system: SystemFile,
+    gallery: Annotated[Path, typer.Option(help="Folder of enrolled people: <DIR>/<name>/*.jpg, or <DIR>/<name>.jpg.")],
+    k: Annotated[int, typer.Option("-k", help="Candidates to show.")] = 5,
+    data_dir: DataDir = None,
+) -> None:
+    """Who is this? Enrols every person of the gallery folder (protected) and ranks them for the probe."""
+    from faceveil.data.datasets import gallery_folder
+
+    _check_options(k=(k, "positive-int"))
+    try:
+        s = _load(system, data_dir)
+        g = s.gallery()
+        skipped = []
+        for label, files in gallery_folder(gallery).items():
+            try:
+                g.add(label, s.enroll([str(f) for f in files]))
+            except FaceveilError as e:  # e.g. no face in one of the person's photos
+                skipped.append(f"{label}: {e}")
+        if not len(g):
+            raise FaceveilError(f"{gallery}: no person could be enrolled ({'; '.join(skipped) or 'empty folder'})")
+        matches = s.identify(str(image), g, k=k)[0]
+    except (FaceveilError, ValueError) as e:
+        _fail(e)
+    for line in skipped:
+        typer.secho(f"skipped {line}", err=True)
+    typer.echo(f"gallery of {len(g)} people; nearest first ({s.metric} distance, threshold {s.operating_point.threshold:.4f}):")
+    for m in matches:
+        typer.echo(f"  {m.label:<30} {m.distance:.4f}  {'match' if m.accepted else '-'}")
 
 
 keys_app = typer.Typer(no_args_is_help=True, help="Client secret keys (for defenses that hold a persistent secret).")

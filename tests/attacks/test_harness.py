@@ -77,9 +77,8 @@ def test_judged_results_are_cached_and_follow_the_attacker(res1_result, monkeypa
 def test_wrong_shape_for_trained_attacker(res1_result):
     from faceveil.attacks.base import profile_budget
     from faceveil.attacks.harness import train_attacker
-    from faceveil.defenses import ProtectedSystem
 
-    attack, _ = train_attacker(ProtectedSystem(get_defense("none", transmit="res1")), "urec", ThreatModel(),
+    attack, _ = train_attacker(get_defense("none", transmit="res1"), "urec", ThreatModel(),
                                profile_budget("ci"), progress=False)
     with pytest.raises(FaceveilDataError, match="shape"):
         attack.attack(torch.zeros(2, 128))
@@ -213,16 +212,15 @@ def test_fast_clients_targets_are_attacked_batch_by_batch(res1_result, lfw):
 
     from faceveil.attacks.base import profile_budget
     from faceveil.attacks.harness import _attack_streamed, _held_targets, _leak_fn, train_attacker
-    from faceveil.defenses import ProtectedSystem
 
     torch.set_num_threads(1)
-    attack, _ = train_attacker(ProtectedSystem(get_defense("none", transmit="res1")), "urec", ThreatModel(),
+    attack, _ = train_attacker(get_defense("none", transmit="res1"), "urec", ThreatModel(),
                                profile_budget("ci"), progress=False)
     d = get_defense("randperturb", at="res1", iterations=2)
     assert d.stochastic and not d.slow
     idx = lfw.pair_images()[:70]  # two batches, the second one partial
     chips, _ = lfw.dataset().subset(idx).chips(d.recognizer.crop, progress=False)
-    leak, keep = _leak_fn(ProtectedSystem(d), ThreatModel()), np.array([69, 0, 65, 3])
+    leak, keep = _leak_fn(d, ThreatModel()), np.array([69, 0, 65, 3])
     whole = _held_targets(d, ThreatModel(), leak, chips, idx, 5, None, False)
     recon, rows, ms = _attack_streamed(attack, leak, chips, 5, keep, False)
     assert torch.equal(recon, attack.attack(whole)) and torch.equal(rows, whole[keep]) and ms > 0
@@ -242,13 +240,12 @@ def test_large_deterministic_attacker_set_is_made_batch_by_batch(lfw_sample):
     FaceObfuscator channels of 13,566 faces: 43 GB) is run on each training batch as it is drawn: the
     same batches, value for value, as the precomputed set, and no set is held."""
     from faceveil.attacks.harness import _leak_fn, attacker_source
-    from faceveil.defenses import ProtectedSystem
 
     torch.set_num_threads(1)
     chips = lfw_sample[1][:10]
     d = get_defense("faceobfuscator", channels="AC01,AC10,DC", obfuscate=False)
     assert not d.stochastic
-    leak, targets = _leak_fn(ProtectedSystem(d), ThreatModel()), chip_images(chips, 32)
+    leak, targets = _leak_fn(d, ThreatModel()), chip_images(chips, 32)
     held = attacker_source(d, ThreatModel(), leak, chips, targets, 3)
     streamed = attacker_source(d, ThreatModel(), leak, chips, targets, 3, max_bytes=1000)
     assert held.protected is not None and streamed.protected is None

@@ -8,8 +8,9 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 
+from faceveil.bench.build import bench_system, embed_chips, lfw_utility
 from faceveil.data.align import dataset_landmarks, to_tensor
-from faceveil.defenses import ProtectedSystem, defense_names, get_defense
+from faceveil.defenses import defense_names, get_defense
 from faceveil.defenses.blur import box_blur, gaussian_blur
 from faceveil.defenses.cli_support import list_defenses, parse_params, protect_files
 from faceveil.defenses.mask import image_to_chip_points, template_chip_points
@@ -316,7 +317,7 @@ PER_FOLD = 5  # 100 real pairs (~200 images): ~5 s per level on one core
     ],
 )
 def test_utility_falls_with_strength(name, levels, lfw, dlib_model):
-    accs = [ProtectedSystem(get_defense(name, recognizer=dlib_model, **kw)).lfw_utility(lfw, per_fold=PER_FOLD)["acc_mean"]
+    accs = [lfw_utility(bench_system(get_defense(name, recognizer=dlib_model, **kw)), lfw, per_fold=PER_FOLD)["acc_mean"]
             for kw in levels]
     assert accs[0] >= 0.95, accs  # weakest level ~ clean dlib
     assert accs[0] - accs[1] >= 0.05 and accs[1] - accs[2] >= 0.05, accs
@@ -362,18 +363,16 @@ def test_protect_files(tmp_path, lfw, data_root):
 def test_slow_client_output_cached_across_servers(lfw_sample, dlib_model, pool):
     """A slow client's protected faces are computed once (keyed by defense, chips, seed, batching):
     a second system (another server, a re-run) reuses them and the client time measured with them."""
-    from faceveil.defenses import ProtectedSystem
-
     d = make("advnoise", dlib_model, pool)
     assert d.protect_ms_hint >= d.SLOW_CLIENT_MS
     chips = lfw_sample[1][:6]
     t1: list = []
-    e1 = ProtectedSystem(d, seed=3).embed_chips(chips, stored=False, batch_size=4, salt=7, timing=t1)
+    e1 = embed_chips(bench_system(d), chips, stored=False, batch_size=4, salt=7, seed=3, timing=t1)
     t2: list = []
-    e2 = ProtectedSystem(d, seed=3).embed_chips(chips, stored=False, batch_size=4, salt=7, timing=t2)
+    e2 = embed_chips(bench_system(d), chips, stored=False, batch_size=4, salt=7, seed=3, timing=t2)
     assert torch.equal(e1, e2) and [t[:2] for t in t1] == [t[:2] for t in t2]
     t3: list = []
-    ProtectedSystem(d, seed=4).embed_chips(chips, stored=False, batch_size=4, salt=7, timing=t3)  # another seed: new key
+    embed_chips(bench_system(d), chips, stored=False, batch_size=4, salt=7, seed=4, timing=t3)  # another seed: new key
     assert [t[1] for t in t3] != [t[1] for t in t1]
 
 
@@ -386,12 +385,14 @@ def test_fast_client_batches_are_streamed_not_cached(lfw_sample, dlib_model, poo
     d = make("noise", dlib_model, pool)
     assert d.protect_ms_hint < d.SLOW_CLIENT_MS
     chips = lfw_sample[1][:6]
-    system = ProtectedSystem(d, seed=3)
-    it = system._protected_batches(chips, stored=False, batch_size=4, salt=7)
+    from faceveil.bench.build import _protected_batches
+
+    system = bench_system(d)
+    it = _protected_batches(system, chips, stored=False, batch_size=4, salt=7, seed=3)
     assert inspect.isgenerator(it)
     first = next(it)[0]
     assert first.shape[0] == 4 and [b.shape[0] for b, _ in it] == [2]
-    e = system.embed_chips(chips, stored=False, batch_size=4, salt=7)
+    e = embed_chips(system, chips, stored=False, batch_size=4, salt=7, seed=3)
     assert torch.allclose(e[:4], system.embed_protected(first, stored=False), atol=1e-5)
     assert not (tmp_path / "protected").exists()
 
@@ -401,27 +402,27 @@ def test_lfw_utility_is_cached_by_defense_and_server_weights(lfw, dlib_model, mo
     another defense setting or a server with other weights is judged afresh."""
     import copy
 
+    import faceveil.bench.build as build
     import faceveil.config
 
     real_dir = faceveil.config.cache_dir
     monkeypatch.setattr(faceveil.config, "cache_dir", lambda kind: tmp_path if kind == "utility" else real_dir(kind))
-    sysm = ProtectedSystem(get_defense("blur", recognizer=dlib_model, k=9))
-    first = sysm.lfw_utility(lfw, per_fold=2)
-    real = ProtectedSystem.pair_embeddings
+    sysm = bench_system(get_defense("blur", recognizer=dlib_model, k=9))
+    first = lfw_utility(sysm, lfw, per_fold=2)
+    real = build.pair_embeddings
     calls: list[int] = []
 
-    def counted(self, *a, **k):
+    def counted(*a, **k):
         calls.append(1)
-        return real(self, *a, **k)
+        return real(*a, **k)
 
-    monkeypatch.setattr(ProtectedSystem, "pair_embeddings", counted)
-    assert ProtectedSystem(get_defense("blur", recognizer=dlib_model, k=9)).lfw_utility(lfw, per_fold=2) == first
+    monkeypatch.setattr(build, "pair_embeddings", counted)
+    assert lfw_utility(bench_system(get_defense("blur", recognizer=dlib_model, k=9)), lfw, per_fold=2) == first
     assert calls == []
-    ProtectedSystem(get_defense("blur", recognizer=dlib_model, k=10)).lfw_utility(lfw, per_fold=2)
+    lfw_utility(bench_system(get_defense("blur", recognizer=dlib_model, k=10)), lfw, per_fold=2)
     assert calls == [1]
-    other = ProtectedSystem(get_defense("blur", recognizer=dlib_model, k=9))
-    other._server = copy.deepcopy(sysm.server)
+    model = copy.deepcopy(sysm.model)
     with torch.no_grad():
-        next(other._server.parameters()).mul_(0.5)
-    other.lfw_utility(lfw, per_fold=2)
+        next(model.parameters()).mul_(0.5)
+    lfw_utility(bench_system(get_defense("blur", recognizer=dlib_model, k=9), model=model), lfw, per_fold=2)
     assert calls == [1, 1]

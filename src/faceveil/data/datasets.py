@@ -94,6 +94,28 @@ class PairSet:
     fold: np.ndarray  # int; 0 for protocols without folds
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def gallery_folder(root: str | os.PathLike) -> dict[str, list[Path]]:
+    """People to enrol from a folder: ``<root>/<name>/*.<image>`` (one sub-folder per person) and
+    ``<root>/<name>.<image>`` (one photo per person), sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FaceveilDataError(f"{root}: gallery folder does not exist")
+    out: dict[str, list[Path]] = {}
+    for p in sorted(root.iterdir()):
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if files:
+                out[p.name] = files
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            out.setdefault(p.stem, []).append(p)
+    if not out:
+        raise FaceveilDataError(f"{root}: no images found (expected <name>/*.jpg or <name>.jpg)")
+    return out
+
+
 def lfw_file(name: str, num: int) -> str:
     return f"{name}/{name}_{num:04d}.jpg"
 

@@ -128,6 +128,10 @@ class Defense:
         return load_or_compute_parts(path, n, part, lambda parts: cat_parts(parts, n), progress=progress, desc=desc,
                                      save=save, stream=True)
 
+    def public_params(self) -> dict:
+        """The constructor's keyword parameters as set (public: what a saved system rebuilds it from)."""
+        return {p.name: getattr(self, p.name, p.default) for p in self.params()}
+
     def config(self) -> dict:
         """Everything that determines this defense's output (for cache keys and reports)."""
         return {"name": self.name, **{p.name: getattr(self, p.name, p.default) for p in self.params()}}
@@ -164,6 +168,15 @@ class Defense:
         """Server-side identity recovery before the recogniser (default: none)."""
         return t
 
+    def leak(self, x: Tensor, scenario: str = "channel", rng: torch.Generator | None = None) -> Tensor:
+        """What an attacker gets of chips ``x``: ``"channel"`` the transmitted data, ``"database"`` the
+        stored templates (both with the same draws)."""
+        if scenario == "channel":
+            return self.protect(x, rng)
+        if scenario == "database":
+            return self.protect_stored(self.protect(x, rng), rng)
+        raise ValueError(f"leakage scenario must be 'channel' or 'database', got {scenario!r}")
+
     def server_training_input(self, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
         """What an adapted server model is trained on, from clean chips (distillation): by default
         the recovered transmitted data; defenses that store something else override it."""
@@ -194,6 +207,16 @@ class Defense:
     def whitebox_target(self, t: Tensor) -> Tensor:
         """What the white-box attacker matches, computed from the leaked data (default: itself)."""
         return t
+
+    def bundle_state(self) -> dict[str, Tensor]:
+        """Trained server-side parts a saved system needs besides :meth:`config` (networks trained on
+        public faces, e.g. AdvFace's shadow model): never face data, never a client secret."""
+        return {}
+
+    def load_bundle_state(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`bundle_state` from a saved system."""
+        if state:
+            raise ValueError(f"{self.name} stores no state in a system bundle, got {sorted(state)}")
 
     def frozen_server(self) -> nn.Module:
         """The deployed recogniser applied to recovered protected data, without adaptation.
