@@ -29,6 +29,26 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _check_options(**checks: tuple[object, str]) -> None:
+    """Validate numeric and choice options before any work: ``name=(value, rule)`` with rule ``"positive"``
+    (> 0, None allowed), ``"positive-int"`` or a comma-separated list of choices. Fails with a one-line
+    error naming the option."""
+    for name, (value, rule) in checks.items():
+        opt = "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if rule == "positive-int":
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                _fail(ValueError(f"{opt} must be a positive integer, got {value!r}"))
+        elif rule == "positive":
+            import math
+
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                _fail(ValueError(f"{opt} must be a positive number, got {value!r}"))
+        elif str(value) not in rule.split(","):
+            _fail(ValueError(f"{opt} must be one of {rule.replace(',', ', ')}; got {value!r}"))
+
+
 @eval_app.command("lfw")
 def eval_lfw(
     model: Annotated[str, typer.Option(help="Recogniser name (see `faceveil models list`).")] = "dlib",
@@ -41,6 +61,7 @@ def eval_lfw(
     from faceveil.bench.lfw import LFW, evaluate_lfw, format_table, save_report
     from faceveil.models import get_recognizer
 
+    _check_options(per_fold=(per_fold, "positive-int"))
     try:
         rec = get_recognizer(model)
         report = evaluate_lfw(rec, LFW(data_dir), per_fold=per_fold, flip_tta=flip_tta)
@@ -67,20 +88,23 @@ def eval_utility(
     out: Annotated[Path | None, typer.Option(help="JSON output path.")] = None,
 ) -> None:
     """LFW 10-fold accuracy through a defense's full protected path (enrolment and probe protected)."""
+
+    from faceveil.bench.build import bench_system, lfw_utility
     from faceveil.bench.lfw import LFW
-    from faceveil.defenses import ProtectedSystem
     from faceveil.defenses.cli_support import make_defense
     from faceveil.storage import write_json_atomic
 
+    _check_options(per_fold=(per_fold, "positive-int"), server=(server, "frozen,adapted,clean-student"),
+                   profile=(profile, "ci,quick,full"))
     try:
         d = make_defense(defense, parse_params(param), data_dir)
         if server == "clean-student":  # the same-budget student trained on clean images (the baseline of every adapted number)
             d, server = make_defense("none", {"transmit": "image"}, data_dir), "adapted"
-        sysm = ProtectedSystem(d, server=server, profile=profile, seed=seed, data=data_dir)
-        r = sysm.lfw_utility(LFW(data_dir), per_fold=per_fold)
+        sysm = bench_system(d, server, profile, seed, data_dir)
+        r = lfw_utility(sysm, LFW(data_dir), per_fold=per_fold, seed=seed)
     except (FaceveilError, ValueError) as e:
         _fail(e)
-    r["train_log"] = getattr(sysm.server, "train_log", None)
+    r["train_log"] = getattr(sysm.model, "train_log", None)
     r["config"] = d.describe()
     typer.echo(f"{d.name} ({server}, {r['n_pairs']} pairs): {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} %; "
                f"TPR@1e-3 {100 * r['tpr_at_fpr_1e3']:.1f} %; client {r['client_ms']:.1f} ms, server {r['server_ms']:.1f} ms per face")
@@ -128,23 +152,30 @@ def defenses_list() -> None:
 @app.command("protect", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def protect_cmd(
     ctx: typer.Context,
-    images: Annotated[list[Path], typer.Argument(help="Face images to protect.")],
+    images: Annotated[list[Path] | None, typer.Argument(help="Face images to protect.")] = None,
     defense: Annotated[str, typer.Option(help="Defense name (see `faceveil defenses list`).")] = "blur",
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("protected"),
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Defense parameter NAME=VALUE (repeatable).")] = None,
-    seed: int = 0,
+    research_seed: Annotated[int | None, typer.Option(
+        help="RESEARCH ONLY: derive the protection noise from this seed, so anyone with the seed can regenerate "
+             "(and remove) it. Default: fresh randomness from the OS CSPRNG for every image.")] = None,
+    key_file: Annotated[Path | None, typer.Option(
+        help="Client key file of a defense that needs a persistent secret (created with mode 0600 if absent).")] = None,
+    keep_going: Annotated[bool, typer.Option(help="Skip bad inputs (corrupt image, no face) instead of stopping.")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Protect face images: writes protected PNGs (image-domain defenses) or .npy arrays.
+    """Protect face images: writes protected PNGs (image-domain defenses) or .npy arrays, and OUT/manifest.json.
 
-    Defense parameters can also be given as options, e.g. ``--k 16`` or ``--model dlib``."""
-    from faceveil.defenses.cli_support import protect_files
+    Defense parameters can also be given as options, e.g. ``--k 16`` or ``--model dlib``. Exits 1 when an
+    input failed (the manifest says which files were written and which not)."""
+    from faceveil.defenses.cli_support import ProtectBatchError, protect_files
+    from faceveil.keys import Randomness
     from faceveil.storage import ensure_dir
 
     params = parse_params(param)
     # unknown "--name value" options may land among the image arguments or in ctx.args
     extra, files = [], []
-    items = [str(i) for i in images] + list(ctx.args)
+    items = [str(i) for i in images or []] + list(ctx.args)
     while items:
         it = items.pop(0)
         if it.startswith("--"):
@@ -153,16 +184,34 @@ def protect_cmd(
             files.append(Path(it))
     while extra:
         flag = extra.pop(0)
+        if flag == "--seed":
+            _fail(ValueError("--seed was removed from `protect`: protection randomness comes from the OS CSPRNG; "
+                             "--research-seed N makes reproducible (and removable) noise for research only"))
         if not flag.startswith("--") or not extra:
             _fail(ValueError(f"unexpected argument {flag!r} (defense options take a value: --k 16)"))
         params[flag[2:].replace("-", "_")] = extra.pop(0)
+    if not files:
+        _fail(ValueError("no images given: faceveil protect [OPTIONS] IMAGE..."))
     try:
         ensure_dir(out)  # a clear error when the output folder cannot be made
-        written = protect_files(defense, params, files, out, seed, data_dir)
+        randomness = Randomness.csprng() if research_seed is None else Randomness.research(research_seed)
+        report = protect_files(defense, params, files, out, randomness, data_dir, key_file=key_file, keep_going=keep_going)
+    except ProtectBatchError as e:
+        for w in e.report.written:
+            typer.echo(f"wrote {w}")
+        for r in e.report.failed:
+            typer.secho(f"failed: {r['error']}", fg=typer.colors.RED, err=True)
+        typer.secho(e.report.summary(), err=True)
+        raise typer.Exit(1) from None
     except (FaceveilError, ValueError) as e:
         _fail(e)
-    for w in written:
-        typer.echo(f"wrote {w}")
+    if research_seed is not None:
+        typer.secho(f"research seed {research_seed}: the noise can be regenerated from it (recorded in the manifest)", err=True)
+    for r in report.rows:
+        face = r.get("face", {})
+        note = f" ({face['selection']})" if face.get("n_faces", 1) > 1 else ""
+        typer.echo(f"wrote {r['output']}{note}")
+    typer.echo(report.summary())
 
 
 def parse_params(items: list[str] | None) -> dict[str, str]:
@@ -196,12 +245,21 @@ def attack_cmd(
         help="Evaluate on this many LFW same-pairs (default: the profile's; the attacker cache is unaffected).")] = None,
 ) -> None:
     """Train an attack on a defense (as a real attacker would) and judge it on LFW."""
-    from faceveil.attacks.base import ThreatModel, profile_budget
+    from faceveil.attacks import attack_names
+    from faceveil.attacks.base import PROFILES, ThreatModel, profile_budget
     from faceveil.attacks.harness import format_result, run_attack
     from faceveil.defenses.cli_support import make_defense
 
+    _check_options(max_seconds=(max_seconds, "positive"), eval_pairs=(eval_pairs, "positive-int"),
+                   profile=(profile, ",".join(PROFILES)), leakage=(leakage, "channel,database"),
+                   attack=(attack, ",".join(attack_names())))
+    if identity_weight < 0 or identity_weight != identity_weight:
+        _fail(ValueError(f"--identity-weight must be >= 0, got {identity_weight!r}"))
     try:
         d = make_defense(defense, parse_params(param), data_dir)
+        if view is not None and view not in d.ATTACKER_VIEWS:
+            known = ", ".join(d.ATTACKER_VIEWS) or "none (it has no defense-specific attacker view)"
+            raise ValueError(f"--view {view!r}: {defense} has no such attacker view; known: {known}")
         threat = ThreatModel(leakage=leakage, adaptive=view is not None, view=view,
                              knowledge="white-box" if attack == "whitebox" else "black-box client")
         budget = profile_budget(profile, **({"max_seconds": max_seconds, "max_steps": None} if max_seconds else {}))
@@ -229,8 +287,9 @@ def bench_cmd(
         help="Worker processes (one defense each, longest first; OMP threads = cores / jobs); logs in OUT/parts/.")] = 1,
 ) -> None:
     """Defenses x attacks on LFW: utility and privacy tables, grids, scatter plot, report.md/html."""
-    from faceveil.bench.runner import run_bench
+    from faceveil.bench.runner import BENCH_PROFILES, run_bench
 
+    _check_options(jobs=(jobs, "positive-int"), profile=(profile, ",".join(BENCH_PROFILES)))
     try:
         r = run_bench(profile, defenses.split(",") if defenses else None, attacks.split(",") if attacks else None,
                       out, data_dir, seed, force, experiments=experiments, jobs=jobs)
@@ -242,6 +301,144 @@ def bench_cmd(
         typer.echo(f"interrupted after {len(r['cells'])} of {r['planned_cells']} cells", err=True)
         raise typer.Exit(130)
     raise typer.Exit(min(r["failed"], 100))
+
+
+system_app = typer.Typer(no_args_is_help=True, help="Build, save and inspect protected systems.")
+app.add_typer(system_app, name="system")
+SystemFile = Annotated[Path, typer.Option("--system", help="A saved system (faceveil system build).")]
+
+
+@system_app.command("build")
+def system_build(
+    defense: Annotated[str, typer.Option(help="Defense name (see `faceveil defenses list`).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Bundle file to write.")],
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Defense parameter NAME=VALUE (repeatable).")] = None,
+    server: Annotated[str, typer.Option(help="frozen (deployed recogniser) | adapted (student distilled on protected inputs)")] = "frozen",
+    profile: Annotated[str, typer.Option(help="Student training budget: ci | quick | full")] = "quick",
+    client_only: Annotated[bool, typer.Option(help="Write only what users' devices need (no server weights).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the offline work (student training, threshold fit).")] = 0,
+    data_dir: DataDir = None,
+) -> None:
+    """Do the offline work (train or load the server model, fit the operating point on LFW pairsDevTrain)
+    and save the system as one bundle."""
+    from faceveil.bench.build import build_system
+    from faceveil.defenses.cli_support import make_defense
+
+    _check_options(server=(server, "frozen,adapted"), profile=(profile, "ci,quick,full"))
+    try:
+        d = make_defense(defense, parse_params(param), data_dir)
+        system = build_system(d, server, profile, seed, data_dir)
+        path = system.save(out, client_only=client_only)
+    except (FaceveilError, ValueError) as e:
+        _fail(e)
+    op = system.operating_point
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {d.name}, {server} server, "
+               f"threshold {op.threshold:.4f} ({op.metric}; pairsDevTrain accuracy {100 * op.train_accuracy:.2f} %)")
+
+
+@system_app.command("info")
+def system_info(path: Annotated[Path, typer.Argument(help="A system bundle.")]) -> None:
+    """Check a bundle (format, versions, checksums) and print what it holds."""
+    import json
+
+    from faceveil.system import bundle_info
+
+    try:
+        m = bundle_info(path)
+    except FaceveilError as e:
+        _fail(e)
+    m.pop("members", None)
+    typer.echo(json.dumps(m, indent=2))
+
+
+def _load(system: Path, data_dir):
+    from faceveil.system import load_system
+
+    return load_system(system, data=data_dir)
+
+
+@app.command("verify")
+def verify_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Two photos: the enrolled one, then the probe.")],
+    system: SystemFile,
+    data_dir: DataDir = None,
+) -> None:
+    """Do two photos show the same person? Enrols the first through the protected path, verifies the second."""
+    if len(images) != 2:
+        _fail(ValueError(f"verify takes two photos (enrolled, probe), got {len(images)}"))
+    try:
+        s = _load(system, data_dir)
+        templates = s.enroll(str(images[0]))
+        d = s.verify(str(images[1]), templates)[0]
+    except (FaceveilError, ValueError) as e:
+        _fail(e)
+    verdict = "same person" if d.accepted else "different people"
+    typer.echo(f"{verdict}: distance {d.distance:.4f} {'<=' if d.accepted else '>'} threshold {d.threshold:.4f} ({d.metric})")
+
+
+@app.command("identify")
+def identify_cmd(
+    image: Annotated[Path, typer.Argument(help="The probe photo.")],
+    system: SystemFile,
+    gallery: Annotated[Path, typer.Option(help="Folder of enrolled people: <DIR>/<name>/*.jpg, or <DIR>/<name>.jpg.")],
+    k: Annotated[int, typer.Option("-k", help="Candidates to show.")] = 5,
+    data_dir: DataDir = None,
+) -> None:
+    """Who is this? Enrols every person of the gallery folder (protected) and ranks them for the probe."""
+    from faceveil.data.datasets import gallery_folder
+
+    _check_options(k=(k, "positive-int"))
+    try:
+        s = _load(system, data_dir)
+        g = s.gallery()
+        skipped = []
+        for label, files in gallery_folder(gallery).items():
+            try:
+                g.add(label, s.enroll([str(f) for f in files]))
+            except FaceveilError as e:  # e.g. no face in one of the person's photos
+                skipped.append(f"{label}: {e}")
+        if not len(g):
+            raise FaceveilError(f"{gallery}: no person could be enrolled ({'; '.join(skipped) or 'empty folder'})")
+        matches = s.identify(str(image), g, k=k)[0]
+    except (FaceveilError, ValueError) as e:
+        _fail(e)
+    for line in skipped:
+        typer.secho(f"skipped {line}", err=True)
+    typer.echo(f"gallery of {len(g)} people; nearest first ({s.metric} distance, threshold {s.operating_point.threshold:.4f}):")
+    for m in matches:
+        typer.echo(f"  {m.label:<30} {m.distance:.4f}  {'match' if m.accepted else '-'}")
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="Client secret keys (for defenses that hold a persistent secret).")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new(path: Annotated[Path, typer.Argument(help="Key file to create (mode 0600).")],
+             force: Annotated[bool, typer.Option(help="Replace an existing key (old protected data can no longer be matched).")] = False,
+             ) -> None:
+    """Generate a 256-bit client key from the OS CSPRNG; prints only its public fingerprint."""
+    from faceveil.keys import SecretKey
+
+    if path.exists() and not force:
+        _fail(FaceveilError(f"{path} exists; pass --force to replace it (a new key renews every template made with it)"))
+    try:
+        k = SecretKey.generate()
+        k.save(path)
+    except FaceveilError as e:
+        _fail(e)
+    typer.echo(f"wrote {path} (mode 600), fingerprint {k.fingerprint()}")
+
+
+@keys_app.command("info")
+def keys_info(path: Annotated[Path, typer.Argument(help="Key file.")]) -> None:
+    """Check a key file (format, owner-only permissions) and print its public fingerprint."""
+    from faceveil.keys import SecretKey
+
+    try:
+        typer.echo(f"{path}: faceveil key, fingerprint {SecretKey.load(path).fingerprint()}")
+    except FaceveilError as e:
+        _fail(e)
 
 
 fo_app = typer.Typer(no_args_is_help=True, help="FaceObfuscator tools.")

@@ -77,9 +77,8 @@ def test_judged_results_are_cached_and_follow_the_attacker(res1_result, monkeypa
 def test_wrong_shape_for_trained_attacker(res1_result):
     from faceveil.attacks.base import profile_budget
     from faceveil.attacks.harness import train_attacker
-    from faceveil.defenses import ProtectedSystem
 
-    attack, _ = train_attacker(ProtectedSystem(get_defense("none", transmit="res1")), "urec", ThreatModel(),
+    attack, _ = train_attacker(get_defense("none", transmit="res1"), "urec", ThreatModel(),
                                profile_budget("ci"), progress=False)
     with pytest.raises(FaceveilDataError, match="shape"):
         attack.attack(torch.zeros(2, 128))
@@ -213,16 +212,15 @@ def test_fast_clients_targets_are_attacked_batch_by_batch(res1_result, lfw):
 
     from faceveil.attacks.base import profile_budget
     from faceveil.attacks.harness import _attack_streamed, _held_targets, _leak_fn, train_attacker
-    from faceveil.defenses import ProtectedSystem
 
     torch.set_num_threads(1)
-    attack, _ = train_attacker(ProtectedSystem(get_defense("none", transmit="res1")), "urec", ThreatModel(),
+    attack, _ = train_attacker(get_defense("none", transmit="res1"), "urec", ThreatModel(),
                                profile_budget("ci"), progress=False)
     d = get_defense("randperturb", at="res1", iterations=2)
     assert d.stochastic and not d.slow
     idx = lfw.pair_images()[:70]  # two batches, the second one partial
     chips, _ = lfw.dataset().subset(idx).chips(d.recognizer.crop, progress=False)
-    leak, keep = _leak_fn(ProtectedSystem(d), ThreatModel()), np.array([69, 0, 65, 3])
+    leak, keep = _leak_fn(d, ThreatModel()), np.array([69, 0, 65, 3])
     whole = _held_targets(d, ThreatModel(), leak, chips, idx, 5, None, False)
     recon, rows, ms = _attack_streamed(attack, leak, chips, 5, keep, False)
     assert torch.equal(recon, attack.attack(whole)) and torch.equal(rows, whole[keep]) and ms > 0
@@ -242,16 +240,59 @@ def test_large_deterministic_attacker_set_is_made_batch_by_batch(lfw_sample):
     FaceObfuscator channels of 13,566 faces: 43 GB) is run on each training batch as it is drawn: the
     same batches, value for value, as the precomputed set, and no set is held."""
     from faceveil.attacks.harness import _leak_fn, attacker_source
-    from faceveil.defenses import ProtectedSystem
 
     torch.set_num_threads(1)
     chips = lfw_sample[1][:10]
     d = get_defense("faceobfuscator", channels="AC01,AC10,DC", obfuscate=False)
     assert not d.stochastic
-    leak, targets = _leak_fn(ProtectedSystem(d), ThreatModel()), chip_images(chips, 32)
+    leak, targets = _leak_fn(d, ThreatModel()), chip_images(chips, 32)
     held = attacker_source(d, ThreatModel(), leak, chips, targets, 3)
     streamed = attacker_source(d, ThreatModel(), leak, chips, targets, 3, max_bytes=1000)
     assert held.protected is not None and streamed.protected is None
     assert held.protected.shape[1:] == (3, 112, 112)
     for (p, t), (q, u) in zip(held.batches(1, 4), streamed.batches(1, 4), strict=True):
         assert torch.equal(p, q) and torch.equal(t, u)
+
+
+@pytest.mark.parametrize(("args", "msg"), [
+    (["--max-seconds", "0"], "--max-seconds must be a positive number"),
+    (["--max-seconds", "-5"], "--max-seconds must be a positive number"),
+    (["--eval-pairs", "0"], "--eval-pairs must be a positive integer"),
+    (["--profile", "fast"], "--profile must be one of"),
+    (["--leakage", "disk"], "--leakage must be one of channel, database"),
+    (["--attack", "magic"], "--attack must be one of"),
+    (["--view", "abs"], "--view 'abs': none has no such attacker view"),
+    (["--identity-weight", "-1"], "--identity-weight must be >= 0"),
+])
+def test_attack_cli_validates_options_before_any_work(tmp_path, args, msg):
+    res = CliRunner().invoke(app, ["attack", "--defense", "none", *args, "--out", str(tmp_path)])
+    assert res.exit_code == 2 and msg in res.output, res.output
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_cli_numeric_options_validated():
+    for cmd in (["eval", "lfw", "--per-fold", "0"], ["eval", "utility", "--per-fold", "-2"], ["bench", "--jobs", "0"],
+                ["bench", "--profile", "huge"], ["eval", "utility", "--server", "gpu"]):
+        res = CliRunner().invoke(app, cmd)
+        assert res.exit_code == 2 and "must be" in res.output, (cmd, res.output)
+
+
+def test_attacker_stopped_by_the_time_guard_is_not_a_privacy_result(tmp_path):
+    """`--max-seconds` so small the guard fires before training: the command fails with a clear message
+    and writes no result; a cached undertrained attacker is refused the same way."""
+    from faceveil.attacks.base import MIN_TRAIN_STEPS, AttackerUndertrainedError, TrainLog, check_trained, profile_budget
+
+    cmd = ["attack", "--defense", "none", "-p", "transmit=res1", "--attack", "urec", "--profile", "ci",
+           "--max-seconds", "0.001", "--out", str(tmp_path)]
+    res = CliRunner().invoke(app, cmd)
+    assert res.exit_code == 2 and "not a privacy result" in res.output, res.output
+    assert not list(tmp_path.glob("*.json"))
+    res = CliRunner().invoke(app, cmd)  # the cached attacker is not judged either
+    assert res.exit_code == 2 and "not a privacy result" in res.output
+    b = profile_budget("quick")
+    check_trained("dn", TrainLog(steps=3, stopped_by="steps", planned_steps=3), b)  # its whole budget: fine
+    check_trained("dn", TrainLog(steps=200, stopped_by="time", planned_steps=600), b)
+    with pytest.raises(AttackerUndertrainedError):
+        check_trained("dn", TrainLog(steps=100, stopped_by="time", planned_steps=600), b)  # < a quarter
+    with pytest.raises(AttackerUndertrainedError):
+        check_trained("dn", TrainLog(steps=MIN_TRAIN_STEPS - 1, stopped_by="time"), profile_budget("ci"))

@@ -11,8 +11,9 @@ import torch
 
 from faceveil.attacks import get_attack
 from faceveil.data.align import to_tensor
-from faceveil.defenses import ProtectedSystem, get_defense
+from faceveil.defenses import get_defense
 from faceveil.defenses.advface import RES1_FEATURE_STD, AdvFace, batch_statistics
+from faceveil.system import ProtectedSystem
 
 SHAPE = (32, 35, 35)
 
@@ -68,11 +69,11 @@ def test_cut_feature_shape_and_parts(faces, dlib_model):
 def test_channel_leak_is_plain_z_database_is_not(faces, dlib_model):
     d = make(dlib_model, iterations=3)
     plain = get_defense("none", transmit="res1", recognizer=dlib_model)
-    sysm = ProtectedSystem(d)
+    sysm = ProtectedSystem.frozen(d)
     with torch.no_grad():
         ch = sysm.channel(faces)
     torch.testing.assert_close(ch, plain.protect(faces), rtol=0, atol=0)
-    db = sysm.enroll(faces)
+    db = sysm.enroll(faces)  # aligned chips through the client and the server's protect_stored
     assert db.shape == ch.shape and not db.requires_grad
     assert (db - ch).abs().mean() > 0.1
 
@@ -149,10 +150,10 @@ def test_online_and_offline_paths(faces, dlib_model):
     torch.testing.assert_close(off.probe_transform(z), stored, rtol=0, atol=0)
     torch.testing.assert_close(off.server_training_input(faces), stored, rtol=0, atol=0)
     # the ProtectedSystem path: enrolment embeds stored features, probes embed plain z (online)
-    sysm = ProtectedSystem(on)
+    sysm = ProtectedSystem.frozen(on)
     e_probe = sysm.embed_protected(z, stored=False)
     torch.testing.assert_close(e_probe, dlib_model(faces), rtol=1e-5, atol=1e-5)
-    assert ProtectedSystem(off).embed_protected(z, stored=False).shape == (8, 128)  # runs PGD under no_grad
+    assert ProtectedSystem.frozen(off).embed_protected(z, stored=False).shape == (8, 128)  # runs PGD under no_grad
 
 
 def test_memo_returns_exactly_the_recomputed_features(faces, dlib_model):
@@ -217,6 +218,7 @@ def offline_measured(lfw, dlib_model) -> dict:
     features to the teacher's clean embeddings. About 10 minutes on one core with the shadow cached."""
     import torch.nn.functional as F
 
+    from faceveil.bench.build import bench_system, pair_embeddings
     from faceveil.bench.lfw import subset_pairs, verification
     from faceveil.train.advface_student import adapted_server_part
 
@@ -226,10 +228,8 @@ def offline_measured(lfw, dlib_model) -> dict:
     pairs = subset_pairs(lfw.pairs("pairs"), 10)
     accs = {}
     for name, d, server in (("online", on, None), ("offline frozen", off, None), ("offline", off, student)):
-        sysm = ProtectedSystem(d, server="adapted" if server is not None else "frozen", metric="cosine")
-        if server is not None:
-            sysm._server = server.eval()
-        ea, eb, _ = sysm.pair_embeddings(lfw, pairs)
+        sysm = bench_system(d, "adapted" if server is not None else "frozen", model=server, metric="cosine")
+        ea, eb, _ = pair_embeddings(sysm, lfw, pairs)
         accs[name] = verification(ea, eb, pairs, name, metrics=("cosine",))[0].acc_mean
     chips, _ = lfw.dataset().subset(np.unique(pairs.a)).chips(on.recognizer.crop, progress=False)
     x = to_tensor(chips)

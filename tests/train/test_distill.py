@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from faceveil.bench.build import server_model
 from faceveil.data.align import to_tensor
-from faceveil.defenses import ProtectedSystem, get_defense
+from faceveil.defenses import get_defense
+from faceveil.models.students import FinetuneStudent
 from faceveil.train.distill import adapted_server
-from faceveil.train.students import FinetuneStudent
 
 
 def test_finetune_student_starts_as_the_teacher(lfw_sample, dlib_model):
@@ -24,9 +25,8 @@ def test_finetune_student_starts_as_the_teacher(lfw_sample, dlib_model):
 def test_student_adapts_to_pixelation_and_is_cached(lfw_sample, dlib_model, data_root):
     torch.set_num_threads(1)
     d = get_defense("pixelate", k=12)
-    sysm = ProtectedSystem(d, server="adapted", profile="ci", data=data_root)
-    with torch.no_grad():  # first use from a no_grad path (as in lfw_utility) must still train
-        student = sysm.server
+    with torch.no_grad():  # a call from a no_grad path must still train
+        student = server_model(d, "adapted", profile="ci", data=data_root)
     log = student.train_log
     assert log["steps"] >= 5 and log["final_loss"] < log["first_loss"]
     assert adapted_server(d, profile="ci", data=data_root).train_log == log  # from the cache, not retrained

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from faceveil.config import EpochCheckpoint, cache_dir, config_hash
-from faceveil.errors import FaceveilDataError
+from faceveil.errors import FaceveilDataError, FaceveilError
 from faceveil.registry import Registry
 from faceveil.storage import discard, load_cache, read_verified, save_torch, torch_load
 
@@ -172,6 +172,31 @@ class TrainLog:
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
     stopped_by: str = ""  # "steps", "epochs" or "time" (the budget's limit that ended training)
+    planned_steps: int = 0  # the step budget of the run (0: a log written before it was recorded)
+
+
+#: an attacker that a wall-time guard stopped before this many steps (or, under a step budget, before a
+#: quarter of it) has not trained: judging it would report an untrained network as a privacy result
+MIN_TRAIN_STEPS = 20
+
+
+class AttackerUndertrainedError(FaceveilError):
+    """A time guard stopped an attacker's training before it trained; its result is not a privacy result."""
+
+
+def check_trained(name: str, log: TrainLog, budget: Budget) -> None:
+    """Raise :class:`AttackerUndertrainedError` when ``log`` shows a run the time guard cut short."""
+    if log.stopped_by != "time":
+        return
+    need = MIN_TRAIN_STEPS
+    if budget.max_steps and log.planned_steps:
+        need = max(need, math.ceil(0.25 * log.planned_steps))
+    if log.steps < need:
+        raise AttackerUndertrainedError(
+            f"attacker {name} was stopped by its {budget.max_seconds:g}-s wall-time guard after {log.steps} step(s)"
+            + (f" of {log.planned_steps}" if log.planned_steps else "") + f" (< {need}): it did not train, so its "
+            "reconstructions are not a privacy result; give it more time (--max-seconds) or a smaller budget, "
+            "then retrain (--force)")
 
 
 def one_cycle(frac: float, pct_start: float = 0.15, div: float = 25.0, final_div: float = 1e4) -> float:
@@ -272,6 +297,7 @@ class ReconstructionAttack(Attack):
         bar = tqdm(total=total, initial=self.log.steps, desc=f"training {self.name}", disable=not progress, unit="step",
                    leave=False)
         self.log.stopped_by = "epochs"
+        self.log.planned_steps = total
         for epoch in range(start_epoch, budget.epochs):
             if self.log.steps >= total:  # resumed from a checkpoint written after the last step
                 self.log.stopped_by = "steps" if total == budget.max_steps else "epochs"

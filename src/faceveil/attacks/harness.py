@@ -39,6 +39,7 @@ from faceveil.attacks.base import (
     ReconstructionAttack,
     ThreatModel,
     attack_cache_path,
+    check_trained,
     get_attack,
     profile_budget,
 )
@@ -47,7 +48,7 @@ from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute, l
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import LFW
 from faceveil.defenses.base import Defense
-from faceveil.defenses.system import ProtectedSystem, batch_generator
+from faceveil.keys import research_generator
 from faceveil.metrics.identity import closer_to_own, cosine, srra
 from faceveil.metrics.image import mse, psnr, ssim
 from faceveil.models.base import CropSpec, Recognizer
@@ -182,12 +183,10 @@ def image_grid(rows: list[Tensor], path: Path, pad: int = 2) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def _leak_fn(system: ProtectedSystem, threat: ThreatModel):
-    defense = system.defense
-
+def _leak_fn(defense: Defense, threat: ThreatModel):
     def leak(x: Tensor, rng: torch.Generator) -> Tensor:
         with torch.set_grad_enabled(defense.needs_grad_to_protect):
-            t = system.leak(x, threat.leakage, rng)
+            t = defense.leak(x, threat.leakage, rng)
             if threat.view is not None:
                 t = defense.attacker_view(threat.view, t)
         return t.detach().float()
@@ -203,7 +202,7 @@ HELD_SALT = 23
 
 def _leak_part(leak, chips: np.ndarray, seed: int, salt: int, i: int) -> Tensor:
     """Batch ``i`` (of :data:`LEAK_BATCH` chips) of what the attacker's client gives for ``chips``."""
-    return leak(to_tensor(chips[i * LEAK_BATCH : (i + 1) * LEAK_BATCH]), batch_generator(seed, i, salt))
+    return leak(to_tensor(chips[i * LEAK_BATCH : (i + 1) * LEAK_BATCH]), research_generator(seed, i, salt))
 
 
 def _leak_set(defense: Defense, leak, chips: np.ndarray, seed: int, salt: int, path: Path, progress: bool = False,
@@ -316,29 +315,30 @@ def grid_positions(lfw: LFW, ia: np.ndarray, k: int = 8) -> np.ndarray:
     return np.arange(min(k, len(ia)))
 
 
-def train_attacker(system: ProtectedSystem, attack_name: str, threat: ThreatModel, budget: Budget, seed: int = 0,
+def train_attacker(defense: Defense, attack_name: str, threat: ThreatModel, budget: Budget, seed: int = 0,
                    data=None, attack_kwargs: dict | None = None, force: bool = False, progress: bool = True):
-    """Build the attacker's training pairs with the black-box client and fit (or load) the attack."""
+    """Build the attacker's training pairs with the black-box client of ``defense`` and fit (or load) the attack."""
     from faceveil.train.distill import public_chips
 
-    defense = system.defense
     kwargs = dict(attack_kwargs or {})
     if attack_name == "transrec" and "client" not in kwargs and hasattr(defense, "client_network"):
         kwargs["client"] = defense.client_network()
     if attack_name == "whitebox":
-        return whitebox_attack(system, threat, budget, seed, data, kwargs), None
+        return whitebox_attack(defense, threat, budget, seed, data, kwargs), None
     attack = get_attack(attack_name, target_size=budget.target_size, seed=seed, **kwargs)
     assert isinstance(attack, ReconstructionAttack)
-    leak = _leak_fn(system, threat)
+    leak = _leak_fn(defense, threat)
     path = attack_cache_path(attack, defense.config(), asdict(threat), asdict(budget), str(data_dir(data)), "harness-v2")
     if not force and attack.load_cached(path):
         if attack.healthy():
+            check_trained(attack_name, attack.log, budget)
             return attack, path
         log.warning("%s: cached attacker %s has non-finite statistics (float32 overflow); retraining", attack_name, path.name)
     chips = public_chips(data, defense.recognizer.crop, budget.train_images, seed, progress)
     targets = chip_images(chips, budget.target_size)
     source = attacker_source(defense, threat, leak, chips, targets, seed, budget.train_images, data, progress)
     attack.fit_and_save(source, budget, path, progress, force)  # resumable: outlives a stopped process
+    check_trained(attack_name, attack.log, budget)
     return attack, path
 
 
@@ -356,7 +356,7 @@ def attacker_source(defense: Defense, threat: ThreatModel, leak, chips: np.ndarr
     set is made once (:func:`_leak_set`, cached on disk for slow clients; ``train_images`` keys it)."""
     on_the_fly = defense.stochastic and not defense.needs_grad_to_protect
     if not (defense.stochastic or defense.needs_grad_to_protect or defense.slow):
-        one = leak(to_tensor(chips[:1]), batch_generator(seed, 0, 11))
+        one = leak(to_tensor(chips[:1]), research_generator(seed, 0, 11))
         on_the_fly = one.numel() * 4 * len(chips) > max_bytes
     if on_the_fly:
         u8 = torch.from_numpy(chips)
@@ -373,12 +373,11 @@ def attacker_source(defense: Defense, threat: ThreatModel, leak, chips: np.ndarr
     return PairSource(targets, protected=protected, seed=seed)
 
 
-def whitebox_attack(system: ProtectedSystem, threat: ThreatModel, budget: Budget, seed: int, data, kwargs: dict):
+def whitebox_attack(defense: Defense, threat: ThreatModel, budget: Budget, seed: int, data, kwargs: dict):
     """White-box inversion (PMT eqs. 2-4) of the defense's differentiable forward map, from the
     attacker's mean face."""
     from faceveil.train.distill import public_chips
 
-    defense = system.defense
     crop = defense.recognizer.crop
 
     def forward(x: Tensor) -> Tensor:
@@ -404,8 +403,7 @@ def run_attack(defense: Defense, attack_name: str, threat: ThreatModel | None = 
     t_start = time.perf_counter()
     threat = threat or ThreatModel()
     budget = budget or profile_budget(profile)
-    attack, cache_path = train_attacker(ProtectedSystem(defense, server=server, profile=profile, seed=seed, data=data),
-                                        attack_name, threat, budget, seed, data, attack_kwargs, force, progress)
+    attack, cache_path = train_attacker(defense, attack_name, threat, budget, seed, data, attack_kwargs, force, progress)
     return judge_attack(attack, cache_path, defense, threat, budget, profile=profile, seed=seed, data=data, force=force,
                         out_dir=out_dir, progress=progress, server=server, return_images=return_images,
                         eval_pairs_n=eval_pairs_n, t_start=t_start)
@@ -439,8 +437,7 @@ def judge_attack(attack, attacker_path: Path | None, defense: Defense, threat: T
 
     ekey, path = eval_path()
     if force or (cached := load_cache(path, torch_load, "judged attack result")) is None:
-        system = ProtectedSystem(defense, server=server, profile=profile, seed=seed, data=data)
-        cached = _judged(attack, defense, system, threat, budget, lfw, ia, ib, seed, data, force, attacker_path, profile,
+        cached = _judged(attack, defense, threat, budget, lfw, ia, ib, seed, data, force, attacker_path, profile,
                          progress)
         ekey, path = eval_path()
         save_torch(path, cached)
@@ -473,7 +470,7 @@ def _file_stamp(path: Path | None) -> tuple | None:
     return (path.name, st.st_size, st.st_mtime_ns)
 
 
-def _judged(attack, defense: Defense, system: ProtectedSystem, threat: ThreatModel, budget: Budget, lfw: LFW,
+def _judged(attack, defense: Defense, threat: ThreatModel, budget: Budget, lfw: LFW,
             ia: np.ndarray, ib: np.ndarray, seed: int, data, force: bool, cache_path: Path | None, profile: str, progress: bool) -> dict:
     """Reconstruct the held data of LFW pair images ``ia`` with a trained ``attack`` and judge it:
     image metrics against the targets, COS by an independent recogniser, SRRA against the same image
@@ -486,7 +483,7 @@ def _judged(attack, defense: Defense, system: ProtectedSystem, threat: ThreatMod
     chips_b, _ = ds.subset(ib).chips(crop, progress=False)
     x_a = to_tensor(chips_a)
     targets = resize(x_a, budget.target_size)
-    leak = _leak_fn(system, threat)
+    leak = _leak_fn(defense, threat)
     grid = grid_positions(lfw, ia)
     if isinstance(attack, ReconstructionAttack) and not defense.slow:  # a slow client's set is cached, read whole
         recon, held_grid, attack_ms = _attack_streamed(attack, leak, chips_a, seed, grid, progress)

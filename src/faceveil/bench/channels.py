@@ -23,13 +23,14 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from faceveil.bench.build import bench_system, lfw_utility
 from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute
 from faceveil.data.align import to_tensor
-from faceveil.defenses import ProtectedSystem, get_defense
+from faceveil.defenses import get_defense
 from faceveil.defenses.faceobfuscator import CHANNEL_NAMES, ZIGZAG
+from faceveil.models.students import StudentNet
 from faceveil.storage import ensure_dir, save_figure_atomic, write_json_atomic
 from faceveil.train.distill import distill_loss, public_chips, teacher_embeddings
-from faceveil.train.students import StudentNet
 
 STAGES = (64, 16, 8, 4, 2, 1)
 
@@ -158,9 +159,8 @@ def channel_importance(profile: str = "quick", out_dir: Path = Path("results/cha
 
         def aux(kept=kept, d=d) -> dict:
             model = train_gated(kept, chips, targets, budget, seed, progress)
-            system = ProtectedSystem(d, metric="cosine", data=data)
-            system._server = model
-            u = system.lfw_utility(lfw, per_fold=budget.per_fold)
+            system = bench_system(d, "frozen", data=data, model=model, metric="cosine")
+            u = lfw_utility(system, lfw, per_fold=budget.per_fold)
             return {"alpha": model.alpha.detach().clone(), "acc": float(u["acc_mean"]), "acc_std": float(u["acc_std"])}
 
         # the auxiliary network of every stage is cached, and so is the dn attacker (harness): a full

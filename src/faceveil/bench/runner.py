@@ -26,8 +26,9 @@ import torch
 from tqdm import tqdm
 
 from faceveil.attacks.base import ThreatModel
+from faceveil.bench.build import bench_system, lfw_utility
 from faceveil.data.datasets import LFW
-from faceveil.defenses import DEFENSES, Defense, ProtectedSystem, get_defense
+from faceveil.defenses import DEFENSES, Defense, get_defense
 from faceveil.registry import Registry
 from faceveil.storage import ensure_dir, save_torch, write_json_atomic
 
@@ -415,11 +416,11 @@ def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, data, seed: int
                     cell.result["skipped"] = (f"needs an adapted server; the {bp.name} profile trains none "
                                               "(its experiment, if any, measures accuracy)")
                 for server in servers:
-                    sysm = ProtectedSystem(d, server=server, profile=bp.attack_profile, seed=seed, data=data,
-                                           student_overrides={"train_images": sz.student_images} if sz.student_images else None)
-                    cell.result["servers"][server] = sysm.lfw_utility(lfw, per_fold=sz.utility_per_fold)
+                    sysm = bench_system(d, server, bp.attack_profile, seed, data,
+                                        **({"train_images": sz.student_images} if sz.student_images else {}))
+                    cell.result["servers"][server] = lfw_utility(sysm, lfw, per_fold=sz.utility_per_fold, seed=seed)
                     if server == "adapted":
-                        cell.result["servers"][server]["train_log"] = getattr(sysm.server, "train_log", None)
+                        cell.result["servers"][server]["train_log"] = getattr(sysm.model, "train_log", None)
             else:
                 threat = ThreatModel(leakage=leakage, knowledge="white-box" if a == "whitebox" else "black-box client",
                                      adaptive=view is not None, view=view)

@@ -94,6 +94,28 @@ class PairSet:
     fold: np.ndarray  # int; 0 for protocols without folds
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def gallery_folder(root: str | os.PathLike) -> dict[str, list[Path]]:
+    """People to enrol from a folder: ``<root>/<name>/*.<image>`` (one sub-folder per person) and
+    ``<root>/<name>.<image>`` (one photo per person), sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FaceveilDataError(f"{root}: gallery folder does not exist")
+    out: dict[str, list[Path]] = {}
+    for p in sorted(root.iterdir()):
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if files:
+                out[p.name] = files
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            out.setdefault(p.stem, []).append(p)
+    if not out:
+        raise FaceveilDataError(f"{root}: no images found (expected <name>/*.jpg or <name>.jpg)")
+    return out
+
+
 def lfw_file(name: str, num: int) -> str:
     return f"{name}/{name}_{num:04d}.jpg"
 
@@ -101,25 +123,50 @@ def lfw_file(name: str, num: int) -> str:
 def read_pairs(path: Path) -> list[tuple[str, str, bool, int]]:
     """Parse an LFW pairs file (``pairs.txt`` with header ``folds n`` or a dev file with ``n``).
 
-    Returns (file_a, file_b, same, fold) with files relative to ``lfw-deepfunneled``.
+    Returns (file_a, file_b, same, fold) with files relative to ``lfw-deepfunneled``. Anything else (an
+    empty or binary file, a bad header, a non-numeric image number, a name with a path separator, a
+    count that does not match the header) raises :class:`FaceveilDataError` naming the file and line.
     """
+    path = Path(path)
     if not path.is_file():
         raise FaceveilDataError(f"{path}: LFW pairs file not found")
-    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
-    head = [int(x) for x in lines[0]]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as e:
+        raise FaceveilDataError(f"{path}: not a readable text pairs file ({e})") from None
+    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise FaceveilDataError(f"{path}: empty pairs file")
+
+    def number(tok: str, line: int) -> int:
+        if not tok.isascii() or not tok.isdigit() or int(tok) <= 0:
+            raise FaceveilDataError(f"{path}: line {line}: expected a positive integer, got {tok!r}")
+        return int(tok)
+
+    if len(lines[0]) not in (1, 2):
+        raise FaceveilDataError(f"{path}: line 1: expected a header 'folds n' or 'n', got {' '.join(lines[0])!r}")
+    head = [number(x, 1) for x in lines[0]]
     folds, n = (head[0], head[1]) if len(head) == 2 else (1, head[0])
     body = lines[1:]
     if len(body) != folds * 2 * n:
         raise FaceveilDataError(f"{path}: expected {folds * 2 * n} pairs, found {len(body)}")
+
+    def name(tok: str, line: int) -> str:
+        if tok in (".", "..") or "/" in tok or "\\" in tok or "\x00" in tok:
+            raise FaceveilDataError(f"{path}: line {line}: {tok!r} is not a person's name")
+        return tok
+
     out = []
     for k, row in enumerate(body):
-        fold = k // (2 * n)
+        fold, line = k // (2 * n), k + 2
         if len(row) == 3:
-            out.append((lfw_file(row[0], int(row[1])), lfw_file(row[0], int(row[2])), True, fold))
+            who = name(row[0], line)
+            out.append((lfw_file(who, number(row[1], line)), lfw_file(who, number(row[2], line)), True, fold))
         elif len(row) == 4:
-            out.append((lfw_file(row[0], int(row[1])), lfw_file(row[2], int(row[3])), False, fold))
+            out.append((lfw_file(name(row[0], line), number(row[1], line)), lfw_file(name(row[2], line), number(row[3], line)),
+                        False, fold))
         else:
-            raise FaceveilDataError(f"{path}: bad pair line {k + 2}: {' '.join(row)}")
+            raise FaceveilDataError(f"{path}: bad pair line {line}: {' '.join(row)}")
     return out
 
 

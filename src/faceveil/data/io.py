@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -62,6 +63,26 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise FaceveilDataError(f"{p}: no such image file")
+    return _decode(p, str(p))
+
+
+#: encoded uploads larger than this are refused before decoding (a 120 MP JPEG is ~40 MB)
+MAX_ENCODED_BYTES = 64 << 20
+
+
+def decode_image(data: bytes, name: str = "image bytes") -> np.ndarray:
+    """:func:`read_image` for encoded image bytes (uploads, payloads): the same checks, errors name ``name``."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise FaceveilDataError(f"{name}: expected encoded image bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise FaceveilDataError(f"{name}: empty (0 bytes)")
+    if len(data) > MAX_ENCODED_BYTES:
+        raise FaceveilDataError(f"{name}: {len(data):,} bytes exceeds the {MAX_ENCODED_BYTES:,}-byte limit")
+    return _decode(io.BytesIO(bytes(data)), name)
+
+
+def _decode(source, p: str) -> np.ndarray:
+    """Decode ``source`` (a path or a binary file object) named ``p`` in errors."""
     try:
         with warnings.catch_warnings():
             # our MAX_PIXELS check below replaces PIL's warning (89 MP); PIL's error (179 MP) stays
@@ -69,7 +90,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             # PIL warns and reads on about damaged metadata (EXIF tags past the end of the file):
             # the pixels decode, so the image is kept; an unreadable orientation counts as upright
             warnings.simplefilter("ignore", UserWarning)
-            with Image.open(p) as im:
+            with Image.open(source) as im:
                 w, h = im.size
                 if w * h > MAX_PIXELS:
                     raise FaceveilDataError(

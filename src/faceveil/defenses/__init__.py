@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-from faceveil.defenses.base import DEFENSES, Defense, SecretKey, get_defense, register_defense
-from faceveil.defenses.system import ProtectedSystem
+from faceveil.defenses.base import DEFENSES, Defense, get_defense, register_defense
+from faceveil.keys import SecretKey
 
 _MODULES = [
     "none", "noise", "blur", "pixelate", "mask", "advnoise", "laplace", "randperturb", "instahide",
@@ -23,4 +23,4 @@ def defense_names() -> list[str]:
     return DEFENSES.names()
 
 
-__all__ = ["DEFENSES", "Defense", "ProtectedSystem", "SecretKey", "get_defense", "register_defense", "defense_names"]
+__all__ = ["DEFENSES", "Defense", "SecretKey", "get_defense", "register_defense", "defense_names"]

@@ -299,6 +299,16 @@ class AdvFace(Defense):
         assert self._shadow_net is not None
         return self._shadow_net
 
+    def bundle_state(self) -> dict[str, Tensor]:
+        """The server's shadow model S (trained on public faces), so a loaded system runs PGD without training."""
+        return {f"shadow.{k}": v for k, v in self.shadow_network(progress=False).state_dict().items()}
+
+    def load_bundle_state(self, state: dict[str, Tensor]) -> None:
+        attack = self._new_shadow_attack()
+        net = attack.build(self.feature_shape)
+        net.load_state_dict({k[len("shadow."):]: v for k, v in state.items() if k.startswith("shadow.")})
+        self._set_shadow(net)
+
     # --- data flow ------------------------------------------------------------------------------
     def protect(self, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
         """Client: ``z = E(x)`` (what travels on the channel, unprotected by design)."""
@@ -375,7 +385,7 @@ class AdvFace(Defense):
 
     def make_student(self, sample: Tensor, cfg) -> nn.Module:
         """The offline server: a trainable copy of Ψ (see :mod:`faceveil.train.advface_student`)."""
-        from faceveil.train.advface_student import ServerPartStudent
+        from faceveil.models.students import ServerPartStudent
 
         return ServerPartStudent(self.at)
 

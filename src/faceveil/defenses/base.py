@@ -12,8 +12,9 @@ A defense declares *where* it acts and *what* leaves the client / sits in the da
 - Feature-domain defenses transmit or store features (Laplace DP and random perturbation on
   embeddings, AdvFace on split-network feature maps, FaceObfuscator's frequency channels).
 
-Per-sample randomness always comes from an explicit ``torch.Generator`` (seeded from the config);
-secret keys are :class:`SecretKey` objects whose ``repr`` never shows the key.
+Per-sample randomness comes from a ``torch.Generator``: without one a stochastic defense draws a fresh
+seed from the OS CSPRNG (real use); benchmarks pass generators derived from their configured seed
+(:mod:`faceveil.keys`). Persistent secrets are :class:`faceveil.keys.SecretKey` objects.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from faceveil.errors import FaceveilDataError
+from faceveil.keys import os_generator
 from faceveil.models.base import Recognizer, check_images
 from faceveil.registry import Registry
 
@@ -43,21 +45,6 @@ def register_defense(name: str):
         return cls
 
     return deco
-
-
-class SecretKey:
-    """A secret (key or seed) that is never printed or logged."""
-
-    def __init__(self, value: int) -> None:
-        self._value = int(value)
-
-    def generator(self, salt: int = 0) -> torch.Generator:
-        return torch.Generator().manual_seed((self._value * 1_000_003 + salt) % (2**63))
-
-    def __repr__(self) -> str:
-        return "SecretKey(<hidden>)"
-
-    __str__ = __repr__
 
 
 @dataclass(frozen=True)
@@ -86,6 +73,9 @@ class Defense:
     side: ClassVar[str] = "client"
     stochastic: ClassVar[bool] = False
     differentiable: ClassVar[bool] = True
+    #: the client holds a persistent secret: ``__init__`` takes ``key`` (a :class:`faceveil.keys.SecretKey`,
+    #: generated from the CSPRNG when not given); the key never enters config(), caches or server bundles
+    needs_key: ClassVar[bool] = False
     #: whether the server recogniser must be adapted (a distilled student) to work at all
     needs_adapted_server: ClassVar[bool] = False
     #: protect() runs an optimisation (PMT, AdvNoise, DeepBlur, AdvFace) and needs autograd
@@ -138,6 +128,10 @@ class Defense:
         return load_or_compute_parts(path, n, part, lambda parts: cat_parts(parts, n), progress=progress, desc=desc,
                                      save=save, stream=True)
 
+    def public_params(self) -> dict:
+        """The constructor's keyword parameters as set (public: what a saved system rebuilds it from)."""
+        return {p.name: getattr(self, p.name, p.default) for p in self.params()}
+
     def config(self) -> dict:
         """Everything that determines this defense's output (for cache keys and reports)."""
         return {"name": self.name, **{p.name: getattr(self, p.name, p.default) for p in self.params()}}
@@ -174,6 +168,15 @@ class Defense:
         """Server-side identity recovery before the recogniser (default: none)."""
         return t
 
+    def leak(self, x: Tensor, scenario: str = "channel", rng: torch.Generator | None = None) -> Tensor:
+        """What an attacker gets of chips ``x``: ``"channel"`` the transmitted data, ``"database"`` the
+        stored templates (both with the same draws)."""
+        if scenario == "channel":
+            return self.protect(x, rng)
+        if scenario == "database":
+            return self.protect_stored(self.protect(x, rng), rng)
+        raise ValueError(f"leakage scenario must be 'channel' or 'database', got {scenario!r}")
+
     def server_training_input(self, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
         """What an adapted server model is trained on, from clean chips (distillation): by default
         the recovered transmitted data; defenses that store something else override it."""
@@ -205,6 +208,16 @@ class Defense:
         """What the white-box attacker matches, computed from the leaked data (default: itself)."""
         return t
 
+    def bundle_state(self) -> dict[str, Tensor]:
+        """Trained server-side parts a saved system needs besides :meth:`config` (networks trained on
+        public faces, e.g. AdvFace's shadow model): never face data, never a client secret."""
+        return {}
+
+    def load_bundle_state(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`bundle_state` from a saved system."""
+        if state:
+            raise ValueError(f"{self.name} stores no state in a system bundle, got {sorted(state)}")
+
     def frozen_server(self) -> nn.Module:
         """The deployed recogniser applied to recovered protected data, without adaptation.
 
@@ -225,13 +238,17 @@ class Defense:
 
     # --- helpers ------------------------------------------------------------------------------
     def _check_rng(self, rng: torch.Generator | None) -> torch.Generator:
-        if self.stochastic and rng is None:
-            raise ValueError(f"{self.name} is stochastic: pass a seeded torch.Generator")
-        return rng if rng is not None else torch.Generator().manual_seed(0)
+        """``rng``, or for a stochastic defense called without one a generator freshly seeded from the OS
+        CSPRNG (real use: nothing about the draw follows from public inputs; benchmarks pass seeded ones)."""
+        if rng is not None:
+            if not isinstance(rng, torch.Generator):
+                raise TypeError(f"{self.name}: rng must be a torch.Generator, got {type(rng).__name__}")
+            return rng
+        return os_generator() if self.stochastic else torch.Generator().manual_seed(0)
 
     @staticmethod
     def _check_images(x: Tensor) -> Tensor:
-        return check_images(x, "protect() input")
+        return check_images(x, "protect() input", strict=True)
 
 
 def check_features(f: Tensor, shape: tuple[int, ...] | None, what: str) -> Tensor:

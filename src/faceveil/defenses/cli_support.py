@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import inspect
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from faceveil.errors import FaceNotFoundError, FaceveilDataError
+from faceveil.errors import FaceNotFoundError, FaceveilDataError, FaceveilOutputError
+from faceveil.keys import Randomness, SecretKey
+from faceveil.storage import write_json_atomic
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -44,8 +47,9 @@ def parse_params(defense_name: str, params: dict[str, str]) -> dict[str, object]
 
 
 def make_defense(defense_name: str, params: dict[str, str] | None = None, data_dir: str | os.PathLike | None = None,
-                 recognizer=None):
-    """A defense from CLI strings; ``data_dir`` reaches defenses with a public pool."""
+                 recognizer=None, key: SecretKey | None = None):
+    """A defense from CLI strings; ``data_dir`` reaches defenses with a public pool, ``key`` those that
+    hold a persistent client secret."""
     from faceveil.defenses import DEFENSES
 
     kwargs = parse_params(defense_name, params or {})
@@ -54,6 +58,8 @@ def make_defense(defense_name: str, params: dict[str, str] | None = None, data_d
         kwargs["data"] = data_dir
     if recognizer is not None:
         kwargs["recognizer"] = recognizer
+    if key is not None:
+        kwargs["key"] = key
     return cls(**kwargs)
 
 
@@ -61,51 +67,133 @@ def _writes_png(defense) -> bool:
     return defense.domain == "image" and tuple(getattr(defense, "output_range", (0.0, 1.0))) == (0.0, 1.0)
 
 
-def protect_files(defense_name: str, params: dict[str, str], images: list[Path], out_dir: Path, seed: int,
-                  data_dir: str | os.PathLike | None = None) -> list[Path]:
+class ProtectBatchError(FaceveilDataError):
+    """Some inputs of a ``protect`` batch failed; ``report`` says which outputs were written and which not
+    (also in the manifest)."""
+
+    def __init__(self, message: str, report: ProtectReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ProtectReport:
+    """What a ``protect`` batch did: one manifest row per input, the randomness used, the manifest path."""
+
+    rows: list[dict] = field(default_factory=list)
+    manifest: Path | None = None
+    randomness: dict = field(default_factory=dict)
+
+    @property
+    def written(self) -> list[Path]:
+        return [Path(r["output"]) for r in self.rows if r["status"] == "written"]
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "failed"]
+
+    @property
+    def not_attempted(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "not attempted"]
+
+    def summary(self) -> str:
+        return (f"wrote {len(self.written)} of {len(self.rows)} file(s); {len(self.failed)} failed, "
+                f"{len(self.not_attempted)} not attempted; manifest: {self.manifest}")
+
+
+MANIFEST = "manifest.json"
+
+
+def protect_files(defense_name: str, params: dict[str, str], images: list[Path], out_dir: Path,
+                  randomness: Randomness | None = None, data_dir: str | os.PathLike | None = None,
+                  key_file: str | os.PathLike | None = None, keep_going: bool = False) -> ProtectReport:
     """Detect, align (the recogniser's crop; no centre-crop fallback), protect and write each image.
 
     Image-domain defenses with outputs in [0,1] write ``<stem>.<defense>.png`` (8-bit); feature
     defenses and image-like outputs outside [0,1] (InstaHide) write ``<stem>.<defense>.npy`` (float32,
-    the transmitted tensor without the batch axis). Image ``i`` uses a generator seeded from
-    ``(seed, i)``. Returns the written paths, in input order."""
+    the transmitted tensor without the batch axis). Protection randomness comes from the OS CSPRNG,
+    fresh per image (``randomness=Randomness.research(seed)`` derives it from a seed instead: research
+    only, recorded in the manifest). A defense that needs a persistent client key reads it from
+    ``key_file`` (created with mode 0600 if absent). ``OUT/manifest.json`` lists every input with its
+    output, status (written / failed / not attempted) and the reason of a failure, the defense
+    configuration and the randomness. A bad input (corrupt image, no face) stops the batch, or with
+    ``keep_going`` is skipped; either way :class:`ProtectBatchError` is raised at the end, carrying the
+    report. Every file is written atomically."""
+    from faceveil import __version__
     from faceveil.data.align import align_image, to_tensor, to_uint8
     from faceveil.data.io import read_image, write_array, write_image
-    from faceveil.defenses.system import batch_generator
 
-    defense = make_defense(defense_name, params, data_dir)
+    images = [Path(p) for p in images]
+    if not images:
+        raise FaceveilDataError("no images given to protect")
+    randomness = randomness or Randomness.csprng()
+    cls = _defense_class(defense_name)
+    key = None
+    if getattr(cls, "needs_key", False):
+        if key_file is None:
+            raise FaceveilDataError(f"{defense_name} protects with a persistent client key: pass --key-file PATH "
+                                    "(created with owner-only permissions if it does not exist)")
+        key = SecretKey.load_or_create(key_file)
+    elif key_file is not None:
+        raise FaceveilDataError(f"{defense_name} uses no persistent key (its randomness is fresh per image); drop --key-file")
+    defense = make_defense(defense_name, params, data_dir, key=key)
     crop = defense.recognizer.crop
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png = _writes_png(defense)
-    written: list[Path] = []
+    report = ProtectReport(randomness=randomness.describe())
     used: set[str] = set()
+    stopped = False
     for i, path in enumerate(images):
-        path = Path(path)
-        img = read_image(path)
+        row: dict = {"input": str(path), "output": None, "status": "not attempted"}
+        report.rows.append(row)
+        if stopped:
+            continue
         try:
-            chip, _ = align_image(img, crop, fallback=False, source=str(path))
-        except FaceNotFoundError as e:
-            raise FaceNotFoundError(f"{path}: no face found, nothing written for it ({e})") from e
-        x = to_tensor(chip[None])
-        with torch.set_grad_enabled(defense.needs_grad_to_protect):
-            t = defense.protect(x, batch_generator(seed, i)).detach()
+            img = read_image(path)
+            try:
+                chip, lm = align_image(img, crop, fallback=False, source=str(path))
+            except FaceNotFoundError as e:
+                raise FaceNotFoundError(f"{path}: no face found, nothing written for it ({e})") from e
+            x = to_tensor(chip[None])
+            with torch.set_grad_enabled(defense.needs_grad_to_protect):
+                t = defense.protect(x, randomness.batch(i)).detach()
+        except FaceveilDataError as e:
+            row.update(status="failed", error=str(e))
+            stopped = not keep_going
+            continue
+        face = {"n_faces": lm.n_faces, "selected": lm.select, "selection": lm.selection, "box": list(map(int, lm.rect))}
         stem = f"{path.stem}.{defense_name}"
         name, j = stem, 1
         while name in used:  # two inputs with the same file name
             j += 1
             name = f"{stem}-{j}"
         used.add(name)
-        if png:
-            dest = out_dir / f"{name}.png"
-            write_image(dest, to_uint8(t)[0])
-        else:
-            dest = out_dir / f"{name}.npy"
-            write_array(dest, t[0].numpy().astype(np.float32))
-        written.append(dest)
-    if not written and images:
-        raise FaceveilDataError("no images were protected")
-    return written
+        dest = out_dir / f"{name}.{'png' if png else 'npy'}"
+        try:
+            if png:
+                write_image(dest, to_uint8(t)[0])
+            else:
+                write_array(dest, t[0].numpy().astype(np.float32))
+        except FaceveilOutputError as e:  # a full disk stops the batch whatever keep_going says
+            row.update(status="failed", error=str(e))
+            stopped = True
+            continue
+        row.update(status="written", output=str(dest), face=face)
+    manifest = {"faceveil": __version__, "defense": defense.config(), **report.randomness,
+                **({"key_fingerprint": key.fingerprint()} if key is not None else {}), "files": report.rows}
+    report.manifest = out_dir / MANIFEST
+    write_json_atomic(report.manifest, manifest, indent=2)
+    if report.failed:
+        first = report.failed[0]
+        raise ProtectBatchError(f"{first['error']}; {report.summary()}", report)
+    return report
+
+
+def _defense_class(name: str):
+    from faceveil.defenses import DEFENSES
+
+    return DEFENSES.get(name)
 
 
 def _class_attr(cls, name: str, default: str) -> str:

@@ -49,7 +49,11 @@ class OperatingPoint:
 
 
 def pairwise_distance(a: Tensor, b: Tensor, metric: str) -> Tensor:
-    """Row-wise distance between embeddings: Euclidean, or cosine distance ``1 - cos``."""
+    """Row-wise distance between embeddings: Euclidean, or cosine distance ``1 - cos``. ``a`` and ``b``
+    must have the same shape (no silent broadcasting of a probe batch against a gallery of another size)."""
+    if a.shape != b.shape:
+        raise FaceveilDataError(f"distance between embeddings of shapes {list(a.shape)} and {list(b.shape)}: "
+                                "row-wise comparison needs equal shapes (one probe per stored template)")
     if metric == "euclidean":
         return (a - b).norm(dim=-1)
     if metric == "cosine":
@@ -57,17 +61,45 @@ def pairwise_distance(a: Tensor, b: Tensor, metric: str) -> Tensor:
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def check_images(x: Tensor, what: str = "images") -> Tensor:
-    """Validate a ``[B,3,H,W]`` float image batch; raise a clear error otherwise."""
+#: how far outside [0, 1] a float image may stray (rounding of resampling) before it is refused
+RANGE_TOLERANCE = 1e-4
+
+
+def check_images(x: Tensor, what: str = "images", strict: bool = False) -> Tensor:
+    """Validate a ``[B,3,H,W]`` float image batch; raise a clear :class:`FaceveilDataError` otherwise.
+
+    ``strict`` (public entry points: ``Defense.protect``, ``Recognizer.embed``) also requires float32,
+    values in [0, 1] and a non-empty batch, so a 0-255 tensor, a float64/float16 array or an empty batch
+    is named instead of silently giving a wrong result; internal forward passes (attacks, training) use
+    the lenient check."""
     if not isinstance(x, Tensor):
         raise FaceveilDataError(f"{what}: expected a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4 or x.shape[1] != 3:
         raise FaceveilDataError(f"{what}: expected shape [B,3,H,W], got {list(x.shape)}")
     if not torch.is_floating_point(x):
         raise FaceveilDataError(f"{what}: expected float values in [0,1], got dtype {x.dtype}")
+    if strict:
+        if x.dtype != torch.float32:
+            raise FaceveilDataError(f"{what}: expected float32, got {x.dtype} (convert with x.float())")
+        if x.shape[0] == 0:
+            raise FaceveilDataError(f"{what}: empty batch (no images)")
+        if min(x.shape[-2:]) < 8:
+            raise FaceveilDataError(f"{what}: images of {x.shape[-2]}x{x.shape[-1]} pixels are too small to be faces")
     if not torch.isfinite(x).all():
         raise FaceveilDataError(f"{what}: contains NaN or infinite values")
+    if strict:
+        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+        if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+            hint = " (0-255 values? divide by 255)" if hi > 1.5 else ""
+            raise FaceveilDataError(f"{what}: values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]{hint}")
     return x
+
+
+def check_batch_size(batch_size: int, what: str = "batch_size") -> int:
+    """A positive integer batch size, or a clear error."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise FaceveilDataError(f"{what} must be a positive integer, got {batch_size!r}")
+    return batch_size
 
 
 class Recognizer(nn.Module):
@@ -89,6 +121,8 @@ class Recognizer(nn.Module):
     @torch.no_grad()
     def embed(self, x: Tensor, batch_size: int = 64) -> Tensor:
         """Embeddings of an image batch (no gradient), computed in chunks of ``batch_size``."""
+        check_images(x, f"{self.name}.embed() input", strict=True)
+        check_batch_size(batch_size)
         self.eval()
         out = [self(self.prepare(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.embedding_dim)

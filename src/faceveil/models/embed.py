@@ -25,6 +25,17 @@ def model_fingerprint(model: Recognizer) -> str:
     return config_hash(h)
 
 
+def module_digest(m: torch.nn.Module, length: int = 16) -> str:
+    """sha256 of a module's parameters and buffers (keys caches of results computed with it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in m.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:length]
+
+
 def embed_chips(model: Recognizer, chips: np.ndarray, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """Embeddings of uint8 chips ``[N,S,S,3]`` (resized to the model's input when needed)."""
     out = []

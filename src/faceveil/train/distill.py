@@ -5,7 +5,7 @@ The papers train their server recognisers (ArcFace ResNet-50 on MS1M, 5.1 M imag
 protected inputs; that is impossible on this CPU. The honest equivalent here: a student learns
 ``f(protect(x)) ~ teacher(x)`` with a cosine + MSE loss. The default student is the deployed
 dlib ResNet itself, initialised from the teacher and fine-tuned (non-RGB inputs get a small
-trainable input adapter, :class:`~faceveil.train.students.FinetuneStudent`); a from-scratch
+trainable input adapter, :class:`~faceveil.models.students.FinetuneStudent`); a from-scratch
 IR-18-like network (``student="ir18"``) is the alternative. Training uses public faces (CelebA
 aligned + wild + LFW identities absent from pairs.txt), fresh protection draws every epoch
 (augmentation, and correct for stochastic defenses) and horizontal flips. Every accuracy is
@@ -32,8 +32,8 @@ from faceveil.data.datasets import public_training_faces
 from faceveil.defenses.base import Defense
 from faceveil.models.base import Recognizer
 from faceveil.models.embed import embed_chips, load_npz, model_fingerprint
+from faceveil.models.students import FinetuneStudent, StudentNet, VectorStudent
 from faceveil.storage import discard, load_cache, save_torch, torch_load
-from faceveil.train.students import FinetuneStudent, StudentNet
 
 
 @dataclass(frozen=True)
@@ -113,20 +113,19 @@ def teacher_embeddings(teacher: Recognizer, chips: np.ndarray, progress: bool = 
 # ---------------------------------------------------------------------------------------------
 
 
-class VectorStudent(nn.Module):
-    """MLP student for vector inputs (feature-domain defenses on embeddings)."""
-
-    def __init__(self, dim_in: int, emb_dim: int = 128, hidden: int = 512) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim_in, hidden), nn.BatchNorm1d(hidden), nn.PReLU(), nn.Dropout(0.1),
-                                 nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.PReLU(), nn.Linear(hidden, emb_dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.flatten(1))
+#: students this module builds; another ``DistillConfig.student`` name is asked of the defense
+#: (``Defense.make_student(sample, cfg)``: AdvFace's offline server)
+GENERIC_STUDENTS = ("finetune", "ir18")
 
 
-def make_student(sample: Tensor, cfg: DistillConfig, emb_dim: int = 128) -> nn.Module:
-    """A student for inputs shaped like ``sample`` ([C,H,W] maps/images, or vectors)."""
+def make_student(sample: Tensor, cfg: DistillConfig, emb_dim: int = 128, defense: Defense | None = None) -> nn.Module:
+    """A student for inputs shaped like ``sample`` ([C,H,W] maps/images, or vectors); a defense-specific
+    one when ``cfg.student`` names one the defense makes."""
+    if cfg.student not in GENERIC_STUDENTS:
+        if defense is None or not hasattr(defense, "make_student"):
+            raise ValueError(f"student {cfg.student!r}: not a generic student ({', '.join(GENERIC_STUDENTS)}) and "
+                             f"{getattr(defense, 'name', 'the defense')} makes none")
+        return defense.make_student(sample, cfg)
     if sample.ndim == 3 and cfg.student == "finetune":
         return FinetuneStudent(in_ch=sample.shape[0], in_size=sample.shape[-1])
     if sample.ndim == 3:
@@ -168,7 +167,7 @@ def _protected_once(defense: Defense, chips: np.ndarray, cfg: DistillConfig, dat
     PMT, AdvFace: too slow to redraw every epoch); each batch with its own seeded draws. A slow client's
     sets (hours at the full profile) are cached batch by batch while they are made, so a stopped run
     resumes; :func:`adapted_server` removes them once the student is saved."""
-    from faceveil.defenses.system import batch_generator
+    from faceveil.keys import research_generator
 
     bs, n = cfg.batch_size, -(-len(chips) // cfg.batch_size)
     out = []
@@ -176,7 +175,7 @@ def _protected_once(defense: Defense, chips: np.ndarray, cfg: DistillConfig, dat
         def part(i: int, flip: bool = flip) -> Tensor:
             c = chips[i * bs : (i + 1) * bs]
             return _protected_batch(defense, to_tensor(c[:, :, ::-1].copy() if flip else c),
-                                    batch_generator(cfg.seed, i, 41 + flip))
+                                    research_generator(cfg.seed, i, 41 + flip))
 
         out.append(defense.protected_set(_once_path(defense, cfg, data, flip), n, part, progress, "protecting (once)",
                                          save=False))
@@ -202,7 +201,7 @@ def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: boo
     torch.manual_seed(cfg.seed)
     fresh = fresh_draws(defense, cfg)
     sample = _protected_batch(defense, to_tensor(chips[:2]), g)[0]
-    student = make_student(sample, cfg, teacher.embedding_dim)
+    student = make_student(sample, cfg, teacher.embedding_dim, defense)
     cached = _protected_once(defense, chips, cfg, data, progress) if not fresh else None
     groups = student.param_groups(cfg.lr) if hasattr(student, "param_groups") else [{"params": list(student.parameters())}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -281,7 +280,7 @@ def adapted_server(defense: Defense, profile: str = "quick", seed: int = 0, data
         g = torch.Generator().manual_seed(0)
         s = defense.recognizer.input_size
         sample = _protected_batch(defense, torch.full((2, 3, s, s), 0.5), g)[0]
-        student = make_student(sample, cfg, defense.recognizer.embedding_dim)
+        student = make_student(sample, cfg, defense.recognizer.embedding_dim, defense)
         student.load_state_dict(st["state"])
         student.train_log = st["log"]  # type: ignore[attr-defined]
         return student.eval()

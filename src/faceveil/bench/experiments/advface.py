@@ -32,9 +32,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from faceveil.attacks.base import ThreatModel, profile_budget
+from faceveil.bench.build import bench_system, lfw_utility
 from faceveil.bench.experiments.common import attempt, md_table, pct
 from faceveil.bench.runner import EXPERIMENTS, SETTINGS
-from faceveil.defenses import Defense, ProtectedSystem, get_defense
+from faceveil.defenses import Defense, get_defense
 from faceveil.defenses.advface import SHADOWS, AdvFace
 from faceveil.storage import ensure_dir, save_figure_atomic, write_json_atomic, write_text_atomic
 
@@ -130,10 +131,8 @@ def plain_attacker(attack: str, ctx: dict, at: str = AT):
     from faceveil.attacks.harness import train_attacker
 
     plain = get_defense("none", transmit=at)
-    system = ProtectedSystem(plain, server="frozen", profile=ctx["bench_profile"].attack_profile, seed=ctx["seed"],
-                             data=ctx["data"])
-    kwargs = {"client": system.defense.recognizer.split(at)[0]} if attack == "transrec" else None
-    return train_attacker(system, attack, ThreatModel(leakage="channel"), _budget(ctx), ctx["seed"], ctx["data"], kwargs,
+    kwargs = {"client": plain.recognizer.split(at)[0]} if attack == "transrec" else None
+    return train_attacker(plain, attack, ThreatModel(leakage="channel"), _budget(ctx), ctx["seed"], ctx["data"], kwargs,
                           ctx.get("force", False), ctx.get("progress", True))
 
 
@@ -177,10 +176,8 @@ def adaptive(defense: AdvFace, attack: str, ctx: dict, ab: AdvBudget) -> dict:
 def utility_at(defense: Defense, ctx: dict, per_fold: int | None, server: str = "frozen", model=None) -> dict:
     """LFW utility with ``per_fold`` pairs per fold and class; ``model`` replaces the server model."""
     bp = ctx["bench_profile"]
-    system = ProtectedSystem(defense, server=server, profile=bp.attack_profile, seed=ctx["seed"], data=ctx["data"])
-    if model is not None:
-        system._server = model.eval()
-    out = system.lfw_utility(ctx["lfw"], per_fold=per_fold)
+    system = bench_system(defense, server, bp.attack_profile, ctx["seed"], ctx["data"], model=model)
+    out = lfw_utility(system, ctx["lfw"], per_fold=per_fold, seed=ctx["seed"])
     if model is not None:
         out["train_log"] = getattr(model, "train_log", None)
     return out

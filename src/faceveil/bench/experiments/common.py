@@ -7,17 +7,18 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from faceveil.attacks.base import ThreatModel
-from faceveil.defenses import Defense, ProtectedSystem
+from faceveil.bench.build import bench_system, lfw_utility
+from faceveil.defenses import Defense
 from faceveil.storage import ensure_dir
 
 
 def utility(defense: Defense, server: str, ctx: dict) -> dict:
     """LFW 10-fold utility through the protected path (per the bench profile's pair budget)."""
     bp = ctx["bench_profile"]
-    system = ProtectedSystem(defense, server=server, profile=bp.attack_profile, seed=ctx["seed"], data=ctx["data"])
-    out = system.lfw_utility(ctx["lfw"], per_fold=bp.utility_per_fold)
+    system = bench_system(defense, server, bp.attack_profile, ctx["seed"], ctx["data"])
+    out = lfw_utility(system, ctx["lfw"], per_fold=bp.utility_per_fold, seed=ctx["seed"])
     if server == "adapted":
-        out["train_log"] = getattr(system.server, "train_log", None)
+        out["train_log"] = getattr(system.model, "train_log", None)
     return out
 
 

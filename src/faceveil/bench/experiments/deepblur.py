@@ -188,11 +188,11 @@ def deepblur_latents(d, x: Tensor, blocks: Blocks, progress: bool = True) -> tup
 
 def protect_cached(defense: Defense, x: Tensor, blocks: Blocks, seed: int, progress: bool = True) -> tuple[Tensor, float]:
     """Obfuscated chips (uint8 ``[N,3,S,S]``, cached per block) and ms per face of a baseline defense."""
-    from faceveil.defenses.system import batch_generator
+    from faceveil.keys import research_generator
 
     def fn(xb: Tensor, bseed: int) -> tuple[Tensor, dict]:
         with torch.set_grad_enabled(defense.needs_grad_to_protect):
-            y = defense.protect(xb, batch_generator(seed, bseed, 31)).detach()
+            y = defense.protect(xb, research_generator(seed, bseed, 31)).detach()
         return _u8(y), {}
 
     return blocks.map("protected", (defense.config(), seed), x, fn, f"protecting ({defense.name})", progress)[:2]

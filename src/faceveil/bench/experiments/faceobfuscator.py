@@ -168,15 +168,15 @@ def _sweeps(ctx: dict, data: dict) -> list[str]:
 
 def _without_recovery(ctx: dict) -> dict:
     """Table 5: the trained FaceObfuscator student fed obfuscated data with recovery removed."""
+    from faceveil.bench.build import bench_system, pair_embeddings, server_model
     from faceveil.bench.lfw import subset_pairs, verification
-    from faceveil.defenses import ProtectedSystem
 
     bp = ctx["bench_profile"]
-    trained = ProtectedSystem(_fo(), server="adapted", profile=bp.attack_profile, seed=ctx["seed"], data=ctx["data"])
-    norec = ProtectedSystem(_fo(recover=False), server="frozen", profile=bp.attack_profile, seed=ctx["seed"], data=ctx["data"])
-    norec._server = trained.server  # same server model, recovery step removed
+    trained = server_model(_fo(), "adapted", bp.attack_profile, ctx["seed"], ctx["data"])
+    # the same server model, recovery step removed
+    norec = bench_system(_fo(recover=False), "frozen", bp.attack_profile, ctx["seed"], ctx["data"], model=trained)
     pairs = subset_pairs(ctx["lfw"].pairs("pairs"), bp.utility_per_fold)
-    ea, eb, _ = norec.pair_embeddings(ctx["lfw"], pairs)
+    ea, eb, _ = pair_embeddings(norec, ctx["lfw"], pairs, ctx["seed"])
     ok = (ea.isfinite().all(1) & eb.isfinite().all(1))
     ea, eb = ea.nan_to_num(0, 0, 0), eb.nan_to_num(0, 0, 0)
     r = verification(ea, eb, pairs, "faceobfuscator/no-recovery", metrics=("cosine",))[0]

@@ -180,7 +180,7 @@ def chips(lfw, idx: np.ndarray, crop: CropSpec) -> Tensor:
 def obfuscate_lfw(defense: PMT, lfw, idx: np.ndarray, seed: int, progress: bool = True, batch: int = 16) -> Tensor:
     """x~ of LFW images ``idx`` (the defense's crop), cached on disk by config, images and seed, batch by
     batch while it is computed (a stopped run resumes)."""
-    from faceveil.defenses.system import batch_generator
+    from faceveil.keys import research_generator
 
     cfg = {k: v for k, v in defense.config().items() if k != "upload"}
     path = cache_dir("pmt") / f"lfw-{config_hash(cfg, [int(i) for i in idx], seed, 'pmt-exp-v1')}.pt"
@@ -190,7 +190,7 @@ def obfuscate_lfw(defense: PMT, lfw, idx: np.ndarray, seed: int, progress: bool 
     def part(bi: int) -> Tensor:
         if not x:
             x.append(chips(lfw, idx, defense.recognizer.crop))
-        return defense.obfuscate(x[0][bi * batch : (bi + 1) * batch], batch_generator(seed, bi, 31))[0]
+        return defense.obfuscate(x[0][bi * batch : (bi + 1) * batch], research_generator(seed, bi, 31))[0]
 
     label = f"PMT {','.join(defense.authorised)} on {len(idx)} LFW faces"
     return load_or_compute_parts(path, -(-len(idx) // batch), part, torch.cat, progress=progress, desc=label)

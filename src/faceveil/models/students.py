@@ -1,4 +1,8 @@
-"""Compact student recognisers for server adaptation (IR-ResNet-18-like, CPU-sized)."""
+"""Server models adapted to protected inputs (students), with a declared spec each so that a saved system
+rebuilds them from plain data (:func:`build_student`), never by unpickling.
+
+Trained by :mod:`faceveil.train.distill`; kept here, below the system layer, because a loaded system
+needs the architectures but not the training code."""
 
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ class StudentNet(nn.Module):
                  blocks: tuple[int, ...] = (2, 2, 2, 2)) -> None:
         super().__init__()
         self.in_ch, self.input_size = in_ch, input_size
+        self._spec = {"arch": "ir18", "in_ch": in_ch, "width": width, "emb_dim": emb_dim, "input_size": input_size,
+                      "blocks": list(blocks)}
         # stride-2 stem (ArcFace's IR-ResNet uses stride 1 at 112 px; 4x cheaper here, for CPUs)
         self.stem = nn.Sequential(nn.Conv2d(in_ch, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.PReLU(width))
         layers: list[nn.Module] = []
@@ -54,6 +60,9 @@ class StudentNet(nn.Module):
         # no final BatchNorm1d: the student regresses the teacher's embeddings, whose scale is fixed
         self.head = nn.Sequential(nn.BatchNorm2d(cin), nn.Dropout(0.1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Linear(cin, emb_dim))
+
+    def spec(self) -> dict:
+        return dict(self._spec)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] != self.in_ch:
@@ -93,10 +102,13 @@ class FinetuneStudent(nn.Module):
         base = get_recognizer("dlib")
         self.size = base.input_size
         self.adapter: nn.Module = nn.Identity() if in_ch == 3 else InputAdapter(in_ch, self.size)
-        self.in_ch = in_ch
+        self.in_ch, self.in_size = in_ch, in_size
         self.body = base.units
         for p in self.body.parameters():
             p.requires_grad_(True)
+
+    def spec(self) -> dict:
+        return {"arch": "finetune", "in_ch": self.in_ch, "in_size": self.in_size}
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] != self.in_ch:
@@ -111,3 +123,77 @@ class FinetuneStudent(nn.Module):
         pretrained network within three steps, 1e-5 fine-tunes it), the new adapter at lr."""
         return [{"params": list(self.body.parameters()), "lr": lr / 100},
                 {"params": list(self.adapter.parameters()), "lr": lr}]
+
+
+class VectorStudent(nn.Module):
+    """MLP student for vector inputs (feature-domain defenses on embeddings)."""
+
+    def __init__(self, dim_in: int, emb_dim: int = 128, hidden: int = 512) -> None:
+        super().__init__()
+        self._spec = {"arch": "vector", "dim_in": dim_in, "emb_dim": emb_dim, "hidden": hidden}
+        self.net = nn.Sequential(nn.Linear(dim_in, hidden), nn.BatchNorm1d(hidden), nn.PReLU(), nn.Dropout(0.1),
+                                 nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.PReLU(), nn.Linear(hidden, emb_dim))
+
+    def spec(self) -> dict:
+        return dict(self._spec)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+#: Ψ's learning rate relative to the input affine's (see :mod:`faceveil.train.advface_student`)
+SERVER_PART_BODY_LR = 1 / 50
+
+
+class ServerPartStudent(nn.Module):
+    """A trainable copy of the dlib ResNet's layers after ``at`` (Ψ), behind a per-channel affine
+    ``x * scale + shift`` (identity at initialisation, so the untrained student *is* Ψ): AdvFace's
+    offline server (:mod:`faceveil.train.advface_student`)."""
+
+    def __init__(self, at: str = "res1") -> None:
+        super().__init__()
+        from faceveil.models import get_recognizer
+
+        base = get_recognizer("dlib")  # a fresh model: never shares weights with the teacher
+        client, server = base.split(at)
+        s = base.input_size
+        with torch.no_grad():
+            c = client(torch.zeros(1, 3, s, s)).shape[1]
+        self.at = at
+        self.scale = nn.Parameter(torch.ones(c))
+        self.shift = nn.Parameter(torch.zeros(c))
+        self.body = server
+        for p in self.body.parameters():
+            p.requires_grad_(True)
+
+    def spec(self) -> dict:
+        return {"arch": "server-part", "at": self.at}
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.scale.numel():
+            raise ValueError(f"server student expects [B,{self.scale.numel()},H,W] features, got {list(x.shape)}")
+        return self.body(torch.addcmul(self.shift[:, None, None], x, self.scale[:, None, None]))
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Ψ's pretrained layers at ``lr * SERVER_PART_BODY_LR``, the new input affine at lr."""
+        return [{"params": list(self.body.parameters()), "lr": lr * SERVER_PART_BODY_LR},
+                {"params": [self.scale, self.shift], "lr": lr}]
+
+
+_ARCHS = {
+    "ir18": lambda s: StudentNet(in_ch=s["in_ch"], width=s["width"], emb_dim=s["emb_dim"], input_size=s["input_size"],
+                                 blocks=tuple(s["blocks"])),
+    "finetune": lambda s: FinetuneStudent(in_ch=s["in_ch"], in_size=s["in_size"]),
+    "vector": lambda s: VectorStudent(s["dim_in"], s["emb_dim"], s["hidden"]),
+    "server-part": lambda s: ServerPartStudent(s["at"]),
+}
+
+
+def build_student(spec: dict) -> nn.Module:
+    """An untrained student from its :meth:`spec` (load the weights into it)."""
+    from faceveil.errors import FaceveilDataError
+
+    try:
+        return _ARCHS[spec["arch"]](spec)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FaceveilDataError(f"unknown or malformed student spec {spec!r} ({type(e).__name__}: {e})") from None

@@ -1,0 +1,266 @@
+"""One self-describing file per protected system: what a server (or a user's device) needs to run it.
+
+A bundle is a zip archive of plain data, never pickles:
+
+- ``manifest.json``: format, faceveil and torch versions, the defense's class name and public parameters,
+  the recogniser's name and weight fingerprint, the server model (how it was made and the spec that
+  rebuilds its architecture), the operating point, the transmitted and stored shapes, provenance, and the
+  sha256 of every other member;
+- ``manifest.sha256``: the manifest's own sha256 (a flipped byte anywhere is caught);
+- ``server.npz``: the adapted server's weights (``allow_pickle=False``); a frozen server is the installed
+  recogniser's, checked against the recorded fingerprint instead;
+- ``defense.npz``: trained server-side parts of the defense (AdvFace's shadow model), when it has any.
+
+It holds no face data and no client secret: a :class:`~faceveil.keys.SecretKey` cannot be pickled, the
+defense contributes only :meth:`~faceveil.defenses.base.Defense.config` (public parameters) and
+``bundle_state`` (server-side networks trained on public faces). ``client_only`` bundles (for users'
+devices) hold the defense and recogniser only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from faceveil import __version__
+from faceveil.config import write_atomically
+from faceveil.errors import FaceveilError
+
+FORMAT = "faceveil-system-v1"
+MAX_MEMBER_BYTES = 2 << 30  # no real bundle member comes near this; a zip bomb does
+
+
+class BundleError(FaceveilError):
+    """A system bundle is missing, corrupt, tampered with, or was made by an incompatible faceveil."""
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def _npz(state: dict[str, Tensor]) -> bytes:
+    arrays = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if v.dtype == torch.bfloat16:
+            raise BundleError(f"cannot store bfloat16 tensor {k!r} in a bundle")
+        arrays[k] = v.contiguous().numpy()
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _from_npz(blob: bytes, what: str) -> dict[str, Tensor]:
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            return {k: torch.from_numpy(np.array(z[k])) for k in z.files}
+    except Exception as e:  # numpy/zipfile raise many types on garbage
+        raise BundleError(f"{what}: unreadable weights ({type(e).__name__}: {e})") from None
+
+
+def _fingerprint(recognizer) -> str:
+    from faceveil.models.embed import model_fingerprint
+
+    return model_fingerprint(recognizer)
+
+
+def save_bundle(system, path: Path, client_only: bool = False) -> Path:
+    """Write ``system`` (a :class:`~faceveil.system.core.ProtectedSystem`) to ``path`` atomically."""
+    d = system.defense
+    members: dict[str, bytes] = {}
+    manifest: dict = {
+        "format": FORMAT,
+        "kind": "client" if client_only else "system",
+        "faceveil": __version__,
+        "torch": torch.__version__.split("+")[0],
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "defense": {"name": d.name, "class": f"{type(d).__module__}.{type(d).__qualname__}",
+                    "params": d.public_params(), "config": d.config()},
+        "recognizer": {"name": d.recognizer.name, "fingerprint": _fingerprint(d.recognizer)},
+        "transmitted_shape": list(system.transmitted_shape) if system.transmitted_shape else None,
+        "needs_key": bool(getattr(d, "needs_key", False)),
+    }
+    if not client_only:
+        spec = system.model.spec() if system.server_kind == "adapted" else None
+        if system.server_kind == "adapted":
+            if not hasattr(system.model, "spec"):
+                raise BundleError(f"the adapted server {type(system.model).__name__} declares no spec() to rebuild it from")
+            members["server.npz"] = _npz(system.model.state_dict())
+        state = d.bundle_state()
+        if state:
+            members["defense.npz"] = _npz(state)
+        op = system.operating_point
+        manifest.update({
+            "server": {"kind": system.server_kind, "spec": spec, "metric": system.metric},
+            "operating_point": None if op is None else dict(op.__dict__),
+            "stored_shape": list(system.stored_shape) if system.stored_shape else None,
+            "provenance": system.provenance,
+        })
+    manifest["members"] = {k: _sha(v) for k, v in members.items()}
+    text = json.dumps(manifest, indent=2, sort_keys=True, default=_json_default).encode()
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr("manifest.json", text)
+            z.writestr("manifest.sha256", _sha(text))
+            for k, v in members.items():
+                z.writestr(k, v)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, write)
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, tuple | set):
+        return list(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def read_bundle(path: str | Path) -> tuple[dict, dict[str, bytes]]:
+    """The verified manifest and members of a bundle, or a :class:`BundleError` saying what is wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise BundleError(f"{p}: no such system bundle")
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = set(z.namelist())
+            if "manifest.json" not in names or "manifest.sha256" not in names:
+                raise BundleError(f"{p}: not a faceveil system bundle (no manifest)")
+            for info in z.infolist():
+                if info.file_size > MAX_MEMBER_BYTES:
+                    raise BundleError(f"{p}: member {info.filename} of {info.file_size:,} bytes is too large")
+            raw = {n: z.read(n) for n in names}
+    except BundleError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise BundleError(f"{p}: not a readable system bundle ({type(e).__name__}: {e})") from None
+    text = raw.pop("manifest.json")
+    if raw.pop("manifest.sha256").decode("ascii", "replace").strip() != _sha(text):
+        raise BundleError(f"{p}: manifest checksum mismatch (the file was modified or corrupted)")
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{p}: manifest is not JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{p}: unknown bundle format {manifest.get('format') if isinstance(manifest, dict) else None!r} "
+                          f"(this faceveil reads {FORMAT})")
+    expected = manifest.get("members") or {}
+    if set(expected) != set(raw):
+        raise BundleError(f"{p}: members {sorted(raw)} do not match the manifest's {sorted(expected)}")
+    for name, digest in expected.items():
+        if _sha(raw[name]) != digest:
+            raise BundleError(f"{p}: member {name} checksum mismatch (the file was modified or corrupted)")
+    _check_versions(p, manifest)
+    return manifest, raw
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in str(v).split("+")[0].split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def _check_versions(p: Path, manifest: dict) -> None:
+    made = _version_tuple(manifest.get("faceveil", "0"))
+    here = _version_tuple(__version__)
+    if made[:2] > here[:2]:
+        raise BundleError(f"{p}: made by faceveil {manifest.get('faceveil')}, newer than this faceveil {__version__}; upgrade")
+
+
+def _defense(manifest: dict, data, recognizer):
+    import inspect
+
+    from faceveil.defenses import DEFENSES
+
+    spec = manifest["defense"]
+    try:
+        cls = DEFENSES.get(spec["name"])
+    except FaceveilError as e:
+        raise BundleError(f"bundle defense: {e}") from None
+    kwargs = dict(spec.get("params") or {})
+    sig = inspect.signature(cls.__init__).parameters
+    unknown = [k for k in kwargs if k not in sig]
+    if unknown:
+        raise BundleError(f"bundle defense {spec['name']}: parameters {unknown} unknown to this faceveil")
+    if "data" in sig:
+        kwargs["data"] = data
+    try:
+        return cls(recognizer=recognizer, **kwargs)
+    except (ValueError, TypeError) as e:
+        raise BundleError(f"bundle defense {spec['name']}: invalid parameters ({e})") from None
+
+
+def _recognizer(manifest: dict, path: Path):
+    from faceveil.models import get_recognizer
+
+    r = manifest["recognizer"]
+    rec = get_recognizer(r["name"])
+    fp = _fingerprint(rec)
+    if fp != r["fingerprint"]:
+        raise BundleError(f"{path}: the installed {r['name']} weights (fingerprint {fp}) are not the ones the system was "
+                          f"built with ({r['fingerprint']}); reinstall the model package the bundle was made with")
+    return rec
+
+
+def load_system(path: str | Path, data=None):
+    """The :class:`~faceveil.system.core.ProtectedSystem` saved at ``path`` (checked: format, versions,
+    checksums, recogniser weights). ``data``: the face-data folder, for defenses with a public pool."""
+    from faceveil.models.base import OperatingPoint
+    from faceveil.models.students import build_student
+    from faceveil.system.core import ProtectedSystem
+
+    p = Path(path)
+    manifest, raw = read_bundle(p)
+    if manifest.get("kind") != "system":
+        raise BundleError(f"{p}: a client-only bundle (for users' devices); load it with load_client()")
+    try:
+        rec = _recognizer(manifest, p)
+        d = _defense(manifest, data, rec)
+        if "defense.npz" in raw:
+            d.load_bundle_state(_from_npz(raw["defense.npz"], f"{p}: defense.npz"))
+        srv = manifest["server"]
+        if srv["kind"] == "adapted":
+            model = build_student(srv["spec"])
+            try:
+                model.load_state_dict(_from_npz(raw["server.npz"], f"{p}: server.npz"))
+            except (RuntimeError, KeyError) as e:
+                raise BundleError(f"{p}: server weights do not fit the declared architecture ({e})") from None
+        else:
+            model = d.frozen_server()
+        op = OperatingPoint(**manifest["operating_point"]) if manifest.get("operating_point") else None
+        return ProtectedSystem(d, model, op, srv["kind"], srv["metric"], manifest.get("transmitted_shape"),
+                               manifest.get("stored_shape"), manifest.get("provenance"))
+    except (KeyError, TypeError) as e:
+        raise BundleError(f"{p}: manifest lacks or mangles {e}") from None
+
+
+def load_client(path: str | Path, data=None, randomness=None, key=None):
+    """The :class:`~faceveil.system.core.SystemClient` of a bundle (client-only or full)."""
+    from faceveil.system.core import SystemClient
+
+    p = Path(path)
+    manifest, _ = read_bundle(p)
+    try:
+        d = _defense(manifest, data, _recognizer(manifest, p))
+    except (KeyError, TypeError) as e:
+        raise BundleError(f"{p}: manifest lacks or mangles {e}") from None
+    return SystemClient(d, randomness, key)
+
+
+def bundle_info(path: str | Path) -> dict:
+    """The verified manifest (no model is loaded)."""
+    return read_bundle(path)[0]
