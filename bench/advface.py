@@ -68,9 +68,9 @@ def precision_check(profile: str, n: int, out: Path) -> None:
     """float32 vs bfloat16-autocast PGD: speed and protection on the same faces (see the module docstring)."""
     import torch.nn.functional as F
 
-    from faceveil.attacks.harness import chip_images
     from faceveil.bench.experiments.advface import advface, plain_attacker
     from faceveil.bench.experiments.common import experiment_context
+    from faceveil.data.chips import chip_images
     from faceveil.defenses.advface import batch_statistics
     from faceveil.metrics.image import psnr, ssim
 

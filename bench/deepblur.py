@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceveil.attacks.harness import image_grid
+from faceveil.bench.privacy import image_grid
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import LFW
 from faceveil.defenses import get_defense
@@ -143,7 +143,7 @@ def frame(args: argparse.Namespace) -> None:
 
 def generators(args: argparse.Namespace) -> None:
     """Inversion quality of the pretrained DigiFace DCGAN vs our DCGAN trained on public faces."""
-    from faceveil.attacks.harness import cos_judge, embed_images
+    from faceveil.bench.privacy import cos_judge, embed_images
     from faceveil.metrics.image import ssim
     from faceveil.models.generators import DCGANConfig, FaceGenerator, Frame, get_generator, train_dcgan
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from faceveil.context import RunContext
 from faceveil.errors import FaceveilError
 from faceveil.limits import BoundedGroup, bounds_options
 
@@ -15,7 +16,35 @@ app = typer.Typer(
     cls=BoundedGroup, add_completion=False, no_args_is_help=True,
     help="Privacy-preserving face recognition: defenses, attacks, measurements.",
 )
-app.callback()(bounds_options)  # global --max-memory-gb / --max-seconds (faceveil.limits)
+
+
+@app.callback()
+def global_options(
+    ctx: typer.Context,
+    max_memory_gb: Annotated[float | None, typer.Option(
+        "--max-memory-gb", envvar="FACEVEIL_MAX_MEMORY_GB", show_envvar=True,
+        help="Memory bound in GB (0: none; default 80 % of physical memory). Running out ends the command with a clear error.")] = None,
+    max_seconds: Annotated[float | None, typer.Option(
+        "--max-seconds", envvar="FACEVEIL_MAX_SECONDS", show_envvar=True,
+        help="Wall-time bound of the whole command in seconds (default: none; not `attack --max-seconds`, its training budget). "
+             "Running past it ends the command with a clear error.")] = None,
+    recognizer: Annotated[str | None, typer.Option(
+        "--recognizer", envvar="FACEVEIL_RECOGNIZER", show_envvar=True,
+        help="The deployed recogniser defenses protect for and servers start from (default dlib).")] = None,
+) -> None:
+    """Global options: resource bounds (faceveil.limits) and the deployed recogniser."""
+    import os
+
+    from faceveil.config import RECOGNIZER_ENV
+
+    bounds_options(ctx, max_memory_gb, max_seconds)
+    if recognizer is not None:
+        from faceveil.models import recognizer_names
+
+        if recognizer not in recognizer_names():
+            _fail(ValueError(f"--recognizer must be one of {', '.join(recognizer_names())}; got {recognizer!r}"))
+        os.environ[RECOGNIZER_ENV] = recognizer  # worker processes (bench --jobs) inherit it
+
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate recognisers.")
 models_app = typer.Typer(no_args_is_help=True, help="Install and list pretrained models.")
 app.add_typer(eval_app, name="eval")
@@ -246,8 +275,8 @@ def attack_cmd(
 ) -> None:
     """Train an attack on a defense (as a real attacker would) and judge it on LFW."""
     from faceveil.attacks import attack_names
-    from faceveil.attacks.base import PROFILES, ThreatModel, profile_budget
-    from faceveil.attacks.harness import format_result, run_attack
+    from faceveil.attacks.base import PROFILES, ThreatModel, attack_class, profile_budget
+    from faceveil.bench.privacy import format_result, run_attack
     from faceveil.defenses.cli_support import make_defense
 
     _check_options(max_seconds=(max_seconds, "positive"), eval_pairs=(eval_pairs, "positive-int"),
@@ -260,11 +289,10 @@ def attack_cmd(
         if view is not None and view not in d.ATTACKER_VIEWS:
             known = ", ".join(d.ATTACKER_VIEWS) or "none (it has no defense-specific attacker view)"
             raise ValueError(f"--view {view!r}: {defense} has no such attacker view; known: {known}")
-        threat = ThreatModel(leakage=leakage, adaptive=view is not None, view=view,
-                             knowledge="white-box" if attack == "whitebox" else "black-box client")
+        threat = ThreatModel(leakage=leakage, adaptive=view is not None, view=view, knowledge=attack_class(attack).knowledge())
         budget = profile_budget(profile, **({"max_seconds": max_seconds, "max_steps": None} if max_seconds else {}))
         kwargs = {"identity_weight": identity_weight} if identity_weight else None
-        r = run_attack(d, attack, threat, profile=profile, seed=seed, data=data_dir, force=force, out_dir=out,
+        r = run_attack(d, attack, threat, RunContext(profile, seed, data_dir, force=force, out_dir=out),
                        budget=budget, attack_kwargs=kwargs, eval_pairs_n=eval_pairs)
     except (FaceveilError, ValueError) as e:
         _fail(e)
@@ -291,8 +319,9 @@ def bench_cmd(
 
     _check_options(jobs=(jobs, "positive-int"), profile=(profile, ",".join(BENCH_PROFILES)))
     try:
-        r = run_bench(profile, defenses.split(",") if defenses else None, attacks.split(",") if attacks else None,
-                      out, data_dir, seed, force, experiments=experiments, jobs=jobs)
+        r = run_bench(RunContext(profile, seed, data_dir, force=force, out_dir=out),
+                      defenses.split(",") if defenses else None, attacks.split(",") if attacks else None,
+                      experiments=experiments, jobs=jobs)
     except (FaceveilError, ValueError) as e:
         _fail(e)
     typer.echo((out / "report.md").read_text())

@@ -43,6 +43,17 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     )
 
 
+#: the recogniser a deployment runs (defenses protect for it, students start from it, attackers' identity
+#: losses use it); configuration, not code: ``FACEVEIL_RECOGNIZER`` or ``faceveil --recognizer NAME``
+DEFAULT_RECOGNIZER = "dlib"
+RECOGNIZER_ENV = "FACEVEIL_RECOGNIZER"
+
+
+def deployed_recognizer_name() -> str:
+    """Name of the deployed recogniser (``FACEVEIL_RECOGNIZER``, default ``dlib``)."""
+    return os.environ.get(RECOGNIZER_ENV) or DEFAULT_RECOGNIZER
+
+
 def home() -> Path:
     """Cache root (``FACEVEIL_HOME``, default ``~/.cache/faceveil``); created on demand (a
     :class:`~faceveil.errors.FaceveilOutputError` naming it when it cannot be)."""

@@ -19,6 +19,8 @@ def test_unknown_part_is_refused_by_name(monkeypatch, capsys, tmp_path):
 
 
 def test_no_part_selected_runs_nothing(tmp_path):
-    r = fo_exp.run({"parts": ("none-of-them",), "out_dir": tmp_path})
+    from faceveil.bench.plan import ExperimentContext
+
+    r = fo_exp.run(ExperimentContext(out_dir=tmp_path, options={"parts": ("none-of-them",)}))
     assert r["markdown"] == "" and r["figures"] == []
     assert all(v == {} for v in r["data"].values())

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from faceveil.bench.experiments.pmt import DEPTH_CUTS, PMT_BUDGETS, Evaluator, cut_depth, cut_depth_md
+from faceveil.bench.plan import ExperimentContext
 from faceveil.data.datasets import LFW
 from faceveil.defenses.pmt import DEFAULT_CUTS, _shared_recognizer
 
@@ -27,7 +28,7 @@ def test_cut_depth_rows(data_root, tmp_path):
     torch.set_num_threads(1)
     lfw = LFW(data_root)
     budget = dataclasses.replace(PMT_BUDGETS["ci"], ablation_probes=2, iterations=3)
-    ctx = dict(lfw=lfw, seed=0, progress=False, out_dir=tmp_path)
+    ctx = ExperimentContext(progress=False, out_dir=tmp_path, lfw=lfw)
     evals = {"dlib": Evaluator(_shared_recognizer("dlib"), lfw, data_root)}
     res = cut_depth(ctx, budget, ["dlib"], evals)
     assert [r["cut"] for r in res["rows"]] == list(DEPTH_CUTS["dlib"]) and res["rows"][0]["default"]

@@ -99,14 +99,15 @@ def test_slow_clients_get_capped_data_sets():
 
 def test_interrupted_run_still_writes_its_report(tmp_path, data_root, monkeypatch):
     """Ctrl-C/SIGTERM during a cell: the finished cells are reported, the run says it was interrupted."""
-    import faceveil.attacks.harness as harness
+    import faceveil.bench.privacy as privacy
     from faceveil.bench.runner import run_bench
+    from faceveil.context import RunContext
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(harness, "run_attack", interrupt)  # the first privacy cell is "interrupted"
-    r = run_bench("ci", ["none"], ["dn"], tmp_path, data_root, progress=False)
+    monkeypatch.setattr(privacy, "run_attack", interrupt)  # the first privacy cell is "interrupted"
+    r = run_bench(RunContext("ci", data=data_root, progress=False, out_dir=tmp_path), ["none"], ["dn"])
     assert r["interrupted"] and r["planned_cells"] > len(r["cells"]) == 1
     assert r["cells"][0]["kind"] == "utility" and r["cells"][0]["status"] == "ok"
     assert "Interrupted" in (tmp_path / "report.md").read_text()

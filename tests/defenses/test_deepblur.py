@@ -98,7 +98,7 @@ def test_average_latents(gen):
 
 
 def test_warp_matches_harness_recrop(faces):
-    from faceveil.attacks.harness import recrop
+    from faceveil.data.chips import recrop
 
     a, b = CropSpec(150, 0.25), CropSpec(150, 0.4)
     ours, _ = warp(faces, Frame.from_crop(a), Frame.from_crop(b))

@@ -213,7 +213,7 @@ def test_unauthorised_below_authorised_on_lfw(faces: torch.Tensor) -> None:
     """Closed-set identification of each obfuscated face among the clean faces of the 6 people:
     the authorised dlib recognises PMT(x) as x, the unauthorised mobilefacenet does not (on the
     same re-cropped images, which it identifies when they are clean); MR-PMT authorises both."""
-    from faceveil.attacks.harness import recrop
+    from faceveil.data.chips import recrop
     from faceveil.models import get_recognizer
 
     def identified(model, probe: torch.Tensor, gallery: torch.Tensor, crop) -> float:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 from faceveil.attacks.base import (
     ATTACKS,
     PROFILES,
@@ -17,14 +15,6 @@ from faceveil.attacks.base import (
     profile_budget,
     register_attack,
 )
-
-_MODULES = ["dn", "urec", "resrec", "transrec", "cgan", "whitebox"]
-for _m in _MODULES:
-    try:
-        importlib.import_module(f"faceveil.attacks.{_m}")
-    except ModuleNotFoundError as _e:  # an attack not written yet
-        if _e.name != f"faceveil.attacks.{_m}":
-            raise
 
 
 def attack_names() -> list[str]:

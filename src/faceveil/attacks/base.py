@@ -10,6 +10,7 @@ Images are float32 ``[B,3,S,S]`` in [0,1], S = the target size (64 quick, 112 fu
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from faceveil.errors import FaceveilDataError, FaceveilError
 from faceveil.registry import Registry
 from faceveil.storage import discard, load_cache, read_verified, save_torch, torch_load
 
-ATTACKS: Registry[Attack] = Registry("attack")
+ATTACKS: Registry[Attack] = Registry("attack", "faceveil.attacks")
 
 
 def register_attack(name: str):
@@ -154,15 +155,60 @@ class PairSource:
 # ---------------------------------------------------------------------------------------------
 
 
+#: what an attack can need of the system it attacks (ART-style declarations, :attr:`Attack.needs`)
+NEEDS = {
+    "pairs": "(leaked data, face) training pairs, made by running the defense as a black-box client on public faces",
+    "client_network": "the client's network as a white box (its layers are mirrored)",
+    "forward_map": "the defense's differentiable forward map (white-box optimisation per target; no training)",
+    "queries": "only queries to the deployed system (no gradients, no training pairs)",
+}
+
+
 class Attack:
+    """Base class of every attack. Subclasses declare what they need (:attr:`needs`, keys of
+    :data:`NEEDS`); :meth:`config` is derived from the keyword-only parameters of ``__init__`` (and
+    of the base classes it passes ``**kw`` to), like :meth:`faceveil.defenses.base.Defense.params`."""
+
     name: ClassVar[str] = "base"
     trainable: ClassVar[bool] = True
+    needs: ClassVar[frozenset[str]] = frozenset({"pairs"})
+    #: keyword arguments that are inputs, not configuration (kept out of config()/cache keys)
+    NOT_CONFIG: ClassVar[tuple[str, ...]] = ()
 
     def attack(self, protected: Tensor, batch_size: int = 64) -> Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def knowledge(cls) -> str:
+        """The threat model's knowledge level this attack implies."""
+        return "white-box" if "forward_map" in cls.needs else "black-box client"
+
+    @classmethod
+    def params(cls) -> list[str]:
+        """Keyword-only ``__init__`` parameters along the ``**kw`` chain of the class's bases."""
+        out: list[str] = []
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            sig = inspect.signature(init).parameters
+            out += [n for n, p in sig.items() if p.kind is p.KEYWORD_ONLY and n not in out]
+            if not any(p.kind is p.VAR_KEYWORD for p in sig.values()):
+                break
+        return out
+
+    def config_value(self, param: str):
+        """How ``param`` enters :meth:`config` (default: the attribute of that name)."""
+        return getattr(self, param)
+
     def config(self) -> dict:
-        return {"name": self.name}
+        """Everything that determines this attack's output (cache keys, reports)."""
+        return {"name": self.name, **{p: self.config_value(p) for p in self.params() if p not in self.NOT_CONFIG}}
+
+
+def attack_class(name: str) -> type[Attack]:
+    """The registered class of attack ``name`` (its declarations without building it)."""
+    return ATTACKS.get(name)  # type: ignore[return-value]
 
 
 @dataclass
@@ -229,10 +275,6 @@ class ReconstructionAttack(Attack):
         self.log = TrainLog()
         self._id_model: nn.Module | None = None
 
-    def config(self) -> dict:
-        return {"name": self.name, "target_size": self.target_size, "loss": self.loss,
-                "identity_weight": self.identity_weight, "seed": self.seed}
-
     # --- to implement -------------------------------------------------------------------------
     def build(self, in_shape: tuple[int, ...]) -> nn.Module:
         raise NotImplementedError
@@ -247,9 +289,9 @@ class ReconstructionAttack(Attack):
     def identity_loss(self, out: Tensor, target: Tensor) -> Tensor:
         """Optional stronger attacker: cosine distance in the deployed recogniser's space."""
         if self._id_model is None:
-            from faceveil.models import get_recognizer
+            from faceveil.models import deployed_recognizer
 
-            self._id_model = get_recognizer("dlib")
+            self._id_model = deployed_recognizer()
         m = self._id_model
         a, b = m(m.prepare(out)), m(m.prepare(target)).detach()
         return (1 - torch.nn.functional.cosine_similarity(a, b)).mean()
@@ -436,6 +478,4 @@ def attack_cache_path(attack: Attack, *parts) -> Path:
 
 
 def get_attack(name: str, **kwargs) -> Attack:
-    import faceveil.attacks  # noqa: F401
-
     return ATTACKS.create(name, **kwargs)

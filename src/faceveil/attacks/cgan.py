@@ -148,10 +148,6 @@ class CGAN(ReconstructionAttack):
         self._opt_d: torch.optim.Optimizer | None = None
         self.gan_log: dict[str, list[float]] = {"d": [], "g_adv": []}
 
-    def config(self) -> dict:
-        return {**super().config(), "width": self.width, "d_width": self.d_width, "l1_weight": self.l1_weight,
-                "lr": self.lr, "dropout": self.dropout}
-
     def build(self, in_shape: tuple[int, ...]) -> nn.Module:
         g = UNetGenerator(in_shape, self.target_size, self.width, dropout=self.dropout)
         d = PatchDiscriminator(tuple(in_shape), self.target_size, self.d_width)

@@ -107,8 +107,5 @@ class DN(ReconstructionAttack):
             raise ValueError(f"refine must be one of {REFINE}, got {refine!r}")
         self.width, self.n_conv, self.refine = width, n_conv, refine
 
-    def config(self) -> dict:
-        return {**super().config(), "width": self.width, "n_conv": self.n_conv, "refine": self.refine}
-
     def build(self, in_shape: tuple[int, ...]) -> nn.Module:
         return nbnet(in_shape, self.target_size, self.width, self.n_conv, self.refine)

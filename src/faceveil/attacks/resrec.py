@@ -52,8 +52,5 @@ class ResRec(ReconstructionAttack):
         super().__init__(**kw)
         self.width, self.n_blocks = width, n_blocks
 
-    def config(self) -> dict:
-        return {**super().config(), "width": self.width, "n_blocks": self.n_blocks}
-
     def build(self, in_shape: tuple[int, ...]) -> nn.Module:
         return channels_last(resnet_decoder(in_shape, self.target_size, self.width, self.n_blocks))

@@ -327,18 +327,22 @@ class TransRec(ReconstructionAttack):
     channel multiplier of the mirrored layers (1.0 = the client's own channel counts);
     ``client_input_size``: the client's input side (inferred when None)."""
 
+    needs = frozenset({"pairs", "client_network"})
+
     def __init__(self, *, client: nn.Module | None = None, width: float = 1.0, client_input_size: int | None = None,
                  **kw) -> None:
         super().__init__(**kw)
         self.client, self.width, self.client_input_size = client, width, client_input_size
 
-    def config(self) -> dict:
-        desc = None
-        if self.client is not None:
-            desc = [f"{type(m).__name__}" + (f"({m.in_channels},{m.out_channels},k{_pair(m.kernel_size)[0]},"
-                                             f"s{_pair(m.stride)[0]})" if isinstance(m, nn.Conv2d) else "")
-                    for _, m in _units(self.client)]
-        return {**super().config(), "width": self.width, "client": desc, "client_input_size": self.client_input_size}
+    def config_value(self, param: str):
+        """The client network enters the config as a description of its units (not its weights)."""
+        if param != "client":
+            return super().config_value(param)
+        if self.client is None:
+            return None
+        return [f"{type(m).__name__}" + (f"({m.in_channels},{m.out_channels},k{_pair(m.kernel_size)[0]},"
+                                         f"s{_pair(m.stride)[0]})" if isinstance(m, nn.Conv2d) else "")
+                for _, m in _units(self.client)]
 
     def build(self, in_shape: tuple[int, ...]) -> nn.Module:
         if self.client is None:

@@ -74,9 +74,6 @@ class URec(ReconstructionAttack):
         super().__init__(**kw)
         self.width, self.depth = width, depth
 
-    def config(self) -> dict:
-        return {**super().config(), "width": self.width, "depth": self.depth}
-
     def build(self, in_shape: tuple[int, ...]) -> nn.Module:
         return channels_last(UNet(in_shape, self.target_size, self.width, self.depth))
 

@@ -50,6 +50,9 @@ class WhiteBox(OptimizationAttack):
     ``init``: the start image ``[3,S,S]`` in [0,1] (resized if another size); ``steps``, ``lr``
     (Adam step size, or the per-step change for ``method="sign"``), ``tv_weight`` (lambda)."""
 
+    needs = frozenset({"forward_map"})
+    NOT_CONFIG = ("forward",)
+
     def __init__(self, *, forward: Callable[[Tensor], Tensor] | None = None, input_size: int | None = None,
                  target_size: int = 112, init: Tensor | None = None, steps: int = 200, lr: float = 0.03,
                  tv_weight: float = 10.0, method: str = "adam", seed: int = 0) -> None:
@@ -69,10 +72,10 @@ class WhiteBox(OptimizationAttack):
         self.trace: Tensor | None = None
         self._out_shape: tuple[int, ...] | None = None
 
-    def config(self) -> dict:
-        return {"name": self.name, "target_size": self.target_size, "input_size": self.input_size, "steps": self.steps,
-                "lr": self.lr, "tv_weight": self.tv_weight, "method": self.method,
-                "init": "mid-grey" if bool((self.init == 0.5).all()) else "given", "seed": self.seed}
+    def config_value(self, param: str):
+        if param == "init":
+            return "mid-grey" if bool((self.init == 0.5).all()) else "given"
+        return super().config_value(param)
 
     # --- the objective ----------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:

@@ -25,12 +25,14 @@ from tqdm import tqdm
 
 from faceveil.bench.build import bench_system, lfw_utility
 from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute
+from faceveil.context import RunContext
 from faceveil.data.align import to_tensor
+from faceveil.data.datasets import public_chips
 from faceveil.defenses import get_defense
 from faceveil.defenses.faceobfuscator import CHANNEL_NAMES, ZIGZAG
 from faceveil.models.students import StudentNet
 from faceveil.storage import ensure_dir, save_figure_atomic, write_json_atomic
-from faceveil.train.distill import distill_loss, public_chips, teacher_embeddings
+from faceveil.train.distill import distill_loss, teacher_embeddings
 
 STAGES = (64, 16, 8, 4, 2, 1)
 
@@ -132,14 +134,14 @@ def channel_importance(profile: str = "quick", out_dir: Path = Path("results/cha
     """Rank the 64 channels, then remove iteratively (64 -> 16 -> 8 -> 4 -> 2 -> 1), measuring the
     auxiliary network's LFW accuracy and a dn attack's COS at each stage."""
     from faceveil.attacks.base import ThreatModel, profile_budget
-    from faceveil.attacks.harness import run_attack
+    from faceveil.bench.privacy import run_attack
     from faceveil.data.datasets import LFW
-    from faceveil.models import get_recognizer
+    from faceveil.models import deployed_recognizer
 
     budget = CHANNEL_BUDGETS[profile]
     out_dir = Path(out_dir)
     ensure_dir(out_dir)
-    teacher = get_recognizer("dlib")
+    teacher = deployed_recognizer()
     chips = public_chips(data, teacher.crop, budget.train_images, seed, progress)
     targets = teacher_embeddings(teacher, chips, progress)
     lfw = LFW(data)
@@ -168,7 +170,7 @@ def channel_importance(profile: str = "quick", out_dir: Path = Path("results/cha
         key = config_hash(kept, {k: v for k, v in budget.__dict__.items() if not k.startswith("attack")}, seed,
                           str(data_dir(data)), "channel-aux-v1")
         st = load_or_compute(cache_dir("channels") / f"aux-{n}-{key}.pt", aux)
-        r = run_attack(d, "dn", ThreatModel(), profile=budget.attack_profile, seed=seed, data=data, progress=progress,
+        r = run_attack(d, "dn", ThreatModel(), RunContext(budget.attack_profile, seed, data, progress=progress),
                        budget=attack_budget, eval_pairs_n=budget.attack_pairs)
         m = r["metrics"]["reconstruction"]
         alpha = st["alpha"].numpy().copy()

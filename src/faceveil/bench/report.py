@@ -105,7 +105,7 @@ def _baseline_rows(rows: list[dict]) -> str:
 def grids(images: dict, out_dir: Path) -> list[tuple[str, Path]]:
     """One grid per (attack, leakage): originals on top, then per setting what the attacker holds
     and the reconstruction (same LFW faces everywhere)."""
-    from faceveil.attacks.harness import image_grid
+    from faceveil.bench.privacy import image_grid
 
     by_attack: dict[tuple[str, str], list] = {}
     for (label, attack, leakage), im in images.items():

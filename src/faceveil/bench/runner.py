@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,100 +24,24 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from faceveil.attacks.base import ThreatModel
+from faceveil.attacks.base import ThreatModel, attack_class
 from faceveil.bench.build import bench_system, lfw_utility
+from faceveil.bench.plan import (  # noqa: F401  (re-exported: the bench's plan lives in faceveil.bench.plan)
+    BENCH_PROFILES,
+    DEFAULT_ATTACKS,
+    EXPERIMENTS,
+    SETTINGS,
+    BenchProfile,
+    ExperimentContext,
+    Setting,
+    Sizes,
+    setting_sizes,
+    settings_for,
+)
+from faceveil.context import RunContext
 from faceveil.data.datasets import LFW
-from faceveil.defenses import DEFENSES, Defense, get_defense
-from faceveil.registry import Registry
+from faceveil.defenses import DEFENSES, Defense
 from faceveil.storage import ensure_dir, save_torch, write_json_atomic
-
-
-@dataclass
-class Setting:
-    """A defense configuration to benchmark."""
-
-    label: str
-    defense: str
-    params: dict = field(default_factory=dict)
-    attacks: tuple[str, ...] | None = None  # None: the run's attacks
-    utility_servers: tuple[str, ...] | None = None  # None: decided from the defense
-    views: tuple[str | None, ...] = (None,)  # None = non-adaptive; else adaptive attacker views
-
-    def build(self, data=None) -> Defense:
-        """The defense; ``data`` reaches defenses that draw from a public pool."""
-        import inspect
-
-        kw = dict(self.params)
-        if "data" in inspect.signature(DEFENSES.get(self.defense).__init__).parameters:
-            kw["data"] = data
-        return get_defense(self.defense, **kw)
-
-
-@dataclass(frozen=True)
-class BenchProfile:
-    name: str
-    utility_per_fold: int | None  # LFW pairs per fold and class for utility (None = all 6,000)
-    adapted: bool  # train adapted students
-    attack_profile: str
-    #: seconds of client protection allowed per data set (LFW utility images, student training images,
-    #: attacker training images) for defenses whose protection is expensive (DeepBlur ~0.5-0.9 s/face,
-    #: AdvNoise ~0.3 s/face on one core); None = no cap. Cheap defenses are never capped.
-    protect_seconds: float | None = None
-    #: LFW same-pairs judged for the white-box inversion: it optimises every target image through
-    #: the client (150 steps x ~30 ms/step/face for a dlib embedding on one core = ~4.5 s/face)
-    whitebox_pairs: int | None = None
-
-
-BENCH_PROFILES = {
-    "ci": BenchProfile("ci", utility_per_fold=5, adapted=False, attack_profile="ci", protect_seconds=60, whitebox_pairs=20),
-    "quick": BenchProfile("quick", utility_per_fold=50, adapted=True, attack_profile="quick", protect_seconds=240,
-                          whitebox_pairs=50),
-    "full": BenchProfile("full", utility_per_fold=None, adapted=True, attack_profile="full", whitebox_pairs=300),
-}
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """Data-set sizes of one setting under a profile (capped for expensive clients)."""
-
-    utility_per_fold: int | None
-    student_images: int | None  # None = the distillation profile's
-    attack_images: int | None  # None = the attack profile's
-    eval_pairs: int | None = None  # cap on the LFW same-pairs an attack is judged on (None = the attack profile's)
-
-
-def setting_sizes(d: Defense, bp: BenchProfile) -> Sizes:
-    """Cap the LFW utility pairs, the student/attacker training images and the attack evaluation pairs
-    of a slow client so that protecting each set costs about ``bp.protect_seconds`` at its declared ``protect_ms_hint``
-    (declared, not measured, so that sizes and cache keys do not depend on the machine's load)."""
-    if bp.protect_seconds is None or d.protect_ms_hint <= 0:
-        return Sizes(bp.utility_per_fold, None, None)
-    n = int(1000 * bp.protect_seconds / d.protect_ms_hint)  # faces affordable per set
-    per_fold = max(5, min(bp.utility_per_fold or 300, n // 40))  # 2 images x 2 classes x 10 folds
-    cap = max(128, n)
-    return Sizes(per_fold, cap, cap, eval_pairs=max(50, n))
-
-#: benchmark settings per defense name; defense modules may register more (ablations)
-SETTINGS: dict[str, list[Setting]] = {
-    "none": [Setting("none (embedding)", "none", {"transmit": "embedding"}),
-             Setting("none (res1 map)", "none", {"transmit": "res1"}),
-             # the attacker who holds the unprotected image holds the face: no attack to train
-             Setting("none (image)", "none", {"transmit": "image"}, attacks=())],
-}
-
-#: per-defense experiments (paper tables/figures), run when that defense is named in --defenses:
-#: fn(context) -> {"markdown": str, "figures": [paths], "data": {...}}
-EXPERIMENTS: Registry[Callable] = Registry("experiment")
-
-DEFAULT_ATTACKS = ("dn", "cgan", "whitebox")
-
-
-def settings_for(name: str) -> list[Setting]:
-    import faceveil.bench.experiments  # noqa: F401  (registers per-defense settings and experiments)
-
-    if name in SETTINGS:
-        return SETTINGS[name]
-    return [Setting(name, name, {})]
 
 
 def _stores_differently(d: Defense) -> bool:
@@ -172,10 +95,11 @@ def plan_cells(names: list[str], attack_names: tuple[str, ...], data=None) -> li
             d = st.build(data)
             plan.append(("utility", st, None, None, None))
             for a in (attack_names if st.attacks is None else st.attacks):
-                if a == "whitebox" and not _supports_whitebox(d):
+                optimises = "forward_map" in attack_class(a).needs
+                if optimises and not _supports_whitebox(d):
                     continue
                 for view in st.views:
-                    if a == "whitebox" and view is not None:
+                    if optimises and view is not None:
                         # the white-box attacker knows the pipeline: Defense.whitebox_forward is already
                         # invariant to the unknown randomness (FaceObfuscator: |d|, and its recovery is
                         # idempotent), so an "adaptive" white-box cell would repeat it exactly
@@ -186,16 +110,20 @@ def plan_cells(names: list[str], attack_names: tuple[str, ...], data=None) -> li
     return plan
 
 
-def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks: list[str] | None = None,
-              out_dir: Path = Path("results/bench"), data=None, seed: int = 0, force: bool = False,
-              progress: bool = True, experiments: bool = True, jobs: int = 1) -> dict:
+def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, attacks: list[str] | None = None,
+              experiments: bool = True, jobs: int = 1) -> dict:
     """Run every (setting, utility/attack) cell, then (``experiments``) the paper experiments of the
-    defenses named in ``defenses``; write results.json/csv, images.pt, report.md/html.
+    defenses named in ``defenses``; write results.json/csv, images.pt, report.md/html into ``ctx.out_dir``
+    (default ``results/bench``); ``ctx.profile`` is a bench profile (ci | quick | full).
 
     ``jobs > 1`` runs the defenses in that many worker processes (one defense per process, longest
     first, ``OMP_NUM_THREADS`` = cores // jobs) and merges their results into one report."""
-    import faceveil.bench.experiments  # noqa: F401  (registers settings and experiments)
+    EXPERIMENTS.load()  # experiment modules register settings too
 
+    ctx = ctx or RunContext()
+    if ctx.out_dir is None:
+        ctx = ctx.replace(out_dir=Path("results/bench"))
+    profile, seed, data, progress = ctx.profile, ctx.seed, ctx.data, ctx.progress
     if profile not in BENCH_PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {sorted(BENCH_PROFILES)}")
     if jobs < 1:
@@ -205,11 +133,10 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
     for n in names:
         DEFENSES.get(n)  # clear error for unknown names
     attack_names = tuple(attacks or DEFAULT_ATTACKS)
-    out_dir = Path(out_dir)
+    out_dir = Path(ctx.out_dir)
     ensure_dir(out_dir)
     if jobs > 1 and len(names) > 1:
-        return _run_parallel(profile, names, attack_names, out_dir, data, seed, force, progress,
-                             experiments and defenses is not None, jobs)
+        return _run_parallel(ctx, names, attack_names, experiments and defenses is not None, jobs)
     lfw = LFW(data)
     t_start = time.perf_counter()
 
@@ -220,7 +147,7 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
     interrupted = False
     with _interruptible():
         try:
-            _run_cells(bar, cells, images, bp, data, seed, force, out_dir, progress, lfw)
+            _run_cells(bar, cells, images, bp, ctx, lfw)
         except KeyboardInterrupt:  # Ctrl-C / SIGTERM: report what finished
             interrupted = True
     bar.close()
@@ -230,8 +157,8 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
         if n in EXPERIMENTS:
             t0 = time.perf_counter()
             try:
-                experiments[n] = EXPERIMENTS.get(n)(dict(profile=profile, bench_profile=bp, data=data, seed=seed,
-                                                         out_dir=out_dir, lfw=lfw, force=force, progress=progress))
+                ectx = ExperimentContext(profile, seed, data, ctx.device, ctx.force, progress, out_dir, bench_profile=bp, lfw=lfw)
+                experiments[n] = EXPERIMENTS.get(n)(ectx)
                 experiments[n]["status"] = "ok"
             except Exception as e:
                 experiments[n] = {"status": "failed", "error": f"{type(e).__name__}: {e}",
@@ -239,7 +166,7 @@ def run_bench(profile: str = "quick", defenses: list[str] | None = None, attacks
             experiments[n]["seconds"] = time.perf_counter() - t0
 
     results = {
-        "profile": profile, "seed": seed, "defenses": names, "attacks": list(attack_names),
+        "profile": profile, "seed": seed, "device": ctx.device, "defenses": names, "attacks": list(attack_names),
         "versions": _versions(), "wall_seconds": time.perf_counter() - t_start,
         "cells": [asdict(c) for c in cells], "experiments": experiments,
         "failed": sum(c.status == "failed" for c in cells) + sum(e.get("status") == "failed" for e in experiments.values()),
@@ -326,12 +253,12 @@ def _part_cost(name: str, attack_names: tuple[str, ...], part: Path, data) -> fl
     return 60.0 * len(plan) * (1 + max((st.build(data).protect_ms_hint for _, st, *_ in plan), default=0) / 100)
 
 
-def _run_parallel(profile: str, names: list[str], attack_names: tuple[str, ...], out_dir: Path, data, seed: int,
-                  force: bool, progress: bool, experiments: bool, jobs: int) -> dict:
+def _run_parallel(ctx: RunContext, names: list[str], attack_names: tuple[str, ...], experiments: bool, jobs: int) -> dict:
     """Run each defense as ``faceveil bench --defenses NAME`` in its own process, at most ``jobs`` at
     a time, longest first (LPT), then merge. Workers write into ``out_dir/parts/NAME`` (log.txt there);
     they share the on-disk caches, whose writes are atomic."""
     t_start = time.perf_counter()
+    profile, data, out_dir = ctx.profile, ctx.data, Path(ctx.out_dir)
     parts = {n: out_dir / "parts" / n for n in names}
     order = sorted(names, key=lambda n: -_part_cost(n, attack_names, parts[n], data))
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
@@ -340,12 +267,12 @@ def _run_parallel(profile: str, names: list[str], attack_names: tuple[str, ...],
 
     def command(n: str) -> list[str]:
         return [sys.executable, "-c", "from faceveil.cli import main; main()", "bench", "--profile", profile,
-                "--defenses", n, "--attacks", ",".join(attack_names), "--out", str(parts[n]), "--seed", str(seed),
-                *(["--force"] if force else []), *([] if experiments else ["--no-experiments"])]
+                "--defenses", n, "--attacks", ",".join(attack_names), "--out", str(parts[n]), "--seed", str(ctx.seed),
+                *(["--force"] if ctx.force else []), *([] if experiments else ["--no-experiments"])]
 
     running: dict[str, subprocess.Popen] = {}
     pending = list(order)
-    bar = tqdm(total=len(order), desc=f"bench ({profile}, {jobs} jobs)", disable=not progress, unit="defense")
+    bar = tqdm(total=len(order), desc=f"bench ({profile}, {jobs} jobs)", disable=not ctx.progress, unit="defense")
     interrupted = False
     with _interruptible():
         try:
@@ -393,11 +320,11 @@ def _interruptible():
         signal.signal(signal.SIGTERM, old)
 
 
-def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, data, seed: int, force: bool,
-               out_dir: Path, progress: bool, lfw: LFW) -> None:
+def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, ctx: RunContext, lfw: LFW) -> None:
     """Run the planned cells (``bar`` iterates over them), appending to ``cells`` and ``images``."""
+    data, seed, force, progress, out_dir = ctx.data, ctx.seed, ctx.force, ctx.progress, Path(ctx.out_dir)
     from faceveil.attacks.base import profile_budget
-    from faceveil.attacks.harness import run_attack
+    from faceveil.bench.privacy import run_attack
 
     sizes: dict[str, Sizes] = {}  # per setting label
     for kind, st, a, leakage, view in bar:
@@ -422,12 +349,12 @@ def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, data, seed: int
                     if server == "adapted":
                         cell.result["servers"][server]["train_log"] = getattr(sysm.model, "train_log", None)
             else:
-                threat = ThreatModel(leakage=leakage, knowledge="white-box" if a == "whitebox" else "black-box client",
-                                     adaptive=view is not None, view=view)
+                optimises = "forward_map" in attack_class(a).needs
+                threat = ThreatModel(leakage=leakage, knowledge=attack_class(a).knowledge(), adaptive=view is not None, view=view)
                 budget = profile_budget(bp.attack_profile, **({"train_images": sz.attack_images} if sz.attack_images else {}))
-                r = run_attack(d, a, threat, profile=bp.attack_profile, seed=seed, data=data, force=force,
-                               out_dir=out_dir / "cells", progress=progress, return_images=True, budget=budget,
-                               eval_pairs_n=bp.whitebox_pairs if a == "whitebox" else _capped(budget.eval_pairs, sz.eval_pairs))
+                r = run_attack(d, a, threat, RunContext(bp.attack_profile, seed, data, force=force, progress=progress,
+                                                        out_dir=out_dir / "cells"), return_images=True, budget=budget,
+                               eval_pairs_n=bp.whitebox_pairs if optimises else _capped(budget.eval_pairs, sz.eval_pairs))
                 images[(cell.setting, a, leakage)] = r.pop("images")
                 cell.result = r
         except Exception as e:  # a failing cell is recorded and the run continues

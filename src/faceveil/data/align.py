@@ -38,9 +38,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from faceveil.config import cache_dir, config_hash, file_lock
+from faceveil.data.crop import CropSpec
 from faceveil.data.io import read_image
 from faceveil.errors import FaceNotFoundError, FaceveilCacheError, FaceveilDataError
-from faceveil.models.base import CropSpec
 from faceveil.storage import discard, load_cache, report_bad, verify, write_atomically
 
 #: dlib's 5-point template (get_face_chip_details), in units of the unpadded template square.
@@ -124,7 +124,7 @@ def _dlib_models():
     import dlib
     import face_recognition_models as frm
 
-    from faceveil.models.pinned import verified_weights
+    from faceveil.pinned import verified_weights
 
     det = dlib.get_frontal_face_detector()
     sp = dlib.shape_predictor(str(verified_weights(frm.pose_predictor_five_point_model_location())))
@@ -136,7 +136,7 @@ def _dlib_cnn():
     import dlib
     import face_recognition_models as frm
 
-    from faceveil.models.pinned import verified_weights
+    from faceveil.pinned import verified_weights
 
     return dlib.cnn_face_detection_model_v1(str(verified_weights(frm.cnn_face_detector_model_location())))
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from faceveil.config import data_dir
 from faceveil.data.align import aligned_chips
+from faceveil.data.crop import CropSpec
 from faceveil.errors import FaceveilDataError
-from faceveil.models.base import CropSpec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff"}
 
@@ -269,3 +269,25 @@ def public_training_faces(data: str | os.PathLike | None = None) -> list[FaceDat
         out.append(celeba(data, "wild"))
     out.append(LFW(data).non_pair_images())
     return out
+
+
+def public_chips(data=None, crop=None, limit: int | None = None, seed: int = 0, progress: bool = True) -> np.ndarray:
+    """uint8 chips of the public (attacker / student) faces, identity-disjoint from LFW pairs.
+
+    With ``limit``, a seeded random subset of that size (the same for every consumer), chosen
+    before alignment so only those images are ever aligned."""
+    crop = crop or CropSpec(150, 0.25)
+    sets = public_training_faces(data)
+    sizes = [len(ds) for ds in sets]
+    total = sum(sizes)
+    pick = np.arange(total)
+    if limit is not None and limit < total:
+        pick = np.sort(np.random.default_rng(seed).choice(total, limit, replace=False))
+    parts, start = [], 0
+    for ds, n in zip(sets, sizes, strict=True):
+        local = pick[(pick >= start) & (pick < start + n)] - start
+        if len(local):
+            sub = ds if len(local) == n else ds.subset(local)
+            parts.append(sub.chips(crop, progress=progress)[0])
+        start += n
+    return np.concatenate(parts)

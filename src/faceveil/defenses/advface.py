@@ -50,7 +50,7 @@ Attackers. The paper's attacker is *non-adaptive*: trained on plain ``(z, x)`` p
 stored adversarial features. The *adaptive* attacker who holds AdvFace as a black box (or a leaked
 database plus public faces run through the same pipeline) trains on ``(adversarial feature, x)``
 pairs: that is exactly the harness's database-leakage attack
-(:func:`faceveil.attacks.harness.run_attack` with ``ThreatModel(leakage="database")``).
+(:func:`faceveil.bench.privacy.run_attack` with ``ThreatModel(leakage="database")``).
 """
 
 from __future__ import annotations
@@ -142,6 +142,9 @@ class AdvFace(Defense):
 
     Non-config arguments: ``shadow_model`` (an already trained S, e.g. in tests; its weights are
     fingerprinted into :meth:`config`) and ``data`` (the face data folder for the public faces)."""
+
+    #: fast configuration for the contract tests
+    EXAMPLE: ClassVar[dict] = {"profile": "ci", "shadow_images": 64, "iterations": 2}
 
     domain = "feature"
     side = "server"
@@ -287,8 +290,9 @@ class AdvFace(Defense):
 
     def _new_shadow_attack(self):
         from faceveil.attacks import get_attack
+        from faceveil.attacks.base import attack_class
 
-        kw = {"client": self.client_network()} if self.shadow == "transrec" else {}
+        kw = {"client": self.client_network()} if "client_network" in attack_class(self.shadow).needs else {}
         return get_attack(self.shadow, target_size=self.shadow_budget().target_size, loss="l1", seed=self.shadow_seed, **kw)
 
     def shadow_network(self, progress: bool = True) -> nn.Module:
@@ -387,7 +391,7 @@ class AdvFace(Defense):
         """The offline server: a trainable copy of Ψ (see :mod:`faceveil.train.advface_student`)."""
         from faceveil.models.students import ServerPartStudent
 
-        return ServerPartStudent(self.at)
+        return ServerPartStudent(self.at, self.recognizer.name)
 
     def whitebox_forward(self, x: Tensor, leakage: str = "channel") -> Tensor:
         """White-box maps: channel ``E(x)``; database the PGD's starting point ``z̃ = E(S(E(x)))``
@@ -406,9 +410,9 @@ def train_shadow(defense: AdvFace, progress: bool = True, force: bool = False):
     from LFW pairs), with the budget of ``defense.profile`` (``shadow_images`` overrides its number of
     images) and seed ``shadow_seed``. Cached under ``$FACEVEIL_HOME/advface``."""
     from faceveil.attacks.base import PairSource
-    from faceveil.attacks.harness import chip_images
     from faceveil.data.align import to_tensor
-    from faceveil.train.distill import public_chips
+    from faceveil.data.chips import chip_images
+    from faceveil.data.datasets import public_chips
 
     attack = defense._new_shadow_attack()
     path = defense.shadow_path()
@@ -433,9 +437,9 @@ def measure_feature_std(recognizer: Recognizer, at: str, data=None, n: int = 256
     """Element-wise std of the client features at ``at`` over ``n`` public faces (cached)."""
     from faceveil.config import cache_dir, config_hash, data_dir
     from faceveil.data.align import to_tensor
+    from faceveil.data.datasets import public_chips
     from faceveil.models.embed import model_fingerprint
     from faceveil.storage import load_cache, write_json_atomic
-    from faceveil.train.distill import public_chips
 
     path = cache_dir("advface") / f"scale-{config_hash(at, n, model_fingerprint(recognizer), str(data_dir(data)))}.json"
     if (std := load_cache(path, lambda p: float(json.loads(p.read_text())["std"]), "feature scale")) is not None:

@@ -35,6 +35,9 @@ class AdvNoise(PublicPoolMixin, Defense):
     minimise ``‖f(x+δ) − f(t)‖²``. The output is a valid image; protect() needs autograd (it runs
     its own ``torch.enable_grad``) and returns a detached tensor."""
 
+    #: fast configuration for the contract tests
+    EXAMPLE: ClassVar[dict] = {"steps": 2}
+
     side = "client"
     stochastic = True
     differentiable = False

@@ -33,7 +33,7 @@ from faceveil.keys import os_generator
 from faceveil.models.base import Recognizer, check_images
 from faceveil.registry import Registry
 
-DEFENSES: Registry[Defense] = Registry("defense")
+DEFENSES: Registry[Defense] = Registry("defense", "faceveil.defenses")
 
 
 def register_defense(name: str):
@@ -89,6 +89,8 @@ class Defense:
     output_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     #: keyword arguments that are inputs, not configuration (kept out of config()/cache keys)
     NOT_CONFIG: ClassVar[tuple[str, ...]] = ("recognizer", "key", "pool", "data")
+    #: a fast configuration (parameter overrides) the contract tests run every registered defense with
+    EXAMPLE: ClassVar[dict] = {}
 
     def __init__(self, recognizer: Recognizer | None = None) -> None:
         self._recognizer = recognizer
@@ -129,8 +131,10 @@ class Defense:
                                      save=save, stream=True)
 
     def public_params(self) -> dict:
-        """The constructor's keyword parameters as set (public: what a saved system rebuilds it from)."""
-        return {p.name: getattr(self, p.name, p.default) for p in self.params()}
+        """The constructor's keyword parameters as set, as :meth:`config` reports them (public: what a saved
+        system rebuilds the defense from; a parameter config() leaves out takes its default)."""
+        c = self.config()
+        return {p.name: c[p.name] for p in self.params() if p.name in c}
 
     def config(self) -> dict:
         """Everything that determines this defense's output (for cache keys and reports)."""
@@ -148,9 +152,9 @@ class Defense:
     @property
     def recognizer(self) -> Recognizer:
         if self._recognizer is None:
-            from faceveil.models import get_recognizer
+            from faceveil.models import deployed_recognizer
 
-            self._recognizer = get_recognizer("dlib")
+            self._recognizer = deployed_recognizer()
         return self._recognizer
 
     # --- data flow ----------------------------------------------------------------------------
@@ -265,6 +269,4 @@ def check_features(f: Tensor, shape: tuple[int, ...] | None, what: str) -> Tenso
 
 
 def get_defense(name: str, **kwargs) -> Defense:
-    import faceveil.defenses  # noqa: F401  (registers all defenses)
-
     return DEFENSES.create(name, **kwargs)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceveil.errors import FaceNotFoundError, FaceveilDataError, FaceveilOutputError
+from faceveil.errors import FaceveilDataError, FaceveilOutputError
 from faceveil.keys import Randomness, SecretKey
 from faceveil.storage import write_json_atomic
 
@@ -151,10 +151,7 @@ def protect_files(defense_name: str, params: dict[str, str], images: list[Path],
             continue
         try:
             img = read_image(path)
-            try:
-                chip, lm = align_image(img, crop, fallback=False, source=str(path))
-            except FaceNotFoundError as e:
-                raise FaceNotFoundError(f"{path}: no face found, nothing written for it ({e})") from e
+            chip, lm = align_image(img, crop, fallback=False, source=str(path))
             x = to_tensor(chip[None])
             with torch.set_grad_enabled(defense.needs_grad_to_protect):
                 t = defense.protect(x, randomness.batch(i)).detach()

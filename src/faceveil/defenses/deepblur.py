@@ -272,6 +272,9 @@ class DeepBlur(Defense):
     pasted back into the chip. Deterministic (the search starts from the average latent); needs
     autograd to protect (it runs its own ``torch.enable_grad``) and returns a detached image."""
 
+    #: fast configuration for the contract tests
+    EXAMPLE: ClassVar[dict] = {"steps": 3}
+
     side = "client"
     stochastic = False
     differentiable = False

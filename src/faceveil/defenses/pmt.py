@@ -254,7 +254,7 @@ class ShallowModel(nn.Module):
         """Differentiable re-mapping of ``crop``-geometry images to the recogniser's input."""
         rec = self.recognizer
         if self.crop != rec.crop:
-            from faceveil.attacks.harness import recrop
+            from faceveil.data.chips import recrop
 
             return recrop(x, self.crop, rec.crop)
         s = rec.input_size
@@ -305,6 +305,9 @@ class PMT(Defense):
     """PMT / MR-PMT (module docstring): upload an obfuscated image whose shallow features match the
     face's (``upload="image"``) or those features (``"features"``); the deployed recogniser is
     ``model``; ``models`` (comma-separated, must include ``model``) turns on MR-PMT."""
+
+    #: fast configuration for the contract tests
+    EXAMPLE: ClassVar[dict] = {"iterations": 2}
 
     side = "client"
     stochastic = True

@@ -6,36 +6,40 @@
 
 from __future__ import annotations
 
-import importlib
-
 from faceveil.models.base import CropSpec, OperatingPoint, Recognizer
 from faceveil.registry import Registry
 
-RECOGNIZERS: Registry[Recognizer] = Registry("recognizer")
-
-# modules that register recognisers; imported lazily so a missing optional model never breaks
-# `import faceveil`
-_RECOGNIZER_MODULES = ["faceveil.models.dlib_resnet", "faceveil.models.human"]
-
-
-def _load_all() -> None:
-    for mod in _RECOGNIZER_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+#: recognisers and attribute models register themselves from their modules (imported on first use;
+#: weights are installed/loaded only when a model is created)
+RECOGNIZERS: Registry[Recognizer] = Registry("recognizer", "faceveil.models")
+ATTRIBUTE_MODELS: Registry = Registry("attribute model", "faceveil.models")
 
 
 def get_recognizer(name: str = "dlib", **kwargs) -> Recognizer:
     """Create a registered recogniser by name (weights are installed/loaded on first use)."""
-    _load_all()
     return RECOGNIZERS.create(name, **kwargs)
 
 
+def deployed_recognizer() -> Recognizer:
+    """The deployed recogniser (:func:`faceveil.config.deployed_recognizer_name`)."""
+    from faceveil.config import deployed_recognizer_name
+
+    return get_recognizer(deployed_recognizer_name())
+
+
 def recognizer_names() -> list[str]:
-    _load_all()
     return RECOGNIZERS.names()
 
 
-__all__ = ["CropSpec", "OperatingPoint", "Recognizer", "RECOGNIZERS", "get_recognizer", "recognizer_names"]
+def get_attribute_model(name: str, **kwargs):
+    """Create a registered attribute model (``faceapi``, ``faceapi-age-gender``, ``faceapi-expression``,
+    ``faceres-attributes``, ``gear``, ``emotion``)."""
+    return ATTRIBUTE_MODELS.create(name, **kwargs)
+
+
+def attribute_model_names() -> list[str]:
+    return ATTRIBUTE_MODELS.names()
+
+
+__all__ = ["ATTRIBUTE_MODELS", "CropSpec", "OperatingPoint", "Recognizer", "RECOGNIZERS", "attribute_model_names", "deployed_recognizer",
+           "get_attribute_model", "get_recognizer", "recognizer_names"]

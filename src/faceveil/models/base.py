@@ -19,20 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceveil.config import cache_dir
+from faceveil.data.crop import CropSpec
 from faceveil.errors import FaceveilDataError
 from faceveil.storage import load_cache, write_json_atomic
-
-
-@dataclass(frozen=True)
-class CropSpec:
-    """Aligned crop a model expects: dlib ``get_face_chip`` geometry (5-point similarity) at
-    ``size`` pixels with ``padding`` (fraction of the landmark template added on each side)."""
-
-    size: int
-    padding: float
-
-    def key(self) -> str:
-        return f"{self.size}p{self.padding:g}"
 
 
 @dataclass

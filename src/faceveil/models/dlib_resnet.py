@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from faceveil.errors import FaceveilDataError
 from faceveil.models.base import CropSpec, Recognizer, fast_layout
 from faceveil.models.dlib_serial import DlibReader
-from faceveil.models.pinned import verified_weights
+from faceveil.pinned import verified_weights
 
 # ---------------------------------------------------------------------------------------------
 # Parsing

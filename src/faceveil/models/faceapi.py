@@ -29,7 +29,6 @@ upright, which face-api's box is not).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -392,19 +391,19 @@ class FaceApiAttributes(AttributeModel):
         return {**self.age_gender(x), **self.expression(x)}
 
 
-ATTRIBUTE_MODELS: dict[str, Callable[[], AttributeModel]] = {
-    "faceapi-age-gender": faceapi_age_gender,
-    "faceapi-expression": faceapi_expression,
-    "faceapi": FaceApiAttributes,
-}
+def _register() -> None:
+    from faceveil.models import ATTRIBUTE_MODELS
+
+    for n, fn in (("faceapi-age-gender", faceapi_age_gender), ("faceapi-expression", faceapi_expression),
+                  ("faceapi", FaceApiAttributes)):
+        ATTRIBUTE_MODELS.register(n)(fn)
+
+
+_register()
 
 
 def get_attribute_model(name: str) -> AttributeModel:
-    """An attribute model by name: ``faceapi``, ``faceapi-age-gender``, ``faceapi-expression``, and
-    (from :mod:`faceveil.models.human`) ``faceres-attributes``, ``gear``, ``emotion``."""
-    from faceveil.models import human
+    """An attribute model by name (:func:`faceveil.models.get_attribute_model`)."""
+    from faceveil.models import get_attribute_model as get
 
-    table = {**ATTRIBUTE_MODELS, **human.ATTRIBUTE_MODELS}
-    if name not in table:
-        raise FaceveilDataError(f"unknown attribute model {name!r}; available: {', '.join(sorted(table))}")
-    return table[name]()
+    return get(name)

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from faceveil.config import cache_dir, config_hash
 from faceveil.errors import FaceveilDataError
 from faceveil.models.base import CropSpec
-from faceveil.models.pinned import verified_weights
+from faceveil.pinned import verified_weights
 from faceveil.storage import load_cache, save_torch, torch_load
 
 SPACES = ("z", "feature")
@@ -368,7 +368,7 @@ def train_dcgan(cfg: DCGANConfig = DCGANConfig(), data=None, progress: bool = Tr
     GAN loss, Adam(2e-4, beta1 0.5), DCGAN initialisation, random horizontal flips)."""
     from tqdm import tqdm
 
-    from faceveil.train.distill import public_chips
+    from faceveil.data.datasets import public_chips
 
     path = dcgan_cache_path(cfg, data)
     if not force and (st := load_cache(path, torch_load, "trained generator")) is not None:

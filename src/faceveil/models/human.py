@@ -32,7 +32,6 @@ the 5-point alignment), Human's are not.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -332,19 +331,13 @@ def mobilefacenet(path: str | Path | None = None) -> MobileFaceNet:
     return fast_layout(MobileFaceNet(load_human_graph("mobilefacenet", path)).eval())
 
 
-ATTRIBUTE_MODELS: dict[str, Callable[[], AttributeModel]] = {
-    "faceres-attributes": lambda: fast_layout(FaceResAttributes().eval()),
-    "gear": lambda: fast_layout(Gear().eval()),
-    "emotion": lambda: fast_layout(Emotion().eval()),
-}
+def _register() -> None:
+    from faceveil.models import ATTRIBUTE_MODELS, RECOGNIZERS
+
+    for n, fn in (("faceres", faceres), ("faceres-bgr", faceres_bgr), ("mobilefacenet", mobilefacenet)):
+        RECOGNIZERS.register(n)(fn)
+    for n, make in (("faceres-attributes", FaceResAttributes), ("gear", Gear), ("emotion", Emotion)):
+        ATTRIBUTE_MODELS.register(n)(lambda make=make: fast_layout(make().eval()))
 
 
-def _register(names: Sequence[tuple[str, Callable[..., Recognizer]]]) -> None:
-    from faceveil.models import RECOGNIZERS
-
-    for n, fn in names:
-        if n not in RECOGNIZERS:
-            RECOGNIZERS.register(n)(fn)
-
-
-_register([("faceres", faceres), ("faceres-bgr", faceres_bgr), ("mobilefacenet", mobilefacenet)])
+_register()

@@ -95,11 +95,13 @@ class FinetuneStudent(nn.Module):
     """The deployed dlib ResNet, initialised from the teacher's weights and fine-tuned on protected
     inputs (a CPU-feasible server adaptation); non-RGB inputs get a trainable :class:`InputAdapter`."""
 
-    def __init__(self, in_ch: int = 3, in_size: int = 150) -> None:
+    def __init__(self, in_ch: int = 3, in_size: int = 150, base: str | None = None) -> None:
         super().__init__()
+        from faceveil.config import deployed_recognizer_name
         from faceveil.models import get_recognizer
 
-        base = get_recognizer("dlib")
+        self.base_name = base or deployed_recognizer_name()
+        base = _splittable(get_recognizer(self.base_name))
         self.size = base.input_size
         self.adapter: nn.Module = nn.Identity() if in_ch == 3 else InputAdapter(in_ch, self.size)
         self.in_ch, self.in_size = in_ch, in_size
@@ -108,7 +110,7 @@ class FinetuneStudent(nn.Module):
             p.requires_grad_(True)
 
     def spec(self) -> dict:
-        return {"arch": "finetune", "in_ch": self.in_ch, "in_size": self.in_size}
+        return {"arch": "finetune", "in_ch": self.in_ch, "in_size": self.in_size, "base": self.base_name}
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] != self.in_ch:
@@ -123,6 +125,12 @@ class FinetuneStudent(nn.Module):
         pretrained network within three steps, 1e-5 fine-tunes it), the new adapter at lr."""
         return [{"params": list(self.body.parameters()), "lr": lr / 100},
                 {"params": list(self.adapter.parameters()), "lr": lr}]
+
+
+def _splittable(model: nn.Module) -> nn.Module:
+    if not hasattr(model, "units"):
+        raise ValueError(f"a fine-tuned student needs a recogniser built of units (dlib's ResNet); {model.name} is not")
+    return model
 
 
 class VectorStudent(nn.Module):
@@ -150,11 +158,13 @@ class ServerPartStudent(nn.Module):
     ``x * scale + shift`` (identity at initialisation, so the untrained student *is* Ψ): AdvFace's
     offline server (:mod:`faceveil.train.advface_student`)."""
 
-    def __init__(self, at: str = "res1") -> None:
+    def __init__(self, at: str = "res1", base: str | None = None) -> None:
         super().__init__()
+        from faceveil.config import deployed_recognizer_name
         from faceveil.models import get_recognizer
 
-        base = get_recognizer("dlib")  # a fresh model: never shares weights with the teacher
+        self.base_name = base or deployed_recognizer_name()
+        base = get_recognizer(self.base_name)  # a fresh model: never shares weights with the teacher
         client, server = base.split(at)
         s = base.input_size
         with torch.no_grad():
@@ -167,7 +177,7 @@ class ServerPartStudent(nn.Module):
             p.requires_grad_(True)
 
     def spec(self) -> dict:
-        return {"arch": "server-part", "at": self.at}
+        return {"arch": "server-part", "at": self.at, "base": self.base_name}
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.scale.numel():
@@ -183,9 +193,9 @@ class ServerPartStudent(nn.Module):
 _ARCHS = {
     "ir18": lambda s: StudentNet(in_ch=s["in_ch"], width=s["width"], emb_dim=s["emb_dim"], input_size=s["input_size"],
                                  blocks=tuple(s["blocks"])),
-    "finetune": lambda s: FinetuneStudent(in_ch=s["in_ch"], in_size=s["in_size"]),
+    "finetune": lambda s: FinetuneStudent(in_ch=s["in_ch"], in_size=s["in_size"], base=s.get("base")),
     "vector": lambda s: VectorStudent(s["dim_in"], s["emb_dim"], s["hidden"]),
-    "server-part": lambda s: ServerPartStudent(s["at"]),
+    "server-part": lambda s: ServerPartStudent(s["at"], s.get("base")),
 }
 
 

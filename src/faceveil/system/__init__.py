@@ -9,7 +9,7 @@
     system.verify("probe.jpg", templates)[0].accepted   # decision, distance, threshold
 """
 
-from faceveil.system.bundle import BundleError, bundle_info, load_client, load_system
+from faceveil.system.bundle import BundleError, bundle_info
 from faceveil.system.core import (
     Decision,
     Gallery,
@@ -21,6 +21,7 @@ from faceveil.system.core import (
     SystemServer,
 )
 from faceveil.system.inputs import FaceInfo, to_chips
+from faceveil.system.load import load_client, load_system
 
 __all__ = ["BundleError", "Decision", "FaceInfo", "Gallery", "Match", "Payload", "ProtectedSystem", "SystemClient",
            "SystemNotReadyError", "SystemServer", "bundle_info", "load_client", "load_system", "to_chips"]

@@ -125,7 +125,7 @@ def _json_default(o):
         return list(o)
     if hasattr(o, "tolist"):
         return o.tolist()
-    return str(o)
+    raise BundleError(f"cannot store a {type(o).__name__} in a bundle manifest (only plain data): {o!r}")
 
 
 def read_bundle(path: str | Path) -> tuple[dict, dict[str, bytes]]:
@@ -144,7 +144,7 @@ def read_bundle(path: str | Path) -> tuple[dict, dict[str, bytes]]:
             raw = {n: z.read(n) for n in names}
     except BundleError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+    except Exception as e:  # zipfile raises a zoo on damaged archives (BadZipFile, zlib.error, struct.error, ...)
         raise BundleError(f"{p}: not a readable system bundle ({type(e).__name__}: {e})") from None
     text = raw.pop("manifest.json")
     if raw.pop("manifest.sha256").decode("ascii", "replace").strip() != _sha(text):
@@ -179,86 +179,6 @@ def _check_versions(p: Path, manifest: dict) -> None:
     here = _version_tuple(__version__)
     if made[:2] > here[:2]:
         raise BundleError(f"{p}: made by faceveil {manifest.get('faceveil')}, newer than this faceveil {__version__}; upgrade")
-
-
-def _defense(manifest: dict, data, recognizer):
-    import inspect
-
-    from faceveil.defenses import DEFENSES
-
-    spec = manifest["defense"]
-    try:
-        cls = DEFENSES.get(spec["name"])
-    except FaceveilError as e:
-        raise BundleError(f"bundle defense: {e}") from None
-    kwargs = dict(spec.get("params") or {})
-    sig = inspect.signature(cls.__init__).parameters
-    unknown = [k for k in kwargs if k not in sig]
-    if unknown:
-        raise BundleError(f"bundle defense {spec['name']}: parameters {unknown} unknown to this faceveil")
-    if "data" in sig:
-        kwargs["data"] = data
-    try:
-        return cls(recognizer=recognizer, **kwargs)
-    except (ValueError, TypeError) as e:
-        raise BundleError(f"bundle defense {spec['name']}: invalid parameters ({e})") from None
-
-
-def _recognizer(manifest: dict, path: Path):
-    from faceveil.models import get_recognizer
-
-    r = manifest["recognizer"]
-    rec = get_recognizer(r["name"])
-    fp = _fingerprint(rec)
-    if fp != r["fingerprint"]:
-        raise BundleError(f"{path}: the installed {r['name']} weights (fingerprint {fp}) are not the ones the system was "
-                          f"built with ({r['fingerprint']}); reinstall the model package the bundle was made with")
-    return rec
-
-
-def load_system(path: str | Path, data=None):
-    """The :class:`~faceveil.system.core.ProtectedSystem` saved at ``path`` (checked: format, versions,
-    checksums, recogniser weights). ``data``: the face-data folder, for defenses with a public pool."""
-    from faceveil.models.base import OperatingPoint
-    from faceveil.models.students import build_student
-    from faceveil.system.core import ProtectedSystem
-
-    p = Path(path)
-    manifest, raw = read_bundle(p)
-    if manifest.get("kind") != "system":
-        raise BundleError(f"{p}: a client-only bundle (for users' devices); load it with load_client()")
-    try:
-        rec = _recognizer(manifest, p)
-        d = _defense(manifest, data, rec)
-        if "defense.npz" in raw:
-            d.load_bundle_state(_from_npz(raw["defense.npz"], f"{p}: defense.npz"))
-        srv = manifest["server"]
-        if srv["kind"] == "adapted":
-            model = build_student(srv["spec"])
-            try:
-                model.load_state_dict(_from_npz(raw["server.npz"], f"{p}: server.npz"))
-            except (RuntimeError, KeyError) as e:
-                raise BundleError(f"{p}: server weights do not fit the declared architecture ({e})") from None
-        else:
-            model = d.frozen_server()
-        op = OperatingPoint(**manifest["operating_point"]) if manifest.get("operating_point") else None
-        return ProtectedSystem(d, model, op, srv["kind"], srv["metric"], manifest.get("transmitted_shape"),
-                               manifest.get("stored_shape"), manifest.get("provenance"))
-    except (KeyError, TypeError) as e:
-        raise BundleError(f"{p}: manifest lacks or mangles {e}") from None
-
-
-def load_client(path: str | Path, data=None, randomness=None, key=None):
-    """The :class:`~faceveil.system.core.SystemClient` of a bundle (client-only or full)."""
-    from faceveil.system.core import SystemClient
-
-    p = Path(path)
-    manifest, _ = read_bundle(p)
-    try:
-        d = _defense(manifest, data, _recognizer(manifest, p))
-    except (KeyError, TypeError) as e:
-        raise BundleError(f"{p}: manifest lacks or mangles {e}") from None
-    return SystemClient(d, randomness, key)
 
 
 def bundle_info(path: str | Path) -> dict:

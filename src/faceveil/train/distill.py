@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from faceveil.config import EpochCheckpoint, cache_dir, config_hash, write_atomically
 from faceveil.data.align import to_tensor
-from faceveil.data.datasets import public_training_faces
+from faceveil.data.datasets import public_chips
 from faceveil.defenses.base import Defense
 from faceveil.models.base import Recognizer
 from faceveil.models.embed import embed_chips, load_npz, model_fingerprint
@@ -71,30 +71,6 @@ def distill_config(profile: str, **overrides) -> DistillConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def public_chips(data=None, crop=None, limit: int | None = None, seed: int = 0, progress: bool = True) -> np.ndarray:
-    """uint8 chips of the public (attacker / student) faces, identity-disjoint from LFW pairs.
-
-    With ``limit``, a seeded random subset of that size (the same for every consumer), chosen
-    before alignment so only those images are ever aligned."""
-    from faceveil.models.base import CropSpec
-
-    crop = crop or CropSpec(150, 0.25)
-    sets = public_training_faces(data)
-    sizes = [len(ds) for ds in sets]
-    total = sum(sizes)
-    pick = np.arange(total)
-    if limit is not None and limit < total:
-        pick = np.sort(np.random.default_rng(seed).choice(total, limit, replace=False))
-    parts, start = [], 0
-    for ds, n in zip(sets, sizes, strict=True):
-        local = pick[(pick >= start) & (pick < start + n)] - start
-        if len(local):
-            sub = ds if len(local) == n else ds.subset(local)
-            parts.append(sub.chips(crop, progress=progress)[0])
-        start += n
-    return np.concatenate(parts)
-
-
 def teacher_embeddings(teacher: Recognizer, chips: np.ndarray, progress: bool = True) -> tuple[Tensor, Tensor]:
     """Teacher embeddings of the chips and of their horizontal flips (cached by content)."""
     key = config_hash(model_fingerprint(teacher), len(chips), int(chips[:: max(1, len(chips) // 64)].astype(np.int64).sum()),
@@ -127,7 +103,8 @@ def make_student(sample: Tensor, cfg: DistillConfig, emb_dim: int = 128, defense
                              f"{getattr(defense, 'name', 'the defense')} makes none")
         return defense.make_student(sample, cfg)
     if sample.ndim == 3 and cfg.student == "finetune":
-        return FinetuneStudent(in_ch=sample.shape[0], in_size=sample.shape[-1])
+        return FinetuneStudent(in_ch=sample.shape[0], in_size=sample.shape[-1],
+                               base=defense.recognizer.name if defense is not None else None)
     if sample.ndim == 3:
         return StudentNet(in_ch=sample.shape[0], width=cfg.width, emb_dim=emb_dim,
                           input_size=min(cfg.input_size, sample.shape[-1]))

@@ -1,13 +1,3 @@
 """Paper-specific experiments (tables, figures, ablations), one module per defense, registered in
-:data:`faceveil.bench.runner.EXPERIMENTS`; they run when their defense is named in ``--defenses``."""
-
-from __future__ import annotations
-
-import importlib
-
-for _m in ("faceobfuscator", "advface", "pmt", "deepblur"):
-    try:
-        importlib.import_module(f"faceveil.bench.experiments.{_m}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"faceveil.bench.experiments.{_m}":
-            raise
+:data:`faceveil.bench.runner.EXPERIMENTS` (which imports every module here on first use); they run when
+their defense is named in ``--defenses``."""

@@ -31,10 +31,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from faceveil.attacks.base import ThreatModel, profile_budget
+from faceveil.attacks.base import ThreatModel, attack_class, profile_budget
 from faceveil.bench.build import bench_system, lfw_utility
-from faceveil.bench.experiments.common import attempt, md_table, pct
-from faceveil.bench.runner import EXPERIMENTS, SETTINGS
+from faceveil.bench.experiments.common import ExperimentContext, attempt, md_table, pct
+from faceveil.bench.plan import EXPERIMENTS, SETTINGS
 from faceveil.defenses import Defense, get_defense
 from faceveil.defenses.advface import SHADOWS, AdvFace
 from faceveil.storage import ensure_dir, save_figure_atomic, write_json_atomic, write_text_atomic
@@ -96,27 +96,25 @@ ADV_BUDGETS: dict[str, AdvBudget] = {
 }
 
 
-def advface(ctx: dict, **kw) -> AdvFace:
-    kw.setdefault("precision", ADV_BUDGETS[ctx["bench_profile"].name].precision)
-    d = get_defense("advface", data=ctx["data"], profile=ctx["bench_profile"].attack_profile, **kw)
+def advface(ctx: ExperimentContext, **kw) -> AdvFace:
+    kw.setdefault("precision", ADV_BUDGETS[ctx.bench_profile.name].precision)
+    d = get_defense("advface", data=ctx.data, profile=ctx.bench_profile.attack_profile, **kw)
     assert isinstance(d, AdvFace)
     return d.enable_memo(MEMO_MB)
 
 
-def _budget(ctx: dict, **overrides):
+def _budget(ctx: ExperimentContext, **overrides):
     """The attackers' budget (see :class:`AdvBudget`): the attack profile's with this profile's caps."""
-    ab = ADV_BUDGETS[ctx["bench_profile"].name]
+    ab = ADV_BUDGETS[ctx.bench_profile.name]
     caps = {k: v for k, v in (("train_images", ab.adaptive_images), ("eval_pairs", ab.eval_pairs)) if v is not None}
-    return profile_budget(ctx["bench_profile"].attack_profile, **{**caps, **overrides})
+    return profile_budget(ctx.bench_profile.attack_profile, **{**caps, **overrides})
 
 
-def capped_privacy(defense: Defense, attack: str, ctx: dict) -> dict:
-    """:func:`faceveil.attacks.harness.run_attack` (channel leakage) with the attackers' budget."""
-    from faceveil.attacks.harness import run_attack
+def capped_privacy(defense: Defense, attack: str, ctx: ExperimentContext) -> dict:
+    """:func:`faceveil.bench.privacy.run_attack` (channel leakage) with the attackers' budget."""
+    from faceveil.bench.privacy import run_attack
 
-    return run_attack(defense, attack, ThreatModel(leakage="channel"), profile=ctx["bench_profile"].attack_profile,
-                      seed=ctx["seed"], data=ctx["data"], force=ctx.get("force", False),
-                      out_dir=Path(ctx["out_dir"]) / "cells", progress=ctx.get("progress", True), budget=_budget(ctx))
+    return run_attack(defense, attack, ThreatModel(leakage="channel"), ctx.attack_ctx(ctx.cells()), budget=_budget(ctx))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,48 +122,43 @@ def capped_privacy(defense: Defense, attack: str, ctx: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def plain_attacker(attack: str, ctx: dict, at: str = AT):
+def plain_attacker(attack: str, ctx: ExperimentContext, at: str = AT):
     """The paper's attacker: trained on plain ``z`` of the unprotected split system (a black-box
     client of ``none(transmit=at)``), with the profile's budget (cached; the same network as the
     unprotected system's channel attack) -> ``(network, cache path)``."""
-    from faceveil.attacks.harness import train_attacker
+    from faceveil.bench.privacy import train_attacker
 
     plain = get_defense("none", transmit=at)
-    kwargs = {"client": plain.recognizer.split(at)[0]} if attack == "transrec" else None
-    return train_attacker(plain, attack, ThreatModel(leakage="channel"), _budget(ctx), ctx["seed"], ctx["data"], kwargs,
-                          ctx.get("force", False), ctx.get("progress", True))
+    kwargs = {"client": plain.recognizer.split(at)[0]} if "client_network" in attack_class(attack).needs else None
+    return train_attacker(plain, attack, ThreatModel(leakage="channel"), _budget(ctx), ctx.attack_ctx(), kwargs)
 
 
-def judge(attacker: tuple, defense: Defense, leakage: str, ctx: dict, eval_pairs: int | None = None,
+def judge(attacker: tuple, defense: Defense, leakage: str, ctx: ExperimentContext, eval_pairs: int | None = None,
           grid: str | None = None) -> dict:
     """Reconstruct the ``leakage`` data of LFW pair images with a trained attack ``(network, its cache
-    path)`` and judge it exactly like :func:`faceveil.attacks.harness.run_attack` (same images, leak
+    path)`` and judge it exactly like :func:`faceveil.bench.privacy.run_attack` (same images, leak
     seeds, metrics and judged-result cache): the attacker may come from another system (the plain-z
     attacker of the paper); ``grid`` names the cell's files."""
-    from faceveil.attacks.harness import judge_attack
+    from faceveil.bench.privacy import judge_attack
 
     attack, path = attacker
     return judge_attack(attack, path, defense, ThreatModel(leakage=leakage), _budget(ctx),
-                        profile=ctx["bench_profile"].attack_profile, seed=ctx["seed"], data=ctx["data"],
-                        force=ctx.get("force", False), out_dir=Path(ctx["out_dir"]) / "cells" if grid else None,
-                        progress=ctx.get("progress", True), eval_pairs_n=eval_pairs, stem=grid)
+                        ctx.attack_ctx(ctx.cells() if grid else None), eval_pairs_n=eval_pairs, stem=grid)
 
 
-def nonadaptive(defense: AdvFace, attack: str, ctx: dict, eval_pairs: int | None = None) -> dict:
+def nonadaptive(defense: AdvFace, attack: str, ctx: ExperimentContext, eval_pairs: int | None = None) -> dict:
     """Paper-style: attacker trained on plain z, tested on the stored adversarial features."""
     return judge(plain_attacker(attack, ctx, defense.at), defense, "database", ctx, eval_pairs,
                  grid=f"advface-{defense.shadow}-eps{defense.eps:g}-{attack}-database-nonadaptive")
 
 
-def adaptive(defense: AdvFace, attack: str, ctx: dict, ab: AdvBudget) -> dict:
+def adaptive(defense: AdvFace, attack: str, ctx: ExperimentContext, ab: AdvBudget) -> dict:
     """The harness's database-leakage attack: the attacker protects public faces with the full pipeline
     (the server's AdvFace as a black box) and trains on (adversarial feature, face) pairs."""
-    from faceveil.attacks.harness import run_attack
+    from faceveil.bench.privacy import run_attack
 
     budget = _budget(ctx)
-    return run_attack(defense, attack, ThreatModel(leakage="database"), profile=ctx["bench_profile"].attack_profile,
-                      seed=ctx["seed"], data=ctx["data"], force=ctx.get("force", False), out_dir=Path(ctx["out_dir"]) / "cells",
-                      progress=ctx.get("progress", True), budget=budget)
+    return run_attack(defense, attack, ThreatModel(leakage="database"), ctx.attack_ctx(ctx.cells()), budget=budget)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,25 +166,25 @@ def adaptive(defense: AdvFace, attack: str, ctx: dict, ab: AdvBudget) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def utility_at(defense: Defense, ctx: dict, per_fold: int | None, server: str = "frozen", model=None) -> dict:
+def utility_at(defense: Defense, ctx: ExperimentContext, per_fold: int | None, server: str = "frozen", model=None) -> dict:
     """LFW utility with ``per_fold`` pairs per fold and class; ``model`` replaces the server model."""
-    bp = ctx["bench_profile"]
-    system = bench_system(defense, server, bp.attack_profile, ctx["seed"], ctx["data"], model=model)
-    out = lfw_utility(system, ctx["lfw"], per_fold=per_fold, seed=ctx["seed"])
+    bp = ctx.bench_profile
+    system = bench_system(defense, server, bp.attack_profile, ctx.seed, ctx.data, model=model)
+    out = lfw_utility(system, ctx.lfw, per_fold=per_fold, seed=ctx.seed)
     if model is not None:
         out["train_log"] = getattr(model, "train_log", None)
     return out
 
 
-def offline_server(defense: Defense, ctx: dict, ab: AdvBudget):
+def offline_server(defense: Defense, ctx: ExperimentContext, ab: AdvBudget):
     """Ψ copied and retrained on ``defense.server_training_input`` (Section 4.4)."""
     from faceveil.train.advface_student import adapted_server_part
 
     over = {"epochs": ab.student_epochs, "max_seconds": ab.student_seconds}
     if ab.student_images:
         over["train_images"] = ab.student_images
-    return adapted_server_part(defense, AT, profile=ctx["bench_profile"].attack_profile, seed=ctx["seed"], data=ctx["data"],
-                               force=ctx.get("force", False), progress=ctx.get("progress", True), **over)
+    return adapted_server_part(defense, AT, profile=ctx.bench_profile.attack_profile, seed=ctx.seed, data=ctx.data,
+                               force=ctx.force, progress=ctx.progress, **over)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,8 +202,8 @@ def _row_metrics(m: dict | None) -> list[str]:
     return [f"{m['MSE']:.4f}", f"{m['PSNR']:.2f}", f"{m['SSIM']:.3f}", f"{m['COS']:.3f}", f"{100 * m['SRRA_pair']:.1f}"]
 
 
-def run(ctx: dict) -> dict:
-    bp = ctx["bench_profile"]
+def run(ctx: ExperimentContext) -> dict:
+    bp = ctx.bench_profile
     ab = ADV_BUDGETS[bp.name]
     data: dict = {"budget": asdict(ab), "table1": {}, "table2": {}, "sweep": {}, "transfer": {}, "adaptive": {}, "errors": {}}
     md: list[str] = []
@@ -221,7 +214,7 @@ def run(ctx: dict) -> dict:
 
     def checkpoint() -> None:
         """Write what is measured so far (a run stopped by its timeout keeps the finished tables)."""
-        out = Path(ctx["out_dir"])
+        out = Path(ctx.out_dir)
         ensure_dir(out)
         write_text_atomic(out / "advface-partial.md", "\n".join(md))
         write_json_atomic(out / "advface-partial.json", data, indent=1, default=str)
@@ -328,7 +321,7 @@ def run(ctx: dict) -> dict:
             sw[f"{eps:g}"] = {"psnr": m and m["PSNR"], "ssim": m and m["SSIM"], "acc": u and u["acc_mean"],
                               "errors": [e for e in (err, err2) if e]}
             rows.append([f"{eps:g}", "—" if m is None else f"{m['PSNR']:.2f}", "—" if m is None else f"{m['SSIM']:.3f}", _acc(u)])
-        fig = _plot_sweep(sw, Path(ctx["out_dir"]))
+        fig = _plot_sweep(sw, Path(ctx.out_dir))
         un = sw["unprotected"]
         rows.append(["unprotected", "—" if un["psnr"] is None else f"{un['psnr']:.2f}",
                      "—" if un["ssim"] is None else f"{un['ssim']:.3f}", "—" if un["acc"] is None else pct(un["acc"])])

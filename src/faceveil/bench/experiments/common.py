@@ -6,31 +6,30 @@ import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
-from faceveil.attacks.base import ThreatModel
+from faceveil.attacks.base import ThreatModel, attack_class
 from faceveil.bench.build import bench_system, lfw_utility
+from faceveil.bench.plan import ExperimentContext  # noqa: F401  (experiments' context, re-exported)
 from faceveil.defenses import Defense
 from faceveil.storage import ensure_dir
 
 
-def utility(defense: Defense, server: str, ctx: dict) -> dict:
+def utility(defense: Defense, server: str, ctx: ExperimentContext) -> dict:
     """LFW 10-fold utility through the protected path (per the bench profile's pair budget)."""
-    bp = ctx["bench_profile"]
-    system = bench_system(defense, server, bp.attack_profile, ctx["seed"], ctx["data"])
-    out = lfw_utility(system, ctx["lfw"], per_fold=bp.utility_per_fold, seed=ctx["seed"])
+    bp = ctx.bench_profile
+    system = bench_system(defense, server, bp.attack_profile, ctx.seed, ctx.data)
+    out = lfw_utility(system, ctx.lfw, per_fold=bp.utility_per_fold, seed=ctx.seed)
     if server == "adapted":
         out["train_log"] = getattr(system.model, "train_log", None)
     return out
 
 
-def privacy(defense: Defense, attack: str, ctx: dict, view: str | None = None, leakage: str = "channel") -> dict:
-    """One attack run (cached attacker) -> the result dict of :func:`faceveil.attacks.harness.run_attack`."""
-    from faceveil.attacks.harness import run_attack
+def privacy(defense: Defense, attack: str, ctx: ExperimentContext, view: str | None = None, leakage: str = "channel") -> dict:
+    """One attack run (cached attacker) -> the result dict of :func:`faceveil.bench.privacy.run_attack`."""
+    from faceveil.bench.privacy import run_attack
 
-    threat = ThreatModel(leakage=leakage, knowledge="white-box" if attack == "whitebox" else "black-box client",
+    threat = ThreatModel(leakage=leakage, knowledge=attack_class(attack).knowledge(),
                          adaptive=view is not None, view=view)
-    r = run_attack(defense, attack, threat, profile=ctx["bench_profile"].attack_profile, seed=ctx["seed"], data=ctx["data"],
-                   force=ctx.get("force", False), out_dir=Path(ctx["out_dir"]) / "cells", progress=ctx.get("progress", True))
-    return r
+    return run_attack(defense, attack, threat, ctx.attack_ctx(ctx.cells()))
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:
@@ -68,11 +67,11 @@ def experiment_parser(description: str, profiles: Iterable[str], default_out: st
 
 
 def experiment_context(profile: str, out_dir: Path, data=None, seed: int = 0, force: bool = False,
-                       progress: bool = True, **extra) -> dict:
-    """The ``ctx`` an experiment's ``run`` takes when run outside the bench runner (output folder created)."""
-    from faceveil.bench.runner import BENCH_PROFILES
+                       progress: bool = True, device: str = "cpu", **options) -> ExperimentContext:
+    """The context an experiment's ``run`` takes (output folder created)."""
+    from faceveil.bench.plan import BENCH_PROFILES
     from faceveil.data.datasets import LFW
 
     ensure_dir(Path(out_dir))
-    return dict(profile=profile, bench_profile=BENCH_PROFILES[profile], data=data, seed=seed, out_dir=out_dir,
-                lfw=LFW(data), force=force, progress=progress, **extra)
+    return ExperimentContext(profile=profile, seed=seed, data=data, device=device, force=force, progress=progress,
+                             out_dir=Path(out_dir), bench_profile=BENCH_PROFILES[profile], lfw=LFW(data), options=options)

@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from faceveil.attacks.reid import ReidBudget, ReidSplit, cnn_attack, embedding_attack, make_split
-from faceveil.bench.experiments.common import md_table
-from faceveil.bench.runner import EXPERIMENTS, SETTINGS, Setting
+from faceveil.bench.experiments.common import ExperimentContext, md_table
+from faceveil.bench.plan import EXPERIMENTS, SETTINGS, Setting
 from faceveil.config import cache_dir, config_hash, data_dir
 from faceveil.defenses import Defense, get_defense
 from faceveil.models.base import CropSpec
@@ -201,7 +201,7 @@ def protect_cached(defense: Defense, x: Tensor, blocks: Blocks, seed: int, progr
 def embeddings_cached(model_name: str, x: Tensor, blocks: Blocks, method_key: str, progress: bool = False) -> Tensor:
     """Embeddings by a registered recogniser of chips in :data:`CHIP` geometry (cached per block;
     ``method_key`` names what ``x`` is: the originals or one obfuscation)."""
-    from faceveil.attacks.harness import embed_images
+    from faceveil.bench.privacy import embed_images
     from faceveil.models import get_recognizer
     from faceveil.models.embed import model_fingerprint
 
@@ -243,7 +243,7 @@ def obfuscations(cfg: DeepBlurExperiment, x: Tensor, blocks: Blocks, progress: b
 
 def table1(cfg: DeepBlurExperiment, x: Tensor, obf: dict[str, Tensor], blocks: Blocks, info: dict) -> tuple[dict, str, bool]:
     """SSIM, MS-SSIM, embedding-FID and mean centred cosine per method."""
-    from faceveil.attacks.harness import cos_judge
+    from faceveil.bench.privacy import cos_judge
     from faceveil.metrics.image import ms_ssim, ssim
     from faceveil.models import get_recognizer
 
@@ -364,7 +364,7 @@ def _try_emb(name: str, x: Tensor, blocks: Blocks) -> Tensor | None:
 
 def run_experiment(cfg: DeepBlurExperiment, data=None, out_dir: Path | None = None, progress: bool = True) -> dict:
     """Tables 1 and 2 on a CelebA-aligned subset; returns {"markdown", "data", "figures"}."""
-    from faceveil.attacks.harness import image_grid
+    from faceveil.bench.privacy import image_grid
     from faceveil.data.datasets import celeba
 
     t_start = time.perf_counter()
@@ -450,13 +450,13 @@ def _epochs_reached(t2: dict) -> str:
     return ", ".join(out) or "n/a"
 
 
-def run(ctx: dict) -> dict:
+def run(ctx: ExperimentContext) -> dict:
     """Bench hook: the experiment(s) of the bench profile (:data:`BENCH_RUNS`: ci / quick / full =
     the paper's 100 x 10 subset, then the 200 x 30 set)."""
     out = {"markdown": "", "data": {}, "figures": []}
-    for name in BENCH_RUNS.get(ctx["profile"], ("quick",)):
-        cfg = replace(EXPERIMENT_PROFILES[name], seed=ctx.get("seed", 0))
-        r = run_experiment(cfg, ctx.get("data"), Path(ctx["out_dir"]), ctx.get("progress", True))
+    for name in BENCH_RUNS.get(ctx.profile, ("quick",)):
+        cfg = replace(EXPERIMENT_PROFILES[name], seed=ctx.seed)
+        r = run_experiment(cfg, ctx.data, Path(ctx.out_dir), ctx.progress)
         out["markdown"] += f"## DeepBlur experiment: {name} ({cfg.n_ids} identities x {cfg.per_id} images)\n\n" + r["markdown"] + "\n"
         out["data"][name] = r["data"]
         out["figures"] += r["figures"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faceveil.bench.experiments.common import (
+    ExperimentContext,
     attempt,
     experiment_context,
     experiment_parser,
@@ -23,7 +24,7 @@ from faceveil.bench.experiments.common import (
     privacy,
     utility,
 )
-from faceveil.bench.runner import EXPERIMENTS, SETTINGS, Setting
+from faceveil.bench.plan import EXPERIMENTS, SETTINGS, Setting
 from faceveil.defenses import get_defense
 from faceveil.storage import save_figure_atomic, write_json_atomic, write_text_atomic
 
@@ -35,7 +36,7 @@ SETTINGS["faceobfuscator"] = [
 BASES = ((1.8, -70, 70), (2.0, -60, 60), (10.0, -18, 18), (100.0, -9, 9))
 #: Fig. 7: exponent ranges at b = 2
 RANGES = ((0, 1), (-30, 30), (-60, 60), (-90, 90))
-#: the experiment's parts (``ctx["parts"]`` / ``--only`` selects some)
+#: the experiment's parts (``ctx.options["parts"]`` / ``--only`` selects some)
 PARTS = ("table3", "table4", "sweeps")
 
 
@@ -47,10 +48,10 @@ def _acc(u: dict | None) -> str:
     return "—" if u is None else f"{pct(u['acc_mean'])} ± {pct(u['acc_std'])}"
 
 
-def run(ctx: dict) -> dict:
+def run(ctx: ExperimentContext) -> dict:
     data: dict = {"table3": {}, "table4": {}, "ranges": {}, "bases": {}, "ablation": {}, "errors": {}}
     md: list[str] = []
-    parts = ctx.get("parts") or PARTS
+    parts = ctx.options.get("parts") or PARTS
     if "table3" in parts:
         md += _table3(ctx, data)
     if "table4" in parts:
@@ -58,19 +59,19 @@ def run(ctx: dict) -> dict:
     figs = []
     if "sweeps" in parts:
         md += _sweeps(ctx, data)
-        figs = [_plot_ranges(data["ranges"], Path(ctx["out_dir"]))]
+        figs = [_plot_ranges(data["ranges"], Path(ctx.out_dir))]
         md += [f"![Fig. 7 analogue]({figs[0].name})", ""] if figs[0] else []
     return {"markdown": "\n".join(md), "data": data, "figures": [str(f) for f in figs if f]}
 
 
-def _table3(ctx: dict, data: dict) -> list[str]:
+def _table3(ctx: ExperimentContext, data: dict) -> list[str]:
     """Table 3 (+ Table 5's no-recovery row): utility, storage and time of FaceObfuscator and its baselines."""
     from faceveil.bench.lfw import evaluate_lfw
-    from faceveil.models import get_recognizer
+    from faceveil.models import deployed_recognizer
 
-    lfw, bp = ctx["lfw"], ctx["bench_profile"]
+    lfw, bp = ctx.lfw, ctx.bench_profile
     md: list[str] = []
-    dlib = get_recognizer("dlib")
+    dlib = deployed_recognizer()
     rows = []
     rep, err = attempt(evaluate_lfw, dlib, lfw, bp.utility_per_fold, False)
     if rep:
@@ -106,7 +107,7 @@ def _table3(ctx: dict, data: dict) -> list[str]:
     return md
 
 
-def _table4(ctx: dict, data: dict) -> list[str]:
+def _table4(ctx: ExperimentContext, data: dict) -> list[str]:
     """Table 4 (+ the white-box inversion of Fig. 10 and the adaptive attacker on |d|)."""
     md: list[str] = []
     rows = []
@@ -140,7 +141,7 @@ def _table4(ctx: dict, data: dict) -> list[str]:
     return md
 
 
-def _sweeps(ctx: dict, data: dict) -> list[str]:
+def _sweeps(ctx: ExperimentContext, data: dict) -> list[str]:
     """Fig. 7 (exponent ranges), Table 6 (bases), Fig. 11 (ablation): adapted accuracy and dn COS."""
     md: list[str] = []
 
@@ -166,17 +167,17 @@ def _sweeps(ctx: dict, data: dict) -> list[str]:
     return md
 
 
-def _without_recovery(ctx: dict) -> dict:
+def _without_recovery(ctx: ExperimentContext) -> dict:
     """Table 5: the trained FaceObfuscator student fed obfuscated data with recovery removed."""
     from faceveil.bench.build import bench_system, pair_embeddings, server_model
     from faceveil.bench.lfw import subset_pairs, verification
 
-    bp = ctx["bench_profile"]
-    trained = server_model(_fo(), "adapted", bp.attack_profile, ctx["seed"], ctx["data"])
+    bp = ctx.bench_profile
+    trained = server_model(_fo(), "adapted", bp.attack_profile, ctx.seed, ctx.data)
     # the same server model, recovery step removed
-    norec = bench_system(_fo(recover=False), "frozen", bp.attack_profile, ctx["seed"], ctx["data"], model=trained)
-    pairs = subset_pairs(ctx["lfw"].pairs("pairs"), bp.utility_per_fold)
-    ea, eb, _ = pair_embeddings(norec, ctx["lfw"], pairs, ctx["seed"])
+    norec = bench_system(_fo(recover=False), "frozen", bp.attack_profile, ctx.seed, ctx.data, model=trained)
+    pairs = subset_pairs(ctx.lfw.pairs("pairs"), bp.utility_per_fold)
+    ea, eb, _ = pair_embeddings(norec, ctx.lfw, pairs, ctx.seed)
     ok = (ea.isfinite().all(1) & eb.isfinite().all(1))
     ea, eb = ea.nan_to_num(0, 0, 0), eb.nan_to_num(0, 0, 0)
     r = verification(ea, eb, pairs, "faceobfuscator/no-recovery", metrics=("cosine",))[0]
@@ -216,7 +217,7 @@ def main() -> None:
     ``python -m faceveil.bench.experiments.faceobfuscator --profile full --only table3 --out DIR``."""
     import torch
 
-    from faceveil.bench.runner import BENCH_PROFILES
+    from faceveil.bench.plan import BENCH_PROFILES
 
     ap = experiment_parser(__doc__.split("\n\n")[0], BENCH_PROFILES, "results/faceobfuscator")
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {', '.join(PARTS)}")

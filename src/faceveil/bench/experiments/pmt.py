@@ -17,7 +17,7 @@ it against the impostor reference::
 
 so a model that rejects everything (garbage embeddings) or accepts everything scores 0, and a
 perfect one 100 %. Two acceptance rules: the paper's cosine threshold kappa = 0.2 — on embeddings
-centred on the model's mean over public faces (:func:`faceveil.attacks.harness.judge_centre`),
+centred on the model's mean over public faces (:func:`faceveil.bench.privacy.judge_centre`),
 because dlib and faceres embeddings share a large common component (raw cosines of different
 people are ~0.9 for dlib) where ArcFace-style ones are centred — and each model's own operating
 threshold (fit on pairsDevTrain with the model's metric). The genuine-accept rate (TAR) and
@@ -73,8 +73,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from faceveil.bench.experiments.common import attempt, experiment_context, experiment_parser, md_table
-from faceveil.bench.runner import EXPERIMENTS, SETTINGS
+from faceveil.bench.experiments.common import ExperimentContext, attempt, experiment_context, experiment_parser
+from faceveil.bench.experiments.pmt_tables import cut_depth_md, render
+from faceveil.bench.plan import EXPERIMENTS, SETTINGS
 from faceveil.config import cache_dir, config_hash, load_or_compute_parts
 from faceveil.defenses import get_defense
 from faceveil.defenses.pmt import PMT, gaussian_blur
@@ -156,7 +157,7 @@ class Probes:
 
 
 def probe_set(lfw, n: int, seed: int) -> Probes:
-    from faceveil.attacks.harness import eval_pairs
+    from faceveil.bench.privacy import eval_pairs
 
     ia, ib = eval_pairs(lfw, n)
     names = np.array([lfw.dataset().files[i].split("/")[0] for i in ib])
@@ -200,8 +201,8 @@ class Evaluator:
     """One evaluated recogniser: its centre (for the centred cosine), operating point, references."""
 
     def __init__(self, model: Recognizer, lfw, data) -> None:
-        from faceveil.attacks.harness import judge_centre
         from faceveil.bench.lfw import operating_point
+        from faceveil.bench.privacy import judge_centre
 
         self.model, self.lfw = model, lfw
         self.centre = judge_centre(model, data)
@@ -209,7 +210,7 @@ class Evaluator:
         self._refs: dict[tuple[int, ...], Tensor] = {}
 
     def embed(self, images: Tensor, crop: CropSpec) -> Tensor:
-        from faceveil.attacks.harness import embed_images
+        from faceveil.bench.privacy import embed_images
 
         return embed_images(self.model, images, crop)
 
@@ -240,8 +241,6 @@ class Evaluator:
         return out
 
 
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:.1f}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,9 +248,9 @@ def _pct(v: float | None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def data_abuse(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, Evaluator]) -> tuple[dict, dict[str, Tensor]]:
+def data_abuse(ctx: ExperimentContext, budget: PMTBudget, models: list[str], evals: dict[str, Evaluator]) -> tuple[dict, dict[str, Tensor]]:
     """Strict accuracy of every evaluated model on PMT(x) for every authorised model, and clean."""
-    lfw, seed = ctx["lfw"], ctx["seed"]
+    lfw, seed = ctx.lfw, ctx.seed
     probes = probe_set(lfw, budget.probes, seed)
     res: dict = {"n": len(probes.a), "pmt": {}, "clean": {}}
     xts: dict[str, Tensor] = {}
@@ -259,7 +258,7 @@ def data_abuse(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str,
         d = pmt(budget, model=a)
         crop = d.recognizer.crop
         x = chips(lfw, probes.a, crop)
-        xt = obfuscate_lfw(d, lfw, probes.a, seed, ctx.get("progress", True))
+        xt = obfuscate_lfw(d, lfw, probes.a, seed, ctx.progress)
         xts[a] = xt
         res["pmt"][a], res["clean"][a] = {}, {}
         for b, ev in evals.items():
@@ -269,62 +268,23 @@ def data_abuse(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str,
     return res, xts
 
 
-def table7_md(res: dict, models: list[str], evaluated: list[str]) -> list[str]:
-    """``models``: the authorised rows (and the models averaged as unauthorised); ``evaluated``:
-    the columns (``models`` plus evaluated-only ones such as faceres-bgr)."""
-    md = []
-    for rule, title in (("op", "each model's own operating threshold (pairsDevTrain)"),
-                        ("kappa", f"centred cosine > κ = {KAPPA} (the paper's rule)")):
-        rows = []
-        for kind in ("pmt", "clean"):
-            for a in models:
-                cells = [res[kind][a][b][rule] for b in evaluated]
-                unauth = [res[kind][a][b][rule]["strict"] for b in models if b != a]
-                label = f"PMT for **{a}**" if kind == "pmt" else f"*clean, {a} crop*"
-                rows.append([label] + [f"{_pct(c['strict'])} ({_pct(c['tar'])}/{_pct(c['far'])})" for c in cells]
-                            + [_pct(float(np.mean(unauth))) if unauth else "—",
-                               "≈99 / <10" if kind == "pmt" else ""])
-        md += [f"**Rule: {title}.** Cells: strict % (TAR % / FAR %); diagonal = authorised.", "",
-               md_table(["upload"] + [f"eval {b}" for b in evaluated] + [f"unauthorised mean ({', '.join(models)})",
-                                                                        "paper (auth / unauth avg)"], rows), ""]
-    rows = [[f"PMT for {a}"] + [f"{res['pmt'][a][b]['cos_own']:.3f}" for b in evaluated] for a in models]
-    md += ["Centred cosine between each model's embeddings of PMT(x) and of x itself (same re-crop):", "",
-           md_table(["upload"] + evaluated, rows), ""]
-    extra = [b for b in evaluated if b not in models]
-    if extra:
-        md += [f"Evaluated only (not in the unauthorised mean): {', '.join(extra)} — faceres-bgr has the same weights as "
-               "faceres (BGR input, cosine): for PMT authorised on faceres it is an unauthorised model whose first layers "
-               "share E_c's weights but see the colour channels swapped.", ""]
-    return md
-    return md
 
 
-def mr_pmt(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, Evaluator]) -> dict:
-    lfw, seed = ctx["lfw"], ctx["seed"]
+def mr_pmt(ctx: ExperimentContext, budget: PMTBudget, models: list[str], evals: dict[str, Evaluator]) -> dict:
+    lfw, seed = ctx.lfw, ctx.seed
     probes = probe_set(lfw, budget.mr_probes, seed)
     out: dict = {"n": len(probes.a), "combos": {}}
     combos = [c for r in range(2, len(models) + 1) for c in itertools.combinations(models, r)]
     for combo in combos:
         d = pmt(budget, model=combo[0], models=",".join(combo))
         crop = d.recognizer.crop
-        xt = obfuscate_lfw(d, lfw, probes.a, seed, ctx.get("progress", True))
+        xt = obfuscate_lfw(d, lfw, probes.a, seed, ctx.progress)
         x = chips(lfw, probes.a, crop)
         out["combos"]["+".join(combo)] = {b: ev.scores(ev.embed(xt, crop), probes, ev.embed(x, crop))
                                           for b, ev in evals.items()}
     return out
 
 
-def table9_md(res: dict, evaluated: list[str]) -> list[str]:
-    rows = []
-    for combo, cells in res["combos"].items():
-        auth = combo.split("+")
-        row = [combo]
-        for b in evaluated:
-            v = f"{_pct(cells[b]['op']['strict'])} / {_pct(cells[b]['kappa']['strict'])}"
-            row.append(f"**{v}**" if b in auth else v)
-        rows.append(row)
-    return [md_table(["authorised models (x~ in the first one's crop)"] + [f"eval {b}" for b in evaluated], rows), "",
-            "Cells: strict % at the model's own threshold / at centred cosine κ = 0.2; bold = authorised.", ""]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,8 +297,9 @@ def judge_images(cands: dict[str, Tensor], x_a: Tensor, x_b: Tensor, deployed: R
     """The harness's metrics (MSE, PSNR, SSIM at ``target_size``; COS by the independent judge,
     centred; SRRA against the same image and the pair image at the deployed model's operating
     point; closer-to-own) for arbitrary candidate images of the targets ``x_a``."""
-    from faceveil.attacks.harness import cos_judge, embed_images, judge_centre, resize
     from faceveil.bench.lfw import operating_point
+    from faceveil.bench.privacy import cos_judge, embed_images, judge_centre
+    from faceveil.data.chips import resize
     from faceveil.metrics.identity import closer_to_own, cosine, srra
     from faceveil.metrics.image import mse, psnr, ssim
 
@@ -364,12 +325,13 @@ def judge_images(cands: dict[str, Tensor], x_a: Tensor, x_b: Tensor, deployed: R
     return {"metrics": out, "judge": judge.name, "independent": independent}
 
 
-def reconstruction(ctx: dict, budget: PMTBudget) -> dict:
-    from faceveil.attacks.base import ThreatModel, profile_budget
-    from faceveil.attacks.harness import eval_pairs, run_attack
+def reconstruction(ctx: ExperimentContext, budget: PMTBudget) -> dict:
+    from faceveil.attacks.base import ThreatModel, attack_class, profile_budget
+    from faceveil.bench.privacy import eval_pairs, run_attack
+    from faceveil.context import RunContext
 
-    lfw, seed, data = ctx["lfw"], ctx["seed"], ctx["data"]
-    prof = ctx["bench_profile"].attack_profile
+    lfw, seed, data = ctx.lfw, ctx.seed, ctx.data
+    prof = ctx.bench_profile.attack_profile
     ab = profile_budget(prof, train_images=budget.attack_train, eval_pairs=budget.attack_eval,
                         **({"whitebox_steps": budget.whitebox_steps} if budget.whitebox_steps else {}))
     out: dict = {"budget": asdict(ab), "rows": {}, "errors": {}}
@@ -377,7 +339,7 @@ def reconstruction(ctx: dict, budget: PMTBudget) -> dict:
     ia, ib = eval_pairs(lfw, ab.eval_pairs)
     crop = img.recognizer.crop
     x_a, x_b = chips(lfw, ia, crop), chips(lfw, ib, crop)
-    xt = obfuscate_lfw(img, lfw, ia, seed, ctx.get("progress", True))
+    xt = obfuscate_lfw(img, lfw, ia, seed, ctx.progress)
     j = judge_images({"upload as is (x~)": xt, f"low-pass x~ (Gaussian σ={LOWPASS_SIGMA:g} px)": gaussian_blur(xt, LOWPASS_SIGMA),
                       "no protection (x)": x_a}, x_a, x_b, img.recognizer, crop, ab.target_size, lfw, data, seed)
     out["rows"].update(j["metrics"])
@@ -385,10 +347,11 @@ def reconstruction(ctx: dict, budget: PMTBudget) -> dict:
     # E_c(x~) of an image upload is exactly the feature upload z~, so one white-box run covers both
     for upload, attack in (("image", "whitebox"), ("features", "urec")):
         d = pmt(budget, upload=upload)
-        threat = ThreatModel(leakage="channel", knowledge="white-box" if attack == "whitebox" else "black-box client")
-        r, err = attempt(run_attack, d, attack, threat, profile=prof, seed=seed, data=data, force=ctx.get("force", False),
-                         out_dir=Path(ctx["out_dir"]) / "cells", progress=ctx.get("progress", True), budget=ab)
-        key = "white-box inversion of E_c(x~) = z~ (eqs. 2-4)" if attack == "whitebox" else "urec on uploaded features z~"
+        threat = ThreatModel(leakage="channel", knowledge=attack_class(attack).knowledge())
+        r, err = attempt(run_attack, d, attack, threat, RunContext(prof, seed, data, ctx.device, ctx.force, ctx.progress,
+                                                                   ctx.cells()), budget=ab)
+        key = ("white-box inversion of E_c(x~) = z~ (eqs. 2-4)" if "forward_map" in attack_class(attack).needs
+               else "urec on uploaded features z~")
         if r is None:
             out["errors"][key] = err
             continue
@@ -400,25 +363,6 @@ def reconstruction(ctx: dict, budget: PMTBudget) -> dict:
     return out
 
 
-def table6_md(res: dict) -> list[str]:
-    rows = []
-    for name, m in res["rows"].items():
-        native = m.get("SSIM_native")
-        rows.append([name, f"{m['MSE']:.4f}", f"{m['PSNR']:.2f}", f"{m['SSIM']:.3f}", "—" if native is None else f"{native:.3f}",
-                     f"{m['COS']:.3f}",
-                     _pct(m["SRRA_same_image"]), _pct(m["SRRA_pair"]), _pct(m["closer_to_own"]),
-                     "SSIM ≈0.03" if name.startswith("upload as is") else ""])
-    head = ["data / attack", "MSE", "PSNR", "SSIM", "SSIM native", "COS", "SRRA same %", "SRRA pair %", "closer-to-own %", "paper"]
-    md = [md_table(head, rows), ""]
-    for k, e in res.get("errors", {}).items():
-        md.append(f"- FAILED {k}: `{e}`")
-    b = res["budget"]
-    md += ["", f"Images judged at {b['target_size']} px (SSIM/PSNR/MSE; 'SSIM native' at the chip's 150 px, where the "
-           "paper's SSIM is measured — downscaling averages PMT's noise away and shows the face); COS by the independent judge "
-           f"{res.get('judge', {}).get('cos')}, centred; SRRA by the authorised dlib at its operating point. "
-           f"urec trained on {b['train_images']} obfuscated public faces; white-box: {b['whitebox_steps']} steps from the "
-           f"attacker's mean face; {b['eval_pairs']} LFW targets.", ""]
-    return md
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,7 +384,7 @@ def same_amplitude_noise(x: Tensor, xt: Tensor, seed: int) -> Tensor:
 def attributes(x: Tensor, variants: dict[str, Tensor], crop: CropSpec) -> dict:
     """Cosine of expression / gender / race probability vectors and |age difference| between the
     predictions on each variant and on ``x``."""
-    from faceveil.attacks.harness import recrop
+    from faceveil.data.chips import recrop
     from faceveil.models.faceapi import get_attribute_model
 
     out: dict = {v: {} for v in variants}
@@ -483,9 +427,9 @@ class PerceptualDistance:
         return torch.stack([(p - q).pow(2).sum(1).mean((1, 2)) for p, q in zip(self.blocks(a), self.blocks(b), strict=True)]).mean(0)
 
 
-def up_scores(ctx: dict, budget: PMTBudget, xts: dict[str, Tensor], evals: dict[str, Evaluator]) -> dict:
+def up_scores(ctx: ExperimentContext, budget: PMTBudget, xts: dict[str, Tensor], evals: dict[str, Evaluator]) -> dict:
     """UP(sigma, kappa) per authorised model, and the perceptual distance of reference images."""
-    lfw, seed = ctx["lfw"], ctx["seed"]
+    lfw, seed = ctx.lfw, ctx.seed
     probes = probe_set(lfw, budget.probes, seed)
     pd = PerceptualDistance()
     out: dict = {"reference_distance": {}, "up": {}}
@@ -564,12 +508,12 @@ DEPTH_CUTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def cut_depth(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, Evaluator]) -> dict:
+def cut_depth(ctx: ExperimentContext, budget: PMTBudget, models: list[str], evals: dict[str, Evaluator]) -> dict:
     """Ablation: PMT at deeper cuts of the authorised model (strict accuracy of every evaluated model,
     SSIM of the upload and of its low-pass), on the ablation probes."""
     from faceveil.metrics.image import ssim
 
-    lfw, seed = ctx["lfw"], ctx["seed"]
+    lfw, seed = ctx.lfw, ctx.seed
     probes = probe_set(lfw, budget.ablation_probes, seed)
     out: dict = {"n": len(probes.a), "rows": []}
     for m in (m for m in DEPTH_CUTS if m in models):
@@ -579,7 +523,7 @@ def cut_depth(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, 
             x = chips(lfw, probes.a, crop)
             with torch.no_grad():
                 shape = tuple(d.recognizer.features(d.shallow[0].view(x[:1]), [d.cut])[d.cut][0].shape)
-            xt = obfuscate_lfw(d, lfw, probes.a, seed, ctx.get("progress", True))
+            xt = obfuscate_lfw(d, lfw, probes.a, seed, ctx.progress)
             row = {"model": m, "cut": d.cut, "default": i == 0, "shape": shape,
                    "ssim": float(ssim(xt, x, 1.0).mean()),
                    "ssim_lowpass": float(ssim(gaussian_blur(xt, LOWPASS_SIGMA), x, 1.0).mean()),
@@ -588,19 +532,12 @@ def cut_depth(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, 
     return out
 
 
-def cut_depth_md(res: dict, evaluated: list[str]) -> list[str]:
-    rows = [[f"{r['model']} `{r['cut']}`" + (" (default)" if r["default"] else ""), "×".join(map(str, r["shape"]))]
-            + [("**" + _pct(r["strict"][b]) + "**") if b == r["model"] else _pct(r["strict"][b]) for b in evaluated]
-            + [f"{r['ssim']:.3f}", f"{r['ssim_lowpass']:.3f}"] for r in res["rows"]]
-    return [f"**Shallow-model depth** ({res['n']} LFW probes; strict % at each model's own threshold, the authorised "
-            "model in bold)", "", md_table(["authorised model and cut", "E_c(x) shape"] + evaluated
-                                           + ["SSIM x~", "SSIM low-pass x~"], rows), ""]
 
 
-def ablations(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, Evaluator]) -> dict:
+def ablations(ctx: ExperimentContext, budget: PMTBudget, models: list[str], evals: dict[str, Evaluator]) -> dict:
     from faceveil.metrics.image import ssim
 
-    lfw, seed = ctx["lfw"], ctx["seed"]
+    lfw, seed = ctx.lfw, ctx.seed
     probes = probe_set(lfw, budget.ablation_probes, seed)
     out: dict = {"n": len(probes.a), "tables": {}}
     memo: dict[str, dict] = {}
@@ -612,7 +549,7 @@ def ablations(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, 
                 d = pmt(budget, model="dlib", **kw)
                 crop = d.recognizer.crop
                 x = chips(lfw, probes.a, crop)
-                xt = obfuscate_lfw(d, lfw, probes.a, seed, ctx.get("progress", True))
+                xt = obfuscate_lfw(d, lfw, probes.a, seed, ctx.progress)
                 row: dict = {"ssim": float(ssim(xt, x, 1.0).mean()),
                              "ssim_lowpass": float(ssim(gaussian_blur(xt, LOWPASS_SIGMA), x, 1.0).mean())}
                 for b, ev in evals.items():
@@ -625,19 +562,6 @@ def ablations(ctx: dict, budget: PMTBudget, models: list[str], evals: dict[str, 
     return out
 
 
-def ablation_md(res: dict, evaluated: list[str]) -> list[str]:
-    md = []
-    others = [m for m in evaluated if m != "dlib"]
-    for title, rows in res["tables"].items():
-        table = []
-        for label, r in rows.items():
-            table.append([label, _pct(r["dlib"])] + [_pct(r[m]) for m in others]
-                         + [f"{r['ssim']:.3f}", f"{r['ssim_lowpass']:.3f}"] + [_pct(v) for v in r["robust"].values()])
-        robust = list(next(iter(rows.values()))["robust"])
-        md += [f"**{title}** (PMT for dlib, {res['n']} LFW probes; strict % at each model's own threshold)", "",
-               md_table(["variant", "auth dlib"] + [f"unauth {m}" for m in others] + ["SSIM x~", "SSIM low-pass x~"]
-                        + [f"dlib after {r}" for r in robust], table), ""]
-    return md
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,11 +569,12 @@ def ablation_md(res: dict, evaluated: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def grid_figure(ctx: dict, xts: dict[str, Tensor], budget: PMTBudget) -> Path | None:
-    from faceveil.attacks.harness import image_grid, recrop
+def grid_figure(ctx: ExperimentContext, xts: dict[str, Tensor], budget: PMTBudget) -> Path | None:
+    from faceveil.bench.privacy import image_grid
+    from faceveil.data.chips import recrop
 
-    lfw = ctx["lfw"]
-    probes = probe_set(lfw, budget.probes, ctx["seed"])
+    lfw = ctx.lfw
+    probes = probe_set(lfw, budget.probes, ctx.seed)
     k = min(6, len(probes.a))
     crop = CropSpec(150, 0.25)
     x = chips(lfw, probes.a[:k], crop)
@@ -658,108 +583,74 @@ def grid_figure(ctx: dict, xts: dict[str, Tensor], budget: PMTBudget) -> Path | 
         src = pmt(budget, model=a).recognizer.crop
         v = recrop(F.interpolate(xt[:k], size=(src.size, src.size), mode="bilinear", align_corners=False), src, crop).clamp(0, 1)
         rows += [v, gaussian_blur(v, LOWPASS_SIGMA)]
-    return image_grid(rows, Path(ctx["out_dir"]) / "pmt_grid.png")
+    return image_grid(rows, Path(ctx.out_dir) / "pmt_grid.png")
 
 
-def evaluators(ctx: dict) -> tuple[list[str], dict[str, str], list[str], dict[str, Evaluator]]:
+def evaluators(ctx: ExperimentContext) -> tuple[list[str], dict[str, str], list[str], dict[str, Evaluator]]:
     """The authorised models available here, the missing ones, the evaluated ones (authorised + the
     evaluated-only models) and their evaluators."""
     from faceveil.defenses.pmt import _shared_recognizer
 
-    models, missing = available_models(tuple(ctx.get("models") or MODELS))
-    extra, missing_extra = available_models(tuple(m for m in ctx.get("eval_only", EVAL_ONLY) if m not in models))
+    models, missing = available_models(tuple(ctx.options.get("models") or MODELS))
+    extra, missing_extra = available_models(tuple(m for m in ctx.options.get("eval_only", EVAL_ONLY) if m not in models))
     missing.update(missing_extra)
     evaluated = models + extra
-    return models, missing, evaluated, {m: Evaluator(_shared_recognizer(m), ctx["lfw"], ctx["data"]) for m in evaluated}
+    return models, missing, evaluated, {m: Evaluator(_shared_recognizer(m), ctx.lfw, ctx.data) for m in evaluated}
 
 
-def run(ctx: dict) -> dict:
+def compute(ctx: ExperimentContext, checkpoint=None) -> tuple[dict, list[str]]:
+    """Every table's data (and the grid figure); ``checkpoint(out)`` is called after each table, so a long
+    run stopped early still leaves what it finished."""
     t0 = time.perf_counter()
-    budget = PMT_BUDGETS[ctx["profile"]]
-    lfw = ctx["lfw"]
+    budget = PMT_BUDGETS[ctx.profile]
+    lfw = ctx.lfw
     models, missing, evaluated, evals = evaluators(ctx)
-    out: dict = {"budget": asdict(budget), "models": models, "evaluated": evaluated, "missing_models": missing, "errors": {}}
-    md = [f"PMT defaults: {pmt(budget).config()} — cuts: "
-          + ", ".join(f"{m} `{pmt(budget, model=m).cut}`" for m in models)
-          + (f". Not available here: {missing}" if missing else "") + ".", ""]
-
-    def checkpoint() -> None:
-        """Partial results after every table (a long run stopped early still leaves its tables)."""
-        d = Path(ctx["out_dir"])
-        ensure_dir(d)
-        write_text_atomic(d / "pmt_partial.md", "\n".join(md) + "\n")
-        write_json_atomic(d / "pmt_partial.json", out, indent=2, default=str)
+    out: dict = {"budget": asdict(budget), "models": models, "evaluated": evaluated, "missing_models": missing, "errors": {},
+                 "kappa": KAPPA, "defaults": pmt(budget).config(), "cuts": {m: pmt(budget, model=m).cut for m in models}}
+    checkpoint = checkpoint or (lambda out: None)
 
     res, xts = data_abuse(ctx, budget, models, evals)
     out["table7"] = res
-    md += [f"### Table 7 analogue: data abuse — strict accuracy of eq. 10 on {res['n']} LFW same-pairs", ""]
-    md += table7_md(res, models, evaluated)
-    md += ["Read each PMT row against the clean row of the same crop: the clean rows show what each model achieves on "
-           "the same re-cropped geometry without PMT (mobilefacenet, Human's model, is weak on LFW even clean).", ""]
-    checkpoint()
-
+    checkpoint(out)
     if len(models) >= 2:
         r, err = attempt(mr_pmt, ctx, budget, models, evals)
         out["table9"] = r or {"error": err}
-        md += [f"### Table 9 analogue: MR-PMT (eq. 8), {r['n'] if r else '?'} LFW probes", ""]
-        md += table9_md(r, evaluated) if r else [f"FAILED: {err}", ""]
-        checkpoint()
-
+        checkpoint(out)
     r, err = attempt(reconstruction, ctx, budget)
     out["table6"] = r or {"error": err}
-    md += ["### Table 6 analogue: reconstruction from the upload (PMT for dlib)", ""]
-    md += (table6_md(r) if r else [f"FAILED: {err}", ""])
-    md += ["Two readings. PMT's goal: SSIM/PSNR of the upload low (nothing to see) while COS/SRRA stay high "
-           "(the authorised model still recognises). Identity privacy: PMT does not hide the identity from the authorised "
-           "model by design — whoever holds the upload and the shared E_c (the service, or anyone E_c was given to) "
-           "inverts E_c to a recognisable face (white-box row) or simply runs the authorised model. The low-pass row is "
-           "the cheapest adaptive attacker: the face sits in the low frequencies of x~ under high-frequency noise.", ""]
-    checkpoint()
-
-    x_d = chips(lfw, probe_set(lfw, budget.probes, ctx["seed"]).a, CropSpec(150, 0.25))
+    checkpoint(out)
+    x_d = chips(lfw, probe_set(lfw, budget.probes, ctx.seed).a, CropSpec(150, 0.25))
     if "dlib" in xts:
         xt = xts["dlib"]
-        variants = {"PMT(x) (for dlib)": xt, "x + δ (same RMS, Gaussian)": same_amplitude_noise(x_d, xt, ctx["seed"]),
+        variants = {"PMT(x) (for dlib)": xt, "x + δ (same RMS, Gaussian)": same_amplitude_noise(x_d, xt, ctx.seed),
                     f"low-pass PMT(x), σ={LOWPASS_SIGMA:g}": gaussian_blur(xt, LOWPASS_SIGMA)}
         r, err = attempt(attributes, x_d, variants, CropSpec(150, 0.25))
         out["table8"] = r or {"error": err}
-        md += ["### Table 8 analogue: attribute estimation on the upload (vs the clean face)", ""]
-        if r:
-            keys = [k for k in next(v for k, v in r.items() if not k.startswith("_"))]
-            md += [md_table(["images"] + keys, [[v] + [f"{r[v][k]:.3f}" for k in keys] for v in r if not v.startswith("_")]), "",
-                   "cos: cosine of probability vectors (1 = same prediction); age abs. diff. in years. face-api: AgeGenderNet + "
-                   "FaceExpressionNet; gear: Human GEAR (race, age).", ""]
-        else:
-            md += [f"FAILED: {err}", ""]
-    checkpoint()
-
+    checkpoint(out)
     r, err = attempt(up_scores, ctx, budget, xts, evals)
     out["up"] = r or {"error": err}
-    md += ["### UP(σ, κ) (eq. 9 reading) with an LPIPS substitute", ""]
-    if r:
-        keys = list(next(iter(r["up"].values())))
-        md += [md_table(["PMT for"] + keys, [[a] + [f"{v[k]:.3f}" for k in keys] for a, v in r["up"].items()]), "",
-               "Perceptual distance (LPIPS substitute, face-api expression backbone) of reference images to x: "
-               + "; ".join(f"{k} {v:.3f}" for k, v in r["reference_distance"].items() if not k.startswith("_")) + ".", ""]
-    else:
-        md += [f"FAILED: {err}", ""]
-
     r, err = attempt(ablations, ctx, budget, models, evals)
     out["ablations"] = r or {"error": err}
-    md += ["### Ablations (Tables 3, 4, 5, 10 analogues)", ""] + (ablation_md(r, evaluated) if r else [f"FAILED: {err}", ""])
-    checkpoint()
-
+    checkpoint(out)
     r, err = attempt(cut_depth, ctx, budget, models, evals)
     out["cut_depth"] = r or {"error": err}
-    md += cut_depth_md(r, evaluated) if r else [f"Shallow-model depth FAILED: {err}", ""]
-
     fig, err = attempt(grid_figure, ctx, xts, budget)
-    figs = [str(fig)] if fig else []
-    if fig:
-        md += [f"![PMT uploads]({Path(fig).name})", "",
-               "Rows: face (dlib crop); then per authorised model its upload x~ and the 2-px low-pass of it.", ""]
     out["seconds"] = time.perf_counter() - t0
-    return {"markdown": "\n".join(md), "data": out, "figures": figs}
+    return out, [str(fig)] if fig else []
+
+
+def run(ctx: ExperimentContext) -> dict:
+    """The experiment: :func:`compute`, then :func:`~faceveil.bench.experiments.pmt_tables.render`."""
+
+    def checkpoint(out: dict) -> None:
+        """Partial results after every table."""
+        d = Path(ctx.out_dir)
+        ensure_dir(d)
+        write_text_atomic(d / "pmt_partial.md", render(out) + "\n")
+        write_json_atomic(d / "pmt_partial.json", out, indent=2, default=str)
+
+    out, figs = compute(ctx, checkpoint)
+    return {"markdown": render(out, figs), "data": out, "figures": figs}
 
 
 if __name__ != "__main__":  # run as a script, the package import below registers it

@@ -1,4 +1,4 @@
-"""The attack harness on real data: unprotected features are really reconstructed."""
+"""Attack cells (faceveil.bench.privacy) on real data: unprotected features are really reconstructed."""
 
 from __future__ import annotations
 
@@ -7,20 +7,24 @@ import torch
 from typer.testing import CliRunner
 
 from faceveil.attacks.base import ThreatModel
-from faceveil.attacks.harness import chip_images, recrop, resize, run_attack, visualise_held
+from faceveil.bench.privacy import run_attack, visualise_held
 from faceveil.cli import app
+from faceveil.context import RunContext
 from faceveil.data.align import to_tensor
+from faceveil.data.chips import chip_images, recrop, resize
 from faceveil.defenses import get_defense
 from faceveil.errors import FaceveilDataError
 from faceveil.models.base import CropSpec
+
+CI = RunContext("ci", progress=False)
+FORCE = CI.replace(force=True)
 
 
 @pytest.fixture(scope="module")
 def res1_result(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("attack")
-    return run_attack(get_defense("none", transmit="res1"), "urec", ThreatModel(), profile="ci", out_dir=out, progress=False,
-                      return_images=True)
+    return run_attack(get_defense("none", transmit="res1"), "urec", ThreatModel(), CI.replace(out_dir=out), return_images=True)
 
 
 def test_unprotected_features_are_reconstructed(res1_result):
@@ -45,8 +49,7 @@ def test_result_records_threat_and_writes_grid(res1_result):
 
 def test_eval_pairs_override_reuses_cached_attacker(res1_result):
     """Fewer evaluation pairs: the same cached attacker (no retraining), judged on n pairs."""
-    r = run_attack(get_defense("none", transmit="res1"), "urec", ThreatModel(), profile="ci", progress=False,
-                   eval_pairs_n=20)
+    r = run_attack(get_defense("none", transmit="res1"), "urec", ThreatModel(), CI, eval_pairs_n=20)
     assert r["eval"]["n"] == 20 and r["cache"] == res1_result["cache"]
     assert r["metrics"]["reconstruction"]["COS"] > r["metrics"]["mean face"]["COS"]
 
@@ -57,29 +60,29 @@ def test_judged_results_are_cached_and_follow_the_attacker(res1_result, monkeypa
     import os
     from pathlib import Path
 
-    import faceveil.attacks.harness as h
+    import faceveil.bench.privacy.run as run
 
     calls: list[int] = []
-    real = h._judged
-    monkeypatch.setattr(h, "_judged", lambda *a, **k: calls.append(1) or real(*a, **k))
-    kw = dict(profile="ci", progress=False, return_images=True)
-    again = run_attack(get_defense("none", transmit="res1"), "urec", ThreatModel(), **kw)
+    real = run.judged
+    monkeypatch.setattr(run, "judged", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kw = dict(return_images=True)
+    again = run_attack(get_defense("none", transmit="res1"), "urec", ThreatModel(), CI, **kw)
     assert calls == [] and again["metrics"] == res1_result["metrics"]
     torch.testing.assert_close(again["images"]["reconstruction"], res1_result["images"]["reconstruction"])
     path = Path(res1_result["cache"])
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # what a retraining does to the key
-    redo = run_attack(get_defense("none", transmit="res1"), "urec", ThreatModel(), **kw)
+    redo = run_attack(get_defense("none", transmit="res1"), "urec", ThreatModel(), CI, **kw)
     assert calls == [1] and redo["eval_cache"] != res1_result["eval_cache"]
     assert redo["metrics"]["reconstruction"]["COS"] == pytest.approx(res1_result["metrics"]["reconstruction"]["COS"], abs=1e-5)
 
 
 def test_wrong_shape_for_trained_attacker(res1_result):
     from faceveil.attacks.base import profile_budget
-    from faceveil.attacks.harness import train_attacker
+    from faceveil.bench.privacy import train_attacker
 
     attack, _ = train_attacker(get_defense("none", transmit="res1"), "urec", ThreatModel(),
-                               profile_budget("ci"), progress=False)
+                               profile_budget("ci"), CI)
     with pytest.raises(FaceveilDataError, match="shape"):
         attack.attack(torch.zeros(2, 128))
     with pytest.raises(FaceveilDataError, match="float"):
@@ -110,7 +113,7 @@ def test_attack_cli_bad_defense(tmp_path):
 def test_grids_show_the_same_faces_for_any_number_of_pairs(data_root):
     """Every cell's grid shows the same 8 LFW faces (issue: "same 8 LFW faces everywhere"), also when a
     slow client or the white-box attack is judged on fewer pairs than the others."""
-    from faceveil.attacks.harness import eval_pairs, grid_positions
+    from faceveil.bench.privacy import eval_pairs, grid_positions
     from faceveil.data.datasets import LFW
 
     lfw = LFW(data_root)
@@ -129,13 +132,12 @@ def test_whitebox_reconstructions_are_cached():
     torch.set_num_threads(1)
     d = get_defense("none", transmit="res1")
     budget = profile_budget("ci", whitebox_steps=5)
-    kw = dict(threat=ThreatModel(knowledge="white-box"), profile="ci", progress=False, budget=budget, eval_pairs_n=4,
-              return_images=True)
-    first = run_attack(d, "whitebox", force=True, **kw)
-    again = run_attack(d, "whitebox", **kw)
+    kw = dict(threat=ThreatModel(knowledge="white-box"), budget=budget, eval_pairs_n=4, return_images=True)
+    first = run_attack(d, "whitebox", ctx=FORCE, **kw)
+    again = run_attack(d, "whitebox", ctx=CI, **kw)
     assert torch.equal(first["images"]["reconstruction"], again["images"]["reconstruction"])
     assert again["attack_ms_per_face"] == first["attack_ms_per_face"]  # the recorded cost of the inversion
-    redo = run_attack(d, "whitebox", force=True, **kw)
+    redo = run_attack(d, "whitebox", ctx=FORCE, **kw)
     assert torch.allclose(redo["images"]["reconstruction"], first["images"]["reconstruction"], atol=1e-5)
     assert redo["attack_ms_per_face"] != first["attack_ms_per_face"]
 
@@ -150,9 +152,8 @@ def test_whitebox_inversion_resumes_batch_by_batch(monkeypatch):
     torch.set_num_threads(1)
     d = get_defense("none", transmit="res1")
     budget = profile_budget("ci", whitebox_steps=3)
-    kw = dict(threat=ThreatModel(knowledge="white-box"), profile="ci", progress=False, budget=budget, eval_pairs_n=70,
-              return_images=True)
-    whole = run_attack(d, "whitebox", force=True, **kw)["images"]["reconstruction"]
+    kw = dict(threat=ThreatModel(knowledge="white-box"), budget=budget, eval_pairs_n=70, return_images=True)
+    whole = run_attack(d, "whitebox", ctx=FORCE, **kw)["images"]["reconstruction"]
     saved = max(cache_dir("whitebox").glob("none-*.pt"), key=lambda p: p.stat().st_mtime)
     saved.unlink()  # as before the first run
     real, calls = WhiteBox.attack, []
@@ -165,10 +166,10 @@ def test_whitebox_inversion_resumes_batch_by_batch(monkeypatch):
 
     monkeypatch.setattr(WhiteBox, "attack", stopped_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
-        run_attack(d, "whitebox", force=True, **kw)
+        run_attack(d, "whitebox", ctx=FORCE, **kw)
     assert calls == [64, 6] and len(list(cache_dir("whitebox").glob("none-*-part0.pt"))) >= 1
     calls.clear()
-    resumed = run_attack(d, "whitebox", **kw)["images"]["reconstruction"]
+    resumed = run_attack(d, "whitebox", ctx=CI, **kw)["images"]["reconstruction"]
     assert calls == [6] and saved.is_file()
     assert torch.allclose(resumed, whole, atol=1e-5)
     assert not list(cache_dir("whitebox").glob("none-*-part*.pt"))
@@ -195,11 +196,11 @@ def test_slow_clients_attacker_set_is_cached_batch_by_batch_and_shared(monkeypat
 
     monkeypatch.setattr(Pixelate, "protect", counted)
     budget = profile_budget("ci", max_steps=3, train_images=100)
-    kw = dict(profile="ci", progress=False, budget=budget, eval_pairs_n=4)
-    dn = run_attack(d, "dn", force=True, **kw)
+    kw = dict(budget=budget, eval_pairs_n=4)
+    dn = run_attack(d, "dn", None, FORCE, **kw)
     assert sum(faces) >= 100 and len(list(cache_dir("protected").glob("pixelate-attacker-*-part*.pt"))) == 2
     faces.clear()
-    cg = run_attack(d, "cgan", force=True, **kw)
+    cg = run_attack(d, "cgan", None, FORCE, **kw)
     assert faces == []  # neither the training set nor the 4 held targets protected again
     assert dn["metrics"]["reconstruction"]["SSIM"] != cg["metrics"]["reconstruction"]["SSIM"]
 
@@ -211,20 +212,21 @@ def test_fast_clients_targets_are_attacked_batch_by_batch(res1_result, lfw):
     import numpy as np
 
     from faceveil.attacks.base import profile_budget
-    from faceveil.attacks.harness import _attack_streamed, _held_targets, _leak_fn, train_attacker
+    from faceveil.bench.privacy import train_attacker
+    from faceveil.bench.privacy.leaks import attack_streamed, held_targets, leak_fn
 
     torch.set_num_threads(1)
     attack, _ = train_attacker(get_defense("none", transmit="res1"), "urec", ThreatModel(),
-                               profile_budget("ci"), progress=False)
+                               profile_budget("ci"), CI)
     d = get_defense("randperturb", at="res1", iterations=2)
     assert d.stochastic and not d.slow
     idx = lfw.pair_images()[:70]  # two batches, the second one partial
     chips, _ = lfw.dataset().subset(idx).chips(d.recognizer.crop, progress=False)
-    leak, keep = _leak_fn(d, ThreatModel()), np.array([69, 0, 65, 3])
-    whole = _held_targets(d, ThreatModel(), leak, chips, idx, 5, None, False)
-    recon, rows, ms = _attack_streamed(attack, leak, chips, 5, keep, False)
+    leak, keep = leak_fn(d, ThreatModel()), np.array([69, 0, 65, 3])
+    whole = held_targets(d, ThreatModel(), leak, chips, idx, 5, None, False)
+    recon, rows, ms = attack_streamed(attack, leak, chips, 5, keep, False)
     assert torch.equal(recon, attack.attack(whole)) and torch.equal(rows, whole[keep]) and ms > 0
-    assert not torch.equal(whole, _held_targets(d, ThreatModel(), leak, chips, idx, 6, None, False))
+    assert not torch.equal(whole, held_targets(d, ThreatModel(), leak, chips, idx, 6, None, False))
 
 
 def test_chip_images_made_in_chunks_equal_the_whole_batch(lfw_sample):
@@ -239,13 +241,14 @@ def test_large_deterministic_attacker_set_is_made_batch_by_batch(lfw_sample):
     """A fast deterministic client whose attacker set would exceed the memory bound (64 deletion-only
     FaceObfuscator channels of 13,566 faces: 43 GB) is run on each training batch as it is drawn: the
     same batches, value for value, as the precomputed set, and no set is held."""
-    from faceveil.attacks.harness import _leak_fn, attacker_source
+    from faceveil.bench.privacy import attacker_source
+    from faceveil.bench.privacy.leaks import leak_fn
 
     torch.set_num_threads(1)
     chips = lfw_sample[1][:10]
     d = get_defense("faceobfuscator", channels="AC01,AC10,DC", obfuscate=False)
     assert not d.stochastic
-    leak, targets = _leak_fn(d, ThreatModel()), chip_images(chips, 32)
+    leak, targets = leak_fn(d, ThreatModel()), chip_images(chips, 32)
     held = attacker_source(d, ThreatModel(), leak, chips, targets, 3)
     streamed = attacker_source(d, ThreatModel(), leak, chips, targets, 3, max_bytes=1000)
     assert held.protected is not None and streamed.protected is None

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from faceveil import pinned
 from faceveil.errors import ModelCorruptedError
-from faceveil.models import pinned
 
 
 def _copy(src: Path, dest_dir: Path) -> Path:

@@ -1,0 +1,122 @@
+"""What a benchmark run is made of: profiles, the settings benchmarked per defense, the experiments'
+registry and the context an experiment runs with. Experiment modules register into :data:`SETTINGS` and
+:data:`EXPERIMENTS`; the runner reads them (it never imports an experiment module directly)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from faceveil.context import RunContext
+from faceveil.data.datasets import LFW
+from faceveil.defenses import DEFENSES, Defense, get_defense
+from faceveil.registry import Registry
+
+
+@dataclass
+class Setting:
+    """A defense configuration to benchmark."""
+
+    label: str
+    defense: str
+    params: dict = field(default_factory=dict)
+    attacks: tuple[str, ...] | None = None  # None: the run's attacks
+    utility_servers: tuple[str, ...] | None = None  # None: decided from the defense
+    views: tuple[str | None, ...] = (None,)  # None = non-adaptive; else adaptive attacker views
+
+    def build(self, data=None) -> Defense:
+        """The defense; ``data`` reaches defenses that draw from a public pool."""
+        import inspect
+
+        kw = dict(self.params)
+        if "data" in inspect.signature(DEFENSES.get(self.defense).__init__).parameters:
+            kw["data"] = data
+        return get_defense(self.defense, **kw)
+
+
+@dataclass(frozen=True)
+class BenchProfile:
+    name: str
+    utility_per_fold: int | None  # LFW pairs per fold and class for utility (None = all 6,000)
+    adapted: bool  # train adapted students
+    attack_profile: str
+    #: seconds of client protection allowed per data set (LFW utility images, student training images,
+    #: attacker training images) for defenses whose protection is expensive (DeepBlur ~0.5-0.9 s/face,
+    #: AdvNoise ~0.3 s/face on one core); None = no cap. Cheap defenses are never capped.
+    protect_seconds: float | None = None
+    #: LFW same-pairs judged for the white-box inversion: it optimises every target image through
+    #: the client (150 steps x ~30 ms/step/face for a dlib embedding on one core = ~4.5 s/face)
+    whitebox_pairs: int | None = None
+
+
+BENCH_PROFILES = {
+    "ci": BenchProfile("ci", utility_per_fold=5, adapted=False, attack_profile="ci", protect_seconds=60, whitebox_pairs=20),
+    "quick": BenchProfile("quick", utility_per_fold=50, adapted=True, attack_profile="quick", protect_seconds=240,
+                          whitebox_pairs=50),
+    "full": BenchProfile("full", utility_per_fold=None, adapted=True, attack_profile="full", whitebox_pairs=300),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Data-set sizes of one setting under a profile (capped for expensive clients)."""
+
+    utility_per_fold: int | None
+    student_images: int | None  # None = the distillation profile's
+    attack_images: int | None  # None = the attack profile's
+    eval_pairs: int | None = None  # cap on the LFW same-pairs an attack is judged on (None = the attack profile's)
+
+
+def setting_sizes(d: Defense, bp: BenchProfile) -> Sizes:
+    """Cap the LFW utility pairs, the student/attacker training images and the attack evaluation pairs
+    of a slow client so that protecting each set costs about ``bp.protect_seconds`` at its declared ``protect_ms_hint``
+    (declared, not measured, so that sizes and cache keys do not depend on the machine's load)."""
+    if bp.protect_seconds is None or d.protect_ms_hint <= 0:
+        return Sizes(bp.utility_per_fold, None, None)
+    n = int(1000 * bp.protect_seconds / d.protect_ms_hint)  # faces affordable per set
+    per_fold = max(5, min(bp.utility_per_fold or 300, n // 40))  # 2 images x 2 classes x 10 folds
+    cap = max(128, n)
+    return Sizes(per_fold, cap, cap, eval_pairs=max(50, n))
+
+#: benchmark settings per defense name; defense modules may register more (ablations)
+SETTINGS: dict[str, list[Setting]] = {
+    "none": [Setting("none (embedding)", "none", {"transmit": "embedding"}),
+             Setting("none (res1 map)", "none", {"transmit": "res1"}),
+             # the attacker who holds the unprotected image holds the face: no attack to train
+             Setting("none (image)", "none", {"transmit": "image"}, attacks=())],
+}
+
+#: per-defense experiments (paper tables/figures), run when that defense is named in --defenses:
+#: fn(context) -> {"markdown": str, "figures": [paths], "data": {...}}
+EXPERIMENTS: Registry[Callable] = Registry("experiment", "faceveil.bench.experiments")
+
+DEFAULT_ATTACKS = ("dn", "cgan", "whitebox")
+
+
+def settings_for(name: str) -> list[Setting]:
+    EXPERIMENTS.load()  # experiment modules register per-defense settings too
+
+    if name in SETTINGS:
+        return SETTINGS[name]
+    return [Setting(name, name, {})]
+
+
+@dataclass(frozen=True)
+class ExperimentContext(RunContext):
+    """What a paper experiment's ``run`` takes: the run context (``profile`` is the bench profile's name,
+    ``out_dir`` the experiment's folder), the bench profile, the LFW dataset, and experiment-specific
+    ``options`` (e.g. FaceObfuscator's ``parts``)."""
+
+    bench_profile: BenchProfile | None = None
+    lfw: LFW | None = None
+    options: dict = field(default_factory=dict)
+
+    def attack_ctx(self, out_dir: Path | None = None) -> RunContext:
+        """The context of this experiment's attack and student runs: the bench profile's attack profile."""
+        return RunContext(self.bench_profile.attack_profile, self.seed, self.data, self.device, self.force,
+                          self.progress, out_dir)
+
+    def cells(self) -> Path:
+        """Where the experiment's attack cells write their grids and JSON."""
+        return Path(self.out_dir) / "cells"

@@ -1,0 +1,158 @@
+"""Orchestration of one attack cell: train (or load) the attacker, judge it, write its grid and JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from torch import Tensor
+
+from faceveil.attacks.base import (
+    Budget,
+    OptimizationAttack,
+    ReconstructionAttack,
+    ThreatModel,
+    attack_cache_path,
+    attack_class,
+    check_trained,
+    get_attack,
+    profile_budget,
+)
+from faceveil.bench.privacy.figures import image_grid
+from faceveil.bench.privacy.judging import EVAL_VERSION, eval_pairs, file_stamp, judged
+from faceveil.bench.privacy.leaks import attacker_source, inversion_path, leak_fn
+from faceveil.config import cache_dir, config_hash, data_dir
+from faceveil.context import RunContext
+from faceveil.data.chips import chip_images
+from faceveil.data.datasets import LFW, public_chips
+from faceveil.defenses.base import Defense
+from faceveil.storage import load_cache, save_torch, torch_load, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def train_attacker(defense: Defense, attack_name: str, threat: ThreatModel, budget: Budget, ctx: RunContext | None = None,
+                   attack_kwargs: dict | None = None):
+    """Build the attacker's training pairs with the black-box client of ``defense`` and fit (or load) the
+    attack; what it is given follows what it declares it needs (:attr:`faceveil.attacks.base.Attack.needs`)."""
+    ctx = ctx or RunContext()
+    seed, data = ctx.seed, ctx.data
+    kwargs = dict(attack_kwargs or {})
+    needs = attack_class(attack_name).needs
+    if "client_network" in needs and "client" not in kwargs and hasattr(defense, "client_network"):
+        kwargs["client"] = defense.client_network()
+    if "forward_map" in needs:
+        return whitebox_attack(defense, threat, budget, ctx, kwargs, attack_name), None
+    attack = get_attack(attack_name, target_size=budget.target_size, seed=seed, **kwargs)
+    assert isinstance(attack, ReconstructionAttack)
+    leak = leak_fn(defense, threat)
+    path = attack_cache_path(attack, defense.config(), asdict(threat), asdict(budget), str(data_dir(data)), "harness-v2")
+    if not ctx.force and attack.load_cached(path):
+        if attack.healthy():
+            check_trained(attack_name, attack.log, budget)
+            return attack, path
+        log.warning("%s: cached attacker %s has non-finite statistics (float32 overflow); retraining", attack_name, path.name)
+    chips = public_chips(data, defense.recognizer.crop, budget.train_images, seed, ctx.progress)
+    targets = chip_images(chips, budget.target_size)
+    source = attacker_source(defense, threat, leak, chips, targets, seed, budget.train_images, data, ctx.progress)
+    attack.fit_and_save(source, budget, path, ctx.progress, ctx.force)  # resumable: outlives a stopped process
+    check_trained(attack_name, attack.log, budget)
+    return attack, path
+
+
+def whitebox_attack(defense: Defense, threat: ThreatModel, budget: Budget, ctx: RunContext, kwargs: dict,
+                    name: str = "whitebox"):
+    """White-box inversion (PMT eqs. 2-4) of the defense's differentiable forward map, from the
+    attacker's mean face."""
+    crop = defense.recognizer.crop
+
+    def forward(x: Tensor) -> Tensor:
+        t = defense.whitebox_forward(x, threat.leakage)
+        if threat.view is not None:
+            t = defense.attacker_view(threat.view, t)
+        return defense.whitebox_target(t)
+
+    pub = public_chips(ctx.data, crop, min(budget.train_images or 2000, 2000), ctx.seed, False)
+    init = chip_images(pub, budget.target_size).mean(0)
+    kw = {"steps": budget.whitebox_steps, **kwargs}
+    return get_attack(name, forward=lambda x: forward(x), target_size=budget.target_size, input_size=crop.size,
+                      init=init, **kw)
+
+
+def run_attack(defense: Defense, attack_name: str, threat: ThreatModel | None = None, ctx: RunContext | None = None, *,
+               budget: Budget | None = None, attack_kwargs: dict | None = None, server: str = "frozen",
+               return_images: bool = False, eval_pairs_n: int | None = None) -> dict:
+    """Train (or load) an attack on the defense and evaluate it on LFW pair images; the grid and JSON go
+    to ``ctx.out_dir`` (``eval_pairs_n`` overrides the budget's number of evaluated same-pairs without
+    changing the cached attacker's key)."""
+    t_start = time.perf_counter()
+    ctx = ctx or RunContext()
+    threat = threat or ThreatModel()
+    budget = budget or profile_budget(ctx.profile)
+    attack, cache_path = train_attacker(defense, attack_name, threat, budget, ctx, attack_kwargs)
+    return judge_attack(attack, cache_path, defense, threat, budget, ctx, server=server, return_images=return_images,
+                        eval_pairs_n=eval_pairs_n, t_start=t_start)
+
+
+def judge_attack(attack, attacker_path: Path | None, defense: Defense, threat: ThreatModel, budget: Budget,
+                 ctx: RunContext | None = None, *, server: str = "frozen", return_images: bool = False,
+                 eval_pairs_n: int | None = None, stem: str | None = None, t_start: float | None = None) -> dict:
+    """Evaluate a trained ``attack`` (cached at ``attacker_path``) on what ``threat`` leaks of
+    ``defense`` for LFW pair images (see :func:`judged`); the attacker may have been trained on another
+    system (the paper-style non-adaptive attacker of AdvFace). Writes ``<stem>.json/.png`` in ``ctx.out_dir``.
+
+    The judged result is cached like the attacker it judges: a resumed bench re-reads its finished
+    cells instead of re-embedding thousands of reconstructions with two recognisers (3-5 min a cell
+    on one core). Keyed by the attacker file's identity (a retrained attacker is a new key) and
+    everything that picks the evaluation; EVAL_VERSION is bumped when the metrics change."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    ctx = ctx or RunContext()
+    seed, data = ctx.seed, ctx.data
+    lfw = LFW(data)
+    ia, ib = eval_pairs(lfw, eval_pairs_n or budget.eval_pairs)
+    # A white-box cell's "attacker" is its cached inversion, (re)written while judging: the judged result
+    # is saved under the key of the file as it is afterwards.
+    source = inversion_path(attack, defense, threat, budget, ia, seed, data) if isinstance(attack, OptimizationAttack) \
+        else attacker_path
+    name = attack.name
+
+    def eval_path() -> tuple[str, Path]:
+        k = config_hash(file_stamp(source), attack.config(), defense.config(), asdict(threat), asdict(budget),
+                        [int(i) for i in ia], [int(i) for i in ib], seed, str(data_dir(data)), server, EVAL_VERSION)
+        return k, cache_dir("evals") / f"{defense.name}-{name}-{k}.pt"
+
+    ekey, path = eval_path()
+    if ctx.force or (cached := load_cache(path, torch_load, "judged attack result")) is None:
+        cached = judged(attack, defense, threat, budget, lfw, ia, ib, ctx, attacker_path)
+        ekey, path = eval_path()
+        save_torch(path, cached)
+    result, rows = json.loads(cached["result"]), list(cached["rows"])
+    result["wall_seconds"] = time.perf_counter() - t_start
+    result["eval_cache"] = ekey
+    if ctx.out_dir is not None:
+        out_dir = Path(ctx.out_dir)
+        stem = stem or f"{defense.name}-{config_hash(defense.config(), length=6)}-{name}-{threat.leakage}" + \
+            (f"-{threat.view}" if threat.view else "")
+        result["grid"] = str(image_grid(rows, out_dir / f"{stem}.png"))
+        write_json_atomic(out_dir / f"{stem}.json", result, indent=2)
+    if return_images:
+        result["images"] = {"original": rows[0], "held": rows[1], "reconstruction": rows[2]}
+    return result
+
+
+def format_result(r: dict) -> str:
+    """A small table of the metrics of one attack run."""
+    t = r["threat"]
+    lines = [
+        f"defense {r['defense']['name']} | attack {r['attack']['name']} | leakage {t['leakage']}"
+        + (f" | adaptive view {t['view']}" if t.get("view") else "") + f" | profile {r['profile']} | n={r['eval']['n']}",
+        f"COS judged by {r['judge']['cos']}" + ("" if r["judge"]["independent"] else " (NOT independent: install faceres)"),
+        f"{'':<16}{'MSE↑':>8}{'PSNR↓':>8}{'SSIM↓':>8}{'COS↓':>8}{'SRRA same':>11}{'SRRA pair':>11}",
+    ]
+    for name, m in r["metrics"].items():
+        lines.append(f"{name:<16}{m['MSE']:>8.4f}{m['PSNR']:>8.2f}{m['SSIM']:>8.3f}{m['COS']:>8.3f}"
+                     f"{100 * m['SRRA_same_image']:>10.1f}%{100 * m['SRRA_pair']:>10.1f}%")
+    return "\n".join(lines)
