@@ -44,6 +44,17 @@ def dlib_model():
     return get_recognizer("dlib")
 
 
+@pytest.fixture(scope="session")
+def fo_bundle(tmp_path_factory, data_root):
+    """A FaceObfuscator system with an adapted server at the ci profile, built and saved once per session
+    (the system and service tests share it): ``(system, bundle path)``."""
+    from faceveil.bench.build import build_system
+    from faceveil.defenses import get_defense
+
+    system = build_system(get_defense("faceobfuscator"), "adapted", "ci", seed=0, data=data_root, progress=False)
+    return system, system.save(tmp_path_factory.mktemp("sys") / "fo.fvsys")
+
+
 def pytest_collection_modifyitems(config, items):  # noqa: D103
     for item in items:
         item.add_marker(pytest.mark.filterwarnings("ignore::DeprecationWarning"))

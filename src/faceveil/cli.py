@@ -438,6 +438,128 @@ def identify_cmd(
         typer.echo(f"  {m.label:<30} {m.distance:.4f}  {'match' if m.accepted else '-'}")
 
 
+@app.command("serve")
+def serve_cmd(
+    system: SystemFile,
+    db: Annotated[str | None, typer.Option(help="sqlite:///FILE (default faceveil.db) or postgresql://user@host:port/db")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    accept_photos: Annotated[bool, typer.Option(
+        help="Trusted deployments: accept photos and protect them on the server (the papers' setting sends payloads only).")] = False,
+    rate: Annotated[float, typer.Option(help="Requests per second per API key (0: unlimited).")] = 20.0,
+    max_request_mb: Annotated[float, typer.Option(help="Largest request body in MB.")] = 16.0,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the recognition service (HTTP API under /v1, OpenAPI docs at /docs, demo page at /)."""
+    from faceveil.service.app import ServiceSettings
+    from faceveil.service.serve import serve
+
+    _check_options(port=(port, "positive-int"), max_request_mb=(max_request_mb, "positive"))
+    if rate < 0:
+        _fail(ValueError(f"--rate must be >= 0, got {rate}"))
+    settings = ServiceSettings(accept_photos=accept_photos, rate=rate, burst=max(1, int(2 * rate)),
+                               max_request_bytes=int(max_request_mb * (1 << 20)))
+    try:
+        serve(system, db, host, port, settings, data_dir)
+    except FaceveilError as e:
+        _fail(e)
+
+
+service_app = typer.Typer(no_args_is_help=True, help="Administer a service database (API keys).")
+app.add_typer(service_app, name="service")
+
+
+@service_app.command("key-add")
+def service_key_add(
+    name: Annotated[str, typer.Argument(help="A name for the key (shown in logs; the key itself never is).")],
+    system: SystemFile,
+    db: Annotated[str | None, typer.Option(help="The service's database URL.")] = None,
+    gallery: Annotated[list[str] | None, typer.Option(help="Limit the key to these galleries (repeatable).")] = None,
+    admin: Annotated[bool, typer.Option(help="May create and delete galleries.")] = False,
+) -> None:
+    """Create an API key and print it once (only its sha256 is stored)."""
+    from faceveil.service.security import new_key
+    from faceveil.service.serve import bootstrap
+
+    try:
+        _, repo, _ = bootstrap(system, db)
+        key = new_key(repo, name, tuple(gallery) if gallery else None, admin)
+        repo.close()
+    except FaceveilError as e:
+        _fail(e)
+    typer.echo(key)
+
+
+@service_app.command("key-list")
+def service_key_list(system: SystemFile, db: Annotated[str | None, typer.Option(help="The service's database URL.")] = None) -> None:
+    """API key names, scopes and roles (never the keys)."""
+    from faceveil.service.serve import bootstrap
+
+    try:
+        _, repo, _ = bootstrap(system, db)
+        for r in repo.api_keys():
+            typer.echo(f"{r.name:<24} {'admin' if r.admin else 'user':<6} {','.join(r.galleries) if r.galleries else 'all galleries'}")
+        repo.close()
+    except FaceveilError as e:
+        _fail(e)
+
+
+client_app = typer.Typer(no_args_is_help=True, help="Talk to a faceveil service: photos are protected on this machine.")
+app.add_typer(client_app, name="client")
+Url = Annotated[str, typer.Option(envvar="FACEVEIL_URL", help="The service URL.")]
+ApiKey = Annotated[str, typer.Option(envvar="FACEVEIL_API_KEY", help="Your API key (or FACEVEIL_API_KEY).")]
+Bundle = Annotated[Path | None, typer.Option(help="The system's client bundle (default: fetched from the service).")]
+
+
+def _client(url: str, api_key: str, bundle: Path | None, data_dir):
+    from faceveil.client import Client
+
+    return Client(url, api_key, bundle, data=data_dir)
+
+
+@client_app.command("enroll")
+def client_enroll(gallery: str, subject: str, photos: Annotated[list[Path], typer.Argument(help="Photos of the subject.")],
+                  url: Url = "http://127.0.0.1:8000", api_key: ApiKey = "", bundle: Bundle = None,
+                  create: Annotated[bool, typer.Option(help="Create the gallery first if it does not exist (admin key).")] = False,
+                  data_dir: DataDir = None) -> None:
+    """Protect the photos here and enrol the subject."""
+    try:
+        with _client(url, api_key, bundle, data_dir) as c:
+            if create and gallery not in [g["name"] for g in c.galleries()]:
+                c.create_gallery(gallery)
+            n = c.enroll(gallery, subject, [str(p) for p in photos])
+    except FaceveilError as e:
+        _fail(e)
+    typer.echo(f"{subject}: {n} template(s) in {gallery}")
+
+
+@client_app.command("verify")
+def client_verify(gallery: str, subject: str, photo: Path, url: Url = "http://127.0.0.1:8000", api_key: ApiKey = "",
+                  bundle: Bundle = None, data_dir: DataDir = None) -> None:
+    """Is the person in the photo this subject?"""
+    try:
+        with _client(url, api_key, bundle, data_dir) as c:
+            d = c.verify(gallery, subject, str(photo))
+    except FaceveilError as e:
+        _fail(e)
+    typer.echo(f"{'accepted' if d.accepted else 'rejected'}: distance {d.distance:.4f} "
+               f"{'<=' if d.accepted else '>'} threshold {d.threshold:.4f} ({d.metric})")
+
+
+@client_app.command("identify")
+def client_identify(gallery: str, photo: Path, k: Annotated[int, typer.Option("-k")] = 5, url: Url = "http://127.0.0.1:8000",
+                    api_key: ApiKey = "", bundle: Bundle = None, data_dir: DataDir = None) -> None:
+    """Who in the gallery is this?"""
+    _check_options(k=(k, "positive-int"))
+    try:
+        with _client(url, api_key, bundle, data_dir) as c:
+            matches = c.identify(gallery, str(photo), k)
+    except FaceveilError as e:
+        _fail(e)
+    for m in matches:
+        typer.echo(f"  {m.label:<30} {m.distance:.4f}  {'match' if m.accepted else '-'}")
+
+
 keys_app = typer.Typer(no_args_is_help=True, help="Client secret keys (for defenses that hold a persistent secret).")
 app.add_typer(keys_app, name="keys")
 

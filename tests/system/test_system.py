@@ -16,7 +16,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from faceveil.bench.build import build_system
 from faceveil.defenses import get_defense
 from faceveil.errors import FaceNotFoundError, FaceveilDataError
 from faceveil.keys import Randomness
@@ -25,15 +24,6 @@ from faceveil.system import BundleError, Payload, ProtectedSystem, bundle_info, 
 
 def _photo(lfw, rel: str) -> str:
     return str(lfw.root / rel)
-
-
-@pytest.fixture(scope="module")
-def fo_bundle(tmp_path_factory, data_root):
-    """A FaceObfuscator system with an adapted server at the ci profile, built and saved once."""
-    torch.set_num_threads(2)
-    system = build_system(get_defense("faceobfuscator"), "adapted", "ci", seed=0, data=data_root, progress=False)
-    path = system.save(tmp_path_factory.mktemp("sys") / "fo.fvsys")
-    return system, path
 
 
 @pytest.fixture(scope="module")
