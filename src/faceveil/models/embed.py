@@ -20,8 +20,10 @@ def model_fingerprint(model: Recognizer) -> str:
     """Hash of a model's name and weights (so caches never outlive a change of weights)."""
     h = [model.name]
     for k, v in model.state_dict().items():
-        v = v.contiguous()  # the sums' order must not depend on the memory layout (fast_layout)
-        h.append((k, float(v.double().sum()), float(v.double().abs().sum()), list(v.shape)))
+        # numpy's pairwise sums: the same value whatever the memory layout (fast_layout) and the number of
+        # threads (torch's parallel sums were not: a process with OMP_NUM_THREADS=1 got another fingerprint)
+        a = v.detach().contiguous().cpu().double().numpy()
+        h.append((k, float(a.sum()), float(np.abs(a).sum()), list(v.shape)))
     return config_hash(h)
 
 

@@ -67,9 +67,10 @@ def _from_npz(blob: bytes, what: str) -> dict[str, Tensor]:
 
 
 def _fingerprint(recognizer) -> str:
-    from faceveil.models.embed import model_fingerprint
+    """sha256 of the recogniser's weights as bytes (exact, and the same in every process)."""
+    from faceveil.models.embed import module_digest
 
-    return model_fingerprint(recognizer)
+    return module_digest(recognizer)
 
 
 def save_bundle(system, path: Path, client_only: bool = False) -> Path:
