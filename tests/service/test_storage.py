@@ -608,3 +608,20 @@ def test_killed_writer_leaves_only_complete_subjects(backend: Backend, tmp_path:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert con.execute("PRAGMA foreign_key_check").fetchall() == []
         con.close()
+
+
+def test_pgtest_runs_a_copy_of_an_unreachable_install(pg_admin_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under root, a wheel the server's user cannot reach (a venv under /root) is run from a copy."""
+    if os.geteuid() != 0:
+        pytest.skip("only root runs the server as another user (and may need the copy)")
+    import psycopg
+
+    from faceveil.service.storage import pgtest
+
+    monkeypatch.setattr(pgtest, "_reachable_by_others", lambda path: False)
+    with pgtest.pg_server() as server:
+        assert server.root in server.prefix.parents
+        with psycopg.connect(server.url(), autocommit=True) as con:
+            con.execute("CREATE EXTENSION vector")
+            assert con.execute("SELECT '[3,4]'::vector <-> '[0,0]'::vector").fetchone()[0] == 5
+    assert not server.root.exists()

@@ -72,6 +72,26 @@ def _reachable_by_others(path: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
 
 
+def _copy_install(prefix: Path, dest: Path) -> Path:
+    """Copy the wheel's PostgreSQL to ``dest`` in the wheel's own layout (the binaries find their
+    libraries at ``$ORIGIN/../../../pgserver.libs``); returns the copied prefix."""
+    site = prefix.parent.parent
+    new = dest / "pgserver" / "pginstall"
+    for sub in ("bin", "lib", "share"):
+        shutil.copytree(prefix / sub, new / sub, symlinks=True)
+    if (site / "pgserver.libs").is_dir():
+        shutil.copytree(site / "pgserver.libs", dest / "pgserver.libs", symlinks=True)
+    for d, _, files in os.walk(dest):  # readable by the server's user, whatever the umask of the install
+        os.chmod(d, 0o755)
+        for f in files:
+            fp = Path(d) / f
+            if not fp.is_symlink():
+                mode = fp.stat().st_mode
+                fp.chmod(mode | 0o444 | (0o111 if mode & stat.S_IXUSR else 0))
+    os.chmod(dest.parent, 0o755)
+    return new
+
+
 class PgServer:
     """A running throwaway server: :meth:`url` of a database; :meth:`stop` removes everything."""
 
@@ -133,11 +153,7 @@ def pg_server(settings: dict[str, str] | None = None) -> Iterator[PgServer]:
         if user is not None:
             os.chown(root, user.pw_uid, user.pw_gid)
             if not _reachable_by_others(prefix / "bin" / "postgres"):
-                copy = root / "pginstall"
-                for sub in ("bin", "lib", "share"):
-                    shutil.copytree(prefix / sub, copy / sub, symlinks=True)
-                os.chmod(copy, 0o755)
-                server.prefix = copy
+                server.prefix = _copy_install(prefix, root / "pg")
         server.start({**DEFAULT_SETTINGS, **(settings or {})})
     except BaseException:
         server.stop()
