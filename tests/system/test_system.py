@@ -89,15 +89,22 @@ print(json.dumps({{"out": out, "bench": [m for m in sys.modules if m.startswith(
 
 def test_flipped_byte_and_foreign_files_are_refused(fo_bundle, tmp_path):
     _, path = fo_bundle
+    import hashlib
+
+    from faceveil.system.bundle import SEAL_PREFIX
+
     blob = path.read_bytes()
-    for pos in (len(blob) // 3, len(blob) // 2, len(blob) - 200):
+    # one flipped bit anywhere: members, zip headers and timestamps, the central directory, the seal
+    positions = sorted({*range(0, len(blob), max(1, len(blob) // 40)), *range(max(0, len(blob) - 400), len(blob), 7)})
+    for pos in positions:
         bad = bytearray(blob)
         bad[pos] ^= 0x01
-        p = tmp_path / f"flip{pos}.fvsys"
+        p = tmp_path / "flip.fvsys"
         p.write_bytes(bytes(bad))
         with pytest.raises(BundleError):
             load_system(p)
-    # a re-zipped bundle whose manifest was edited (threshold loosened) fails its manifest checksum
+    # a re-zipped bundle whose manifest was edited (threshold loosened): refused without a seal, and with a
+    # recomputed seal by its manifest checksum
     with zipfile.ZipFile(path) as z:
         members = {n: z.read(n) for n in z.namelist()}
     m = json.loads(members["manifest.json"])
@@ -107,6 +114,11 @@ def test_flipped_byte_and_foreign_files_are_refused(fo_bundle, tmp_path):
     with zipfile.ZipFile(p, "w") as z:
         for n, b in members.items():
             z.writestr(n, b)
+        z.comment = bytes(len(SEAL_PREFIX) + 64)
+    with pytest.raises(BundleError, match="no faceveil seal"):
+        load_system(p)
+    body = p.read_bytes()[: -len(SEAL_PREFIX) - 64]
+    p.write_bytes(body + SEAL_PREFIX + hashlib.sha256(body).hexdigest().encode())
     with pytest.raises(BundleError, match="manifest checksum"):
         load_system(p)
     for name, content, msg in [("empty.fvsys", b"", "not a readable"), ("text.fvsys", b"hello", "not a readable"),

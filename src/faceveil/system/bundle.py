@@ -36,6 +36,9 @@ from faceveil.errors import FaceveilError
 
 FORMAT = "faceveil-system-v1"
 MAX_MEMBER_BYTES = 2 << 30  # no real bundle member comes near this; a zip bomb does
+#: the zip comment seals the file: the sha256 of every byte before it, so one flipped byte anywhere (zip
+#: headers and timestamps included, which the members' CRCs do not cover) is refused
+SEAL_PREFIX = b"faceveil-sha256:"
 
 
 class BundleError(FaceveilError):
@@ -114,6 +117,12 @@ def save_bundle(system, path: Path, client_only: bool = False) -> Path:
             z.writestr("manifest.sha256", _sha(text))
             for k, v in members.items():
                 z.writestr(k, v)
+            z.comment = bytes(len(SEAL_PREFIX) + 64)  # placeholder of the seal's length
+        blob = tmp.read_bytes()
+        seal = SEAL_PREFIX + hashlib.sha256(blob[: -len(SEAL_PREFIX) - 64]).hexdigest().encode()
+        with open(tmp, "r+b") as f:
+            f.seek(len(blob) - len(seal))
+            f.write(seal)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +144,16 @@ def read_bundle(path: str | Path) -> tuple[dict, dict[str, bytes]]:
     if not p.is_file():
         raise BundleError(f"{p}: no such system bundle")
     try:
-        with zipfile.ZipFile(p) as z:
+        blob = p.read_bytes()
+    except OSError as e:
+        raise BundleError(f"{p}: cannot read ({e.strerror or e})") from None
+    n = len(SEAL_PREFIX) + 64
+    if len(blob) < n or not blob[-n:].startswith(SEAL_PREFIX):
+        raise BundleError(f"{p}: not a readable system bundle (no faceveil seal: another file, or a truncated one)")
+    if hashlib.sha256(blob[:-n]).hexdigest().encode() != blob[-64:]:
+        raise BundleError(f"{p}: checksum mismatch (the file was modified or corrupted)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
             names = set(z.namelist())
             if "manifest.json" not in names or "manifest.sha256" not in names:
                 raise BundleError(f"{p}: not a faceveil system bundle (no manifest)")
