@@ -10,7 +10,7 @@ from pathlib import Path
 
 from faceveil.service.app import ServiceSettings, create_app
 from faceveil.service.security import new_key
-from faceveil.service.storage.base import Repository, open_repository
+from faceveil.service.storage import Repository, open_repository
 from faceveil.system import ProtectedSystem, load_system
 from faceveil.system.core import defense_digest
 

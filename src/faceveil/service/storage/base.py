@@ -162,19 +162,3 @@ class Repository(ABC):
     def dump_columns(self) -> dict[str, list[tuple[str, list]]]:
         """Every table's columns with all their stored values (``{table: [(column, values)]}``): what a
         test scans to prove no photo, raw embedding or key is stored."""
-
-
-def open_repository(url: str | None) -> Repository:
-    """A repository from a URL: ``sqlite:///path/to.db`` (or a plain path; default ``faceveil.db``),
-    ``postgresql://user@host:port/db``."""
-    url = url or "sqlite:///faceveil.db"
-    if url.startswith(("postgresql://", "postgres://")):
-        from faceveil.service.storage.postgres import PostgresRepository
-
-        return PostgresRepository(url)
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
-    if "://" in path:
-        raise StorageError(f"unsupported database URL {url!r} (use sqlite:///FILE or postgresql://...)")
-    from faceveil.service.storage.sqlite import SqliteRepository
-
-    return SqliteRepository(path)
