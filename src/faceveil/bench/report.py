@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from faceveil.bench.paper import paper_value
+from faceveil.bench.verdicts import verdict_table
 from faceveil.storage import save_figure_atomic, write_atomically, write_text_atomic
 
 BASELINES = ("mean face", "random person")
@@ -92,6 +93,15 @@ def mark_ridge_floor(rows: list[dict]) -> None:
 def below_floor(rows: list[dict]) -> list[dict]:
     """The reconstruction rows of learned attacks that do not beat the ridge floor (:func:`mark_ridge_floor`)."""
     return [r for r in rows if r.get("below_ridge_floor")]
+
+
+def best_utility(urows: list[dict]) -> dict[str, float]:
+    """The best LFW accuracy over the servers measured for each setting."""
+    best: dict[str, float] = {}
+    for r in urows:
+        if "acc" in r:
+            best[r["setting"]] = max(best.get(r["setting"], 0.0), r["acc"])
+    return best
 
 
 def utility_table(rows: list[dict]) -> str:
@@ -267,6 +277,10 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
           *([f"**Interrupted** after {len(results['cells'])} of {results['planned_cells']} cells: the tables hold the "
              "cells that finished; re-running the same command continues from the caches.", ""]
             if results.get("interrupted") else []),
+          *(["## Verdicts: each defense at its weakest point", "",
+             "The worst case over every attack run on the setting (the protection is as strong as the strongest attack "
+             "against it), beside the random-person baseline.", "", verdict_table(prows, best_utility(urows)), ""]
+            if any(r.get("who") == "reconstruction" for r in prows) else []),
           "## Utility (LFW 10-fold verification through the full protected path)", "",
           "Frozen = the deployed dlib ResNet as is; adapted = a student distilled on protected inputs "
           "(see README: a CPU stand-in for the papers' retrained servers).", "", utility_table(urows), "",
