@@ -315,6 +315,8 @@ def bench_cmd(
         help="Also run the paper experiments of the defenses named in --defenses.")] = True,
     jobs: Annotated[int, typer.Option(
         help="Worker processes (one defense each, longest first; OMP threads = cores / jobs); logs in OUT/parts/.")] = 1,
+    setting: Annotated[list[str] | None, typer.Option(
+        help="Only this setting of the named defenses, as labelled in the report, e.g. 'none (embedding)' (repeatable).")] = None,
 ) -> None:
     """Defenses x attacks on LFW: utility and privacy tables, grids, scatter plot, report.md/html."""
     from faceveil.bench.runner import BENCH_PROFILES, run_bench
@@ -323,7 +325,7 @@ def bench_cmd(
     try:
         r = run_bench(RunContext(profile, seed, data_dir, force=force, out_dir=out),
                       defenses.split(",") if defenses else None, attacks.split(",") if attacks else None,
-                      experiments=experiments, jobs=jobs)
+                      experiments=experiments, jobs=jobs, settings=setting or None)
     except (FaceveilError, ValueError) as e:
         _fail(e)
     typer.echo((out / "report.md").read_text())

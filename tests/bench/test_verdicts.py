@@ -68,3 +68,16 @@ def test_report_opens_with_the_verdict_table(tmp_path):
     assert "| 91.0 |" in table and "nbnet (channel; of dn, nbnet, ridge)" in table and "**broken**" in table
     assert "90.0 / 62.0" in table
     assert "Verdict rule" in md and "| pmt | — | (no judged attack; 1 failed)" in md
+
+
+def test_bench_runs_only_the_named_settings():
+    from faceveil.bench.runner import plan_cells, run_bench
+    from faceveil.context import RunContext
+
+    plan = plan_cells(["none"], ("ridge", "dn"), settings=["none (embedding)"])
+    assert {st.label for _, st, *_ in plan} == {"none (embedding)"}
+    assert [(k, a) for k, _, a, *_ in plan] == [("utility", None), ("privacy", "ridge"), ("privacy", "dn")]
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown setting"):
+        run_bench(RunContext("ci"), ["none"], ["dn"], settings=["none (typo)"])
