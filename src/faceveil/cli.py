@@ -336,6 +336,29 @@ def bench_cmd(
     raise typer.Exit(min(r["failed"], 100))
 
 
+report_app = typer.Typer(no_args_is_help=True, help="Reports generated from committed results.")
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("readme")
+def report_readme(
+    readme: Annotated[Path, typer.Option(help="The README to update.")] = Path("README.md"),
+    results: Annotated[Path, typer.Option(help="Folder of committed result files.")] = Path("results"),
+    check: Annotated[bool, typer.Option(help="Only check: exit 1 when README differs from what the results generate.")] = False,
+) -> None:
+    """Regenerate README's measured tables (``<!-- results:NAME -->`` blocks) from ``results/``."""
+    from faceveil.bench.readme import update_readme
+
+    try:
+        changed = update_readme(readme, results, check=check)
+    except (FileNotFoundError, KeyError) as e:
+        _fail(e)
+    if check and changed:
+        typer.secho(f"{readme} differs from what {results}/ generates: run `faceveil report readme`", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{readme}: {'updated' if changed else 'up to date'}")
+
+
 system_app = typer.Typer(no_args_is_help=True, help="Build, save and inspect protected systems.")
 app.add_typer(system_app, name="system")
 SystemFile = Annotated[Path, typer.Option("--system", help="A saved system (faceveil system build).")]
