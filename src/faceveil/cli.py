@@ -257,7 +257,7 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
 @app.command("attack")
 def attack_cmd(
     defense: Annotated[str, typer.Option(help="Defense name (see `faceveil defenses list`).")] = "none",
-    attack: Annotated[str, typer.Option(help="Attack: dn, urec, resrec, transrec, cgan, whitebox.")] = "dn",
+    attack: Annotated[str, typer.Option(help="Attack: ridge, dn, urec, resrec, transrec, cgan, whitebox.")] = "dn",
     profile: Annotated[str, typer.Option(help="ci | quick | full")] = "quick",
     leakage: Annotated[str, typer.Option(help="channel | database")] = "channel",
     view: Annotated[str | None, typer.Option(help="Adaptive attacker view of the leaked data (defense-specific).")] = None,
@@ -284,6 +284,8 @@ def attack_cmd(
                    attack=(attack, ",".join(attack_names())))
     if identity_weight < 0 or identity_weight != identity_weight:
         _fail(ValueError(f"--identity-weight must be >= 0, got {identity_weight!r}"))
+    if identity_weight and "identity_weight" not in attack_class(attack).params():
+        _fail(ValueError(f"--identity-weight: attack {attack} has no identity loss (it is not trained by gradient)"))
     try:
         d = make_defense(defense, parse_params(param), data_dir)
         if view is not None and view not in d.ATTACKER_VIEWS:
@@ -304,7 +306,7 @@ def attack_cmd(
 def bench_cmd(
     profile: Annotated[str, typer.Option(help="ci (<= 5 min) | quick (<= 15 min) | full")] = "quick",
     defenses: Annotated[str | None, typer.Option(help="Comma-separated defenses (default: all registered).")] = None,
-    attacks: Annotated[str | None, typer.Option(help="Comma-separated attacks (default: dn,cgan,whitebox).")] = None,
+    attacks: Annotated[str | None, typer.Option(help="Comma-separated attacks (default: ridge,dn,cgan,whitebox).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/bench"),
     data_dir: DataDir = None,
     seed: int = 0,
@@ -313,6 +315,8 @@ def bench_cmd(
         help="Also run the paper experiments of the defenses named in --defenses.")] = True,
     jobs: Annotated[int, typer.Option(
         help="Worker processes (one defense each, longest first; OMP threads = cores / jobs); logs in OUT/parts/.")] = 1,
+    setting: Annotated[list[str] | None, typer.Option(
+        help="Only this setting of the named defenses, as labelled in the report, e.g. 'none (embedding)' (repeatable).")] = None,
 ) -> None:
     """Defenses x attacks on LFW: utility and privacy tables, grids, scatter plot, report.md/html."""
     from faceveil.bench.runner import BENCH_PROFILES, run_bench
@@ -321,7 +325,7 @@ def bench_cmd(
     try:
         r = run_bench(RunContext(profile, seed, data_dir, force=force, out_dir=out),
                       defenses.split(",") if defenses else None, attacks.split(",") if attacks else None,
-                      experiments=experiments, jobs=jobs)
+                      experiments=experiments, jobs=jobs, settings=setting or None)
     except (FaceveilError, ValueError) as e:
         _fail(e)
     typer.echo((out / "report.md").read_text())
@@ -330,6 +334,29 @@ def bench_cmd(
         typer.echo(f"interrupted after {len(r['cells'])} of {r['planned_cells']} cells", err=True)
         raise typer.Exit(130)
     raise typer.Exit(min(r["failed"], 100))
+
+
+report_app = typer.Typer(no_args_is_help=True, help="Reports generated from committed results.")
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("readme")
+def report_readme(
+    readme: Annotated[Path, typer.Option(help="The README to update.")] = Path("README.md"),
+    results: Annotated[Path, typer.Option(help="Folder of committed result files.")] = Path("results"),
+    check: Annotated[bool, typer.Option(help="Only check: exit 1 when README differs from what the results generate.")] = False,
+) -> None:
+    """Regenerate README's measured tables (``<!-- results:NAME -->`` blocks) from ``results/``."""
+    from faceveil.bench.readme import update_readme
+
+    try:
+        changed = update_readme(readme, results, check=check)
+    except (FileNotFoundError, KeyError) as e:
+        _fail(e)
+    if check and changed:
+        typer.secho(f"{readme} differs from what {results}/ generates: run `faceveil report readme`", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{readme}: {'updated' if changed else 'up to date'}")
 
 
 system_app = typer.Typer(no_args_is_help=True, help="Build, save and inspect protected systems.")

@@ -87,11 +87,14 @@ def _versions() -> dict:
 PlanItem = tuple[str, Setting, str | None, str | None, str | None]
 
 
-def plan_cells(names: list[str], attack_names: tuple[str, ...], data=None) -> list[PlanItem]:
-    """The bench's cells in run order."""
+def plan_cells(names: list[str], attack_names: tuple[str, ...], data=None,
+               settings: list[str] | None = None) -> list[PlanItem]:
+    """The bench's cells in run order (only the settings named in ``settings``, when given)."""
     plan: list[PlanItem] = []
     for n in names:
         for st in settings_for(n):
+            if settings is not None and st.label not in settings:
+                continue
             d = st.build(data)
             plan.append(("utility", st, None, None, None))
             for a in (attack_names if st.attacks is None else st.attacks):
@@ -111,12 +114,13 @@ def plan_cells(names: list[str], attack_names: tuple[str, ...], data=None) -> li
 
 
 def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, attacks: list[str] | None = None,
-              experiments: bool = True, jobs: int = 1) -> dict:
+              experiments: bool = True, jobs: int = 1, settings: list[str] | None = None) -> dict:
     """Run every (setting, utility/attack) cell, then (``experiments``) the paper experiments of the
     defenses named in ``defenses``; write results.json/csv, images.pt, report.md/html into ``ctx.out_dir``
     (default ``results/bench``); ``ctx.profile`` is a bench profile (ci | quick | full).
 
-    ``jobs > 1`` runs the defenses in that many worker processes (one defense per process, longest
+    ``settings``: only these settings of the named defenses (names as in the report, e.g.
+    ``none (embedding)``). ``jobs > 1`` runs the defenses in that many worker processes (one defense per process, longest
     first, ``OMP_NUM_THREADS`` = cores // jobs) and merges their results into one report."""
     EXPERIMENTS.load()  # experiment modules register settings too
 
@@ -133,14 +137,18 @@ def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, 
     for n in names:
         DEFENSES.get(n)  # clear error for unknown names
     attack_names = tuple(attacks or DEFAULT_ATTACKS)
+    if settings is not None:
+        known = {st.label for n in names for st in settings_for(n)}
+        if unknown := [s for s in settings if s not in known]:
+            raise ValueError(f"unknown setting(s) {unknown} of {', '.join(names)}; known: {sorted(known)}")
     out_dir = Path(ctx.out_dir)
     ensure_dir(out_dir)
-    if jobs > 1 and len(names) > 1:
+    if jobs > 1 and len(names) > 1 and settings is None:
         return _run_parallel(ctx, names, attack_names, experiments and defenses is not None, jobs)
     lfw = LFW(data)
     t_start = time.perf_counter()
 
-    plan = plan_cells(names, attack_names, data)
+    plan = plan_cells(names, attack_names, data, settings)
     cells: list[Cell] = []
     images: dict = {}
     bar = tqdm(plan, desc=f"bench ({profile})", disable=not progress, unit="cell")

@@ -1,0 +1,125 @@
+"""README tables generated from committed result files (``results/``), never pasted.
+
+README.md marks each generated block::
+
+    <!-- results:NAME -->
+    ...generated markdown...
+    <!-- /results:NAME -->
+
+and :data:`BLOCKS` maps ``NAME`` to a renderer that reads ``results/<folder>/results.json``.
+``faceveil report readme`` rewrites the blocks; ``--check`` (and ``tests/bench/test_readme.py``) fails when
+README differs from what the committed results generate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from faceveil.bench.report import BASELINES, FLOOR_ATTACK, privacy_rows
+from faceveil.bench.verdicts import verdict_table
+from faceveil.storage import write_text_atomic
+
+BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _load(results_dir: Path, folder: str) -> dict:
+    path = results_dir / folder / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: README's block {folder!r} is generated from it "
+                                f"(see the command in {results_dir / folder / 'COMMAND'})")
+    return json.loads(path.read_text())
+
+
+def _command(results_dir: Path, folder: str) -> str:
+    p = results_dir / folder / "COMMAND"
+    return p.read_text().strip() if p.is_file() else ""
+
+
+def inversion_table(results: dict, setting: str = "none (embedding)") -> str:
+    """Every attack on one setting (default: unprotected 128-D dlib templates), both SAR types at FMR 1e-3 and
+    1e-4, the judge's SAR and COS, SRRA, closer-to-own, the ridge floor, training time and run time per face;
+    the baselines below."""
+    rows = [r for r in privacy_rows(results) if r["setting"] == setting]
+    head = ("| attack | SAR I / II @1e-3 % | SAR I / II @1e-4 % | judge SAR I / II @1e-3 % | judge COS | "
+            "SRRA same / pair % | closer-to-own % | SSIM | vs ridge floor | train s | ms/face |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    cells = {c["result"].get("attack", {}).get("name"): c for c in results["cells"]
+             if c["kind"] == "privacy" and c["setting"] == setting and c["status"] == "ok"}
+    for r in rows:
+        if r["status"] != "ok":
+            out.append(f"| {r['attack']} | FAILED: {str(r['error'])[:100]} |" + " |" * (head.count("|") - 3))
+            continue
+        if r["who"] in BASELINES:
+            continue
+        res = cells.get(r["attack"], {}).get("result", {})
+        log = res.get("train_log") or {}
+        floor = "floor" if r["attack"] == FLOOR_ATTACK else ("below: " + r["below_ridge_floor"]) \
+            if r.get("below_ridge_floor") else "above" if r.get("below_ridge_floor") == "" else "—"
+        train = f"{log['seconds']:.0f}" if log.get("seconds") is not None else "—"
+        ms = res.get("attack_ms_per_face")
+        out.append(f"| {r['attack']} | {_pct(r.get('SAR_I@1e-3'))} / {_pct(r.get('SAR_II@1e-3'))} | "
+                   f"{_pct(r.get('SAR_I@1e-4'))} / {_pct(r.get('SAR_II@1e-4'))} | "
+                   f"{_pct(r.get('judge_SAR_I@1e-3'))} / {_pct(r.get('judge_SAR_II@1e-3'))} | {r['COS']:.3f} | "
+                   f"{_pct(r['SRRA_same_image'])} / {_pct(r['SRRA_pair'])} | {_pct(r.get('closer_to_own'))} | "
+                   f"{r['SSIM']:.3f} | {floor} | {train} | {'—' if ms is None else f'{ms:.1f}'} |")
+    seen = set()
+    for r in rows:
+        if r["status"] == "ok" and r["who"] in BASELINES and r["who"] not in seen:
+            seen.add(r["who"])
+            out.append(f"| *{r['who']}* | {_pct(r.get('SAR_I@1e-3'))} / {_pct(r.get('SAR_II@1e-3'))} | "
+                       f"{_pct(r.get('SAR_I@1e-4'))} / {_pct(r.get('SAR_II@1e-4'))} | "
+                       f"{_pct(r.get('judge_SAR_I@1e-3'))} / {_pct(r.get('judge_SAR_II@1e-3'))} | {r['COS']:.3f} | "
+                       f"{_pct(r['SRRA_same_image'])} / {_pct(r['SRRA_pair'])} | {_pct(r.get('closer_to_own'))} | "
+                       f"{r['SSIM']:.3f} | | | |")
+    n = next((r["n"] for r in rows if r.get("n")), None)
+    return "\n".join(out) + f"\n\n{results['profile']} profile, {n} LFW same-pairs, seed {results['seed']}."
+
+
+def _inversion_block(results_dir: Path) -> str:
+    folder = "template-inversion"
+    r = _load(results_dir, folder)
+    cmd = _command(results_dir, folder)
+    return inversion_table(r) + (f" Command: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/`."
+
+
+def _verdicts_block(folder: str) -> Callable[[Path], str]:
+    def render(results_dir: Path) -> str:
+        r = _load(results_dir, folder)
+        cmd = _command(results_dir, folder)
+        return (verdict_table(privacy_rows(r)) + f"\n\n{r['profile']} profile, seed {r['seed']}; attacks: "
+                f"{', '.join(r.get('attacks', []))}." + (f" Command: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/`.")
+    return render
+
+
+#: README block name -> renderer(results_dir) -> markdown
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "template-inversion": _inversion_block,
+    "verdicts": _verdicts_block("bench"),
+}
+
+
+def render_readme(text: str, results_dir: Path) -> str:
+    """``text`` with every known results block regenerated (unknown names raise ``KeyError``)."""
+    def sub(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in BLOCKS:
+            raise KeyError(f"README block results:{name} has no renderer; known: {', '.join(BLOCKS)}")
+        return f"{m.group(1)}{BLOCKS[name](results_dir).rstrip()}\n{m.group(4)}"
+    return BLOCK.sub(sub, text)
+
+
+def update_readme(readme: Path, results_dir: Path, check: bool = False) -> bool:
+    """Regenerate ``readme``'s results blocks; with ``check`` only compare. Returns whether it was (or would
+    be) changed."""
+    old = readme.read_text()
+    new = render_readme(old, results_dir)
+    if new != old and not check:
+        write_text_atomic(readme, new)
+    return new != old

@@ -1,0 +1,115 @@
+"""Per-defense verdicts: the worst case over every attack the benchmark ran on a setting (its weakest
+point), the attack that achieved it, and a verdict word from a stated rule.
+
+A protection is only as strong as the strongest attack against it, so the verdict of a defense setting is
+judged on the reconstruction, over all attacks and leakages run for it, that re-identifies the most people
+from *another* image of them: type-II SAR at the deployed recogniser's FMR 1e-3 threshold (the figure of
+merit of the template-inversion literature; ties broken by type-I SAR, then pair SRRA, then the independent
+judge's type-II SAR). Results judged before SAR existed fall back to pair SRRA.
+
+Rule (:func:`verdict`), with ``n`` the number of judged LFW pairs and ``floor = max(2 x random person, 2 / n)``
+(two successes in ``n`` are within the noise of a random-person baseline that scores 0 or 1):
+
+- **holds**: the worst case's type-II success is within ``floor`` for the deployed recogniser *and* for the
+  independent judge;
+- **broken**: it re-identifies at least half of the people from another image (type-II success >= 50 %);
+- **leaks**: anything in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+#: the worst case is the reconstruction with the largest value of the first of these present (ties: the next)
+RISK_KEYS = ("SAR_II@1e-3", "SAR_I@1e-3", "SRRA_pair", "judge_SAR_II@1e-3")
+#: type-II success at or above this fraction: "broken"
+BROKEN_AT = 0.5
+VERDICT_RULE = (
+    "Verdict rule: the worst case is the attack whose reconstructions are most often accepted as the person "
+    "against **another** image of them (type-II SAR at the deployed recogniser's FMR 1e-3 threshold; pair SRRA for "
+    "results judged before SAR). **holds**: within max(2x the random-person baseline, 2/n) for the deployed "
+    "recogniser and for the independent judge; **broken**: >= 50 %; **leaks**: in between."
+)
+
+
+def _risk(r: dict) -> tuple[float, ...]:
+    return tuple(float(r.get(k) if r.get(k) is not None else -1.0) for k in RISK_KEYS)
+
+
+def type_two(r: dict, prefix: str = "") -> float | None:
+    """Type-II success of a row: SAR at FMR 1e-3 (``prefix`` "judge_" for the judge's), else pair SRRA
+    (deployed only)."""
+    v = r.get(f"{prefix}SAR_II@1e-3")
+    if v is None and not prefix:
+        v = r.get("SRRA_pair")
+    return None if v is None else float(v)
+
+
+def verdict(worst: dict, random_person: dict | None, n: int) -> str:
+    """``holds`` / ``leaks`` / ``broken`` for a worst-case reconstruction row (module docstring's rule)."""
+    dep = type_two(worst)
+    if dep is None:
+        return "unjudged"
+    if dep >= BROKEN_AT:
+        return "broken"
+    rp = random_person or {}
+    ok = dep <= max(2 * (type_two(rp) or 0.0), 2 / max(n, 1))
+    judge = type_two(worst, "judge_")
+    if judge is not None:
+        ok = ok and judge <= max(2 * (type_two(rp, "judge_") or 0.0), 2 / max(n, 1))
+    return "holds" if ok else "leaks"
+
+
+def worst_cases(prows: Iterable[dict]) -> list[dict]:
+    """One row per defense setting that has judged privacy cells (in first-seen order): the worst-case
+    reconstruction row (``worst``), the setting's random-person and mean-face rows, the attacks and cells
+    considered, failed cells, and the :func:`verdict`."""
+    groups: dict[str, dict] = {}
+    for r in prows:
+        g = groups.setdefault(r["setting"], {"setting": r["setting"], "defense": r["defense"], "rows": [],
+                                             "baselines": {}, "failed": 0})
+        if r["status"] != "ok":
+            g["failed"] += 1
+        elif r.get("who") == "reconstruction":
+            g["rows"].append(r)
+        elif r.get("who") in ("random person", "mean face"):
+            g["baselines"].setdefault(r["who"], r)
+    out = []
+    for g in groups.values():
+        if not g["rows"]:
+            out.append({**g, "worst": None, "verdict": "unjudged", "attacks": []})
+            continue
+        worst = max(g["rows"], key=_risk)
+        rp = g["baselines"].get("random person")
+        out.append({**g, "worst": worst, "attacks": sorted({r["attack"] for r in g["rows"]}),
+                    "verdict": verdict(worst, rp, int(worst.get("n") or 0))})
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def verdict_table(prows: list[dict], best_utility: dict[str, float] | None = None) -> str:
+    """Markdown: a row per defense setting with its best utility, the worst case over the attack suite (attack,
+    leakage, SAR type I / II, pair SRRA, judge COS and type-II SAR) beside the random-person baseline, and the
+    verdict; :data:`VERDICT_RULE` below it."""
+    best_utility = best_utility or {}
+    head = ("| defense setting | LFW acc % (best server) | worst-case attack (of those run) | SAR I / II @1e-3 % | "
+            "pair SRRA % | judge COS | judge SAR II @1e-3 % | random person: SAR II / judge SAR II % | verdict |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for w in worst_cases(prows):
+        acc = best_utility.get(w["setting"])
+        acc_s = "—" if acc is None else f"{100 * acc:.1f}"
+        r = w["worst"]
+        if r is None:
+            out.append(f"| {w['setting']} | {acc_s} | (no judged attack; {w['failed']} failed) | | | | | | unjudged |")
+            continue
+        rp = w["baselines"].get("random person") or {}
+        failed = f"; {w['failed']} failed" if w["failed"] else ""
+        out.append(
+            f"| {w['setting']} | {acc_s} | {r['attack']} ({r['leakage']}; of {', '.join(w['attacks'])}{failed}) | "
+            f"{_pct(r.get('SAR_I@1e-3'))} / {_pct(r.get('SAR_II@1e-3'))} | {_pct(r.get('SRRA_pair'))} | "
+            f"{r['COS']:.3f} | {_pct(r.get('judge_SAR_II@1e-3'))} | "
+            f"{_pct(rp.get('SAR_II@1e-3'))} / {_pct(rp.get('judge_SAR_II@1e-3'))} | **{w['verdict']}** |")
+    return "\n".join(out + ["", VERDICT_RULE])

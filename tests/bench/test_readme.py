@@ -1,0 +1,55 @@
+"""README's measured tables are generated from the committed results (``faceveil report readme``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from faceveil.bench.readme import render_readme, update_readme
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_readme_matches_the_committed_results():
+    """Fails when a README table was edited by hand or a result file changed without regenerating README."""
+    text = (ROOT / "README.md").read_text()
+    assert "<!-- results:template-inversion -->" in text
+    assert render_readme(text, ROOT / "results") == text, "run `faceveil report readme`"
+
+
+def _results(tmp_path: Path) -> Path:
+    from tests.bench.test_verdicts import results
+
+    r = results()
+    for c in r["cells"]:
+        if c["kind"] == "privacy" and c["status"] == "ok":
+            c["setting"] = "none (embedding)"
+            c["result"]["attack_ms_per_face"] = 1.5
+    (tmp_path / "template-inversion").mkdir()
+    (tmp_path / "template-inversion" / "results.json").write_text(json.dumps(r))
+    (tmp_path / "template-inversion" / "COMMAND").write_text("faceveil bench --defenses none\n")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.json").write_text(json.dumps(results()))
+    return tmp_path
+
+
+def test_blocks_are_regenerated_and_checked(tmp_path):
+    res = _results(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:template-inversion -->\nSTALE-TEXT\n<!-- /results:template-inversion -->\n"
+                      "text\n<!-- results:verdicts -->\n<!-- /results:verdicts -->\n")
+    assert update_readme(readme, res, check=True) and "STALE-TEXT" in readme.read_text()  # check does not write
+    assert update_readme(readme, res)
+    text = readme.read_text()
+    assert "STALE-TEXT" not in text and "| nbnet | 90.0 / 62.0 |" in text and "*random person*" in text
+    assert "Command: `faceveil bench --defenses none`" in text and "**broken**" in text
+    assert not update_readme(readme, res, check=True)  # idempotent
+
+
+def test_missing_results_or_unknown_block_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results.json is missing"):
+        render_readme("<!-- results:verdicts -->\n<!-- /results:verdicts -->", tmp_path)
+    with pytest.raises(KeyError, match="no renderer"):
+        render_readme("<!-- results:nope -->\n<!-- /results:nope -->", tmp_path)

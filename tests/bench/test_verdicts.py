@@ -1,0 +1,83 @@
+"""Per-defense verdicts: the worst case over the attack suite and the stated rule (constructed results)."""
+
+from __future__ import annotations
+
+from faceveil.bench.report import privacy_rows, write_report
+from faceveil.bench.verdicts import verdict, worst_cases
+
+
+def metrics(sar1: float, sar2: float, jsar2: float = 0.0, srra: float = 0.1, cos: float = 0.1) -> dict:
+    return {"MSE": 0.05, "PSNR": 13.0, "SSIM": 0.3, "COS": cos, "SRRA_same_image": srra, "SRRA_pair": srra,
+            "closer_to_own": 0.6, "SAR_I@1e-3": sar1, "SAR_II@1e-3": sar2, "SAR_I@1e-4": sar1 / 2,
+            "SAR_II@1e-4": sar2 / 2, "judge_SAR_I@1e-3": jsar2, "judge_SAR_II@1e-3": jsar2}
+
+
+def cell(setting: str, attack: str, rec: dict, leakage: str = "channel", status: str = "ok") -> dict:
+    if status != "ok":
+        return {"kind": "privacy", "setting": setting, "defense": setting, "status": status, "error": "boom",
+                "result": {"attack": {"name": attack}, "threat": {"leakage": leakage}}}
+    return {"kind": "privacy", "setting": setting, "defense": setting, "status": "ok", "error": None,
+            "result": {"attack": {"name": attack}, "threat": {"leakage": leakage}, "eval": {"n": 100},
+                       "judge": {"cos": "faceres-bgr"}, "train_log": {"steps": 10},
+                       "metrics": {"reconstruction": rec, "mean face": metrics(0, 0, 0, 0, 0),
+                                   "random person": metrics(0.01, 0.0, 0.01, 0.0, 0.0)}}}
+
+
+def results() -> dict:
+    return {"profile": "quick", "seed": 0, "wall_seconds": 60.0, "failed": 1, "versions": {}, "cells": [
+        {"kind": "utility", "setting": "blur", "defense": "blur", "status": "ok", "error": None,
+         "result": {"servers": {s: {"acc_mean": a, "acc_std": 0.01, "tpr_at_fpr_1e2": 0.5, "tpr_at_fpr_1e3": 0.2,
+                                    "storage_bytes": 1024, "client_ms": 1.0, "server_ms": 2.0, "n_pairs": 100,
+                                    "metric": "euclidean"} for s, a in (("frozen", 0.80), ("adapted", 0.91))}}},
+        cell("blur", "ridge", metrics(0.10, 0.05)),
+        cell("blur", "nbnet", metrics(0.90, 0.62, 0.3)),  # the weakest point: broken
+        cell("blur", "dn", metrics(0.95, 0.40), leakage="database"),  # more type-I, less type-II
+        cell("laplace", "dn", metrics(0.02, 0.01, 0.0)),  # within 2/n of the baseline: holds
+        cell("laplace", "cgan", metrics(0.03, 0.02, 0.01)),
+        cell("mask", "dn", metrics(0.4, 0.2, 0.05)),  # leaks
+        cell("mask", "cgan", {}, status="failed"),
+        cell("pmt", "dn", {}, status="failed"),
+    ]}
+
+
+def test_worst_case_is_the_most_type_two_success_over_attacks_and_leakages():
+    w = {x["setting"]: x for x in worst_cases(privacy_rows(results()))}
+    assert w["blur"]["worst"]["attack"] == "nbnet" and w["blur"]["verdict"] == "broken"
+    assert w["blur"]["attacks"] == ["dn", "nbnet", "ridge"]
+    assert w["laplace"]["worst"]["attack"] == "cgan" and w["laplace"]["verdict"] == "holds"
+    assert w["mask"]["verdict"] == "leaks" and w["mask"]["failed"] == 1
+    assert w["pmt"]["worst"] is None and w["pmt"]["verdict"] == "unjudged"
+
+
+def test_rule():
+    rp = metrics(0.0, 0.01, 0.0)
+    assert verdict(metrics(0, 0.02, 0.02), rp, 100) == "holds"  # 2 in 100: noise
+    assert verdict(metrics(0, 0.03, 0.0), rp, 100) == "leaks"  # above 2x random person and 2/n
+    assert verdict(metrics(0, 0.0, 0.05), rp, 100) == "leaks"  # the independent judge recognises them
+    assert verdict(metrics(0, 0.5, 0.0), rp, 100) == "broken"
+    old = {k: v for k, v in metrics(0, 0.6, srra=0.3).items() if "SAR" not in k}  # judged before SAR: pair SRRA
+    assert verdict(old, {"SRRA_pair": 0.0}, 100) == "leaks"
+    assert verdict({"COS": 0.0}, None, 100) == "unjudged"
+
+
+def test_report_opens_with_the_verdict_table(tmp_path):
+    md = write_report(results(), {}, tmp_path).read_text()
+    first = md.index("## ")
+    assert md[first:].startswith("## Verdicts")
+    table = [line for line in md.splitlines() if line.startswith("| blur |")][0]
+    assert "| 91.0 |" in table and "nbnet (channel; of dn, nbnet, ridge)" in table and "**broken**" in table
+    assert "90.0 / 62.0" in table
+    assert "Verdict rule" in md and "| pmt | — | (no judged attack; 1 failed)" in md
+
+
+def test_bench_runs_only_the_named_settings():
+    from faceveil.bench.runner import plan_cells, run_bench
+    from faceveil.context import RunContext
+
+    plan = plan_cells(["none"], ("ridge", "dn"), settings=["none (embedding)"])
+    assert {st.label for _, st, *_ in plan} == {"none (embedding)"}
+    assert [(k, a) for k, _, a, *_ in plan] == [("utility", None), ("privacy", "ridge"), ("privacy", "dn")]
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown setting"):
+        run_bench(RunContext("ci"), ["none"], ["dn"], settings=["none (typo)"])
