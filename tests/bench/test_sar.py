@@ -12,7 +12,6 @@ from faceveil.bench.lfw import (
     fmr_thresholds,
     impostor_distances,
     impostor_pairs,
-    threshold_at_fmr,
 )
 
 
@@ -30,15 +29,6 @@ def test_impostor_pairs_are_distinct_impostors_and_seeded():
     assert not np.array_equal(i, impostor_pairs(labels, 5000, seed=4)[0])
     with pytest.raises(ValueError, match="at most half"):
         impostor_pairs(labels, 10_000, seed=0)  # 19,500 impostor pairs exist
-
-
-def test_threshold_at_fmr_known_answer():
-    d = np.random.default_rng(0).permutation(np.arange(1, 10_001) / 10_000)  # 0.0001 ... 1.0
-    t = threshold_at_fmr(d, 1e-3)
-    assert 0.0010 < t < 0.0011 and (d <= t).sum() == 10
-    assert (d <= threshold_at_fmr(d, 1e-4)).sum() == 1
-    with pytest.raises(ValueError, match="not measurable"):
-        threshold_at_fmr(d[:999], 1e-3)
 
 
 #: LFW images of the default run's fit (the benchmark's full profile fits on all 13,233: slow test below)

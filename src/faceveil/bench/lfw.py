@@ -17,6 +17,7 @@ from faceveil.config import cache_dir, config_hash, load_or_compute
 from faceveil.data.align import ALIGN_VERSION, STATUS_CNN, STATUS_FALLBACK
 from faceveil.data.crop import CropSpec
 from faceveil.data.datasets import LFW, PairSet
+from faceveil.metrics.protection import threshold_at_fmr
 from faceveil.metrics.verification import best_threshold, kfold_accuracy, tpr_at_fpr
 from faceveil.models.base import OperatingPoint, Recognizer, pairwise_distance
 from faceveil.models.embed import dataset_embeddings, model_fingerprint
@@ -145,18 +146,6 @@ def impostor_distances(emb: torch.Tensor, i: np.ndarray, j: np.ndarray, metric: 
     return torch.cat(out).double().numpy()
 
 
-def threshold_at_fmr(impostor: np.ndarray, fmr: float) -> float:
-    """The decision threshold (accept distance <= t) at which at most a fraction ``fmr`` of the
-    ``impostor`` distances is accepted: half-way between the k-th and (k+1)-th smallest, k = floor(fmr n)."""
-    d = np.sort(np.asarray(impostor, dtype=np.float64))
-    if not 0 < fmr < 1 or len(d) < 2:
-        raise ValueError(f"FMR {fmr} from {len(d)} impostor distances")
-    k = int(np.floor(fmr * len(d) + 1e-9))
-    if k == 0:
-        raise ValueError(f"FMR {fmr:g} is not measurable with {len(d)} impostor comparisons (need >= {int(np.ceil(1 / fmr))})")
-    return float(0.5 * (d[k - 1] + d[k]))
-
-
 def fmr_thresholds(model: Recognizer, lfw: LFW | None = None, fmrs: tuple[float, ...] = SAR_FMRS,
                    n_impostor: int = SAR_IMPOSTORS, seed: int = 0, align: CropSpec | None = None,
                    progress: bool = False, images: int | None = None) -> dict:
@@ -182,7 +171,7 @@ def fmr_thresholds(model: Recognizer, lfw: LFW | None = None, fmrs: tuple[float,
     n_impostor = min(n_impostor, impostor_count(labels) // 2)
     align = None if align == model.crop else align
     key = config_hash(model_fingerprint(model), [float(f) for f in fmrs], n_impostor, seed, ds.files, ALIGN_VERSION,
-                      model.crop.key(), align.key() if align else None, "fmr-v1")
+                      model.crop.key(), align.key() if align else None, "fmr-v2")
     path = cache_dir("thresholds") / f"fmr-{model.name}-{key}.pt"
 
     def fit() -> dict:
