@@ -107,6 +107,36 @@ def main() -> None:
         inproc.append(1000 * (time.perf_counter() - t1))
     print(line("in-process embed_probe + compare", inproc))
 
+    # the same request through the ASGI app in this process (no socket, no second process): what the web
+    # layer itself adds (JSON, base64, payload checks, key lookup, storage read)
+    from fastapi.testclient import TestClient
+
+    from faceveil.service.app import ServiceSettings, create_app
+    from faceveil.service.security import new_key
+    from faceveil.service.storage import open_repository
+    from faceveil.service.storage.base import TemplateRecord
+
+    repo = open_repository(f"sqlite:///{work / 'asgi.db'}")
+    repo.migrate(digest, system.defense.recognizer.embedding_dim, system.metric)
+    repo.create_gallery("lfw")
+    t0p = server.template(Payload(system.defense.name, digest, payloads[:1]))
+    repo.enroll("lfw", [(probes[0], [TemplateRecord(t0p[0].numpy(), stored[0].numpy())])])
+    asgi = TestClient(create_app(system, repo, ServiceSettings(rate=0)))
+    ha = {"X-API-Key": new_key(repo, "bench", None, admin=True)}
+    via, bare_a = [], []
+    for i in range(100):
+        j = i % len(probes)
+        p = Payload(system.defense.name, digest, probe_t[j][None])
+        t1 = time.perf_counter()
+        bare_verify(p)
+        bare_a.append(1000 * (time.perf_counter() - t1))
+        t1 = time.perf_counter()
+        asgi.post(f"/v1/galleries/lfw/subjects/{probes[0]}/verify", json={"payload": b64(probe_t[j])}, headers=ha).raise_for_status()
+        via.append(1000 * (time.perf_counter() - t1))
+    print(line("ASGI app in process, verify", via))
+    print(f"ASGI app verify p50 ratio to in-process (interleaved): {pct(via, 50) / pct(bare_a, 50):.2f}x")
+    repo.close()
+
     for backend in args.backends.split(","):
         if backend == "sqlite":
             db = f"sqlite:///{work / 'load.db'}"
