@@ -133,6 +133,19 @@ def main() -> None:
         t1 = time.perf_counter()
         asgi.post(f"/v1/galleries/lfw/subjects/{probes[0]}/verify", json={"payload": b64(probe_t[j])}, headers=ha).raise_for_status()
         via.append(1000 * (time.perf_counter() - t1))
+    import json
+
+    def clock(f, n: int = 50) -> list[float]:
+        out = []
+        for _ in range(n):
+            t1 = time.perf_counter()
+            f()
+            out.append(1000 * (time.perf_counter() - t1))
+        return out
+
+    body = json.dumps({"payload": b64(probe_t[0])})
+    print(line("  storage read of a subject's templates", clock(lambda: repo.templates("lfw", probes[0]))))
+    print(line("  JSON + base64 + payload parse", clock(lambda: Payload.from_bytes(base64.b64decode(json.loads(body)["payload"])))))
     print(line("ASGI app in process, verify", via))
     print(f"ASGI app verify p50 ratio to in-process (interleaved): {pct(via, 50) / pct(bare_a, 50):.2f}x")
     repo.close()
