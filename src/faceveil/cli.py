@@ -359,6 +359,23 @@ def report_readme(
     typer.echo(f"{readme}: {'updated' if changed else 'up to date'}")
 
 
+@report_app.command("diff")
+def report_diff(
+    a: Annotated[Path, typer.Argument(help="A run's folder or results.json.")],
+    b: Annotated[Path, typer.Argument(help="The other run.")],
+    tol: Annotated[float, typer.Option(help="Absolute tolerance on every number (fractions, SSIM, ...).")] = 1e-3,
+) -> None:
+    """Per-cell differences between two benchmark runs beyond ``--tol``; exit 1 when they differ."""
+    from faceveil.bench.diff import diff_results, load_results
+
+    try:
+        d = diff_results(load_results(a), load_results(b), tol)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        _fail(e)
+    typer.echo(d.text(tol))
+    raise typer.Exit(0 if d.same else 1)
+
+
 system_app = typer.Typer(no_args_is_help=True, help="Build, save and inspect protected systems.")
 app.add_typer(system_app, name="system")
 SystemFile = Annotated[Path, typer.Option("--system", help="A saved system (faceveil system build).")]

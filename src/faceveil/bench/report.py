@@ -51,9 +51,10 @@ def privacy_rows(results: dict) -> list[dict]:
     for c in results["cells"]:
         if c["kind"] != "privacy":
             continue
-        r = c["result"]
+        r = c.get("result") or {}
         base = {"setting": c["setting"], "defense": c["defense"], "status": c["status"], "error": c["error"],
-                "attack": r.get("attack", {}).get("name"), "leakage": r.get("threat", {}).get("leakage")}
+                "attack": c.get("attack") or (r.get("attack") or {}).get("name"),
+                "leakage": c.get("leakage") or (r.get("threat") or {}).get("leakage")}
         if c["status"] != "ok":
             rows.append(base)
             continue

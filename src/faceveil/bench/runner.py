@@ -70,6 +70,9 @@ class Cell:
     error: str | None = None
     seconds: float = 0.0
     result: dict = field(default_factory=dict)
+    attack: str | None = None  # privacy cells: what ran (kept when the cell failed and has no result)
+    leakage: str | None = None
+    view: str | None = None
 
 
 def _capped(n: int | None, cap: int | None) -> int | None:
@@ -338,7 +341,8 @@ def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, ctx: RunContext
     for kind, st, a, leakage, view in bar:
         bar.set_postfix_str(f"{st.label} {kind} {a or ''} {leakage or ''} {view or ''}".strip())
         t0 = time.perf_counter()
-        cell = Cell(kind, st.label + (f" [adaptive: {view}]" if view else ""), st.defense)
+        cell = Cell(kind, st.label + (f" [adaptive: {view}]" if view else ""), st.defense, attack=a, leakage=leakage,
+                    view=view)
         try:
             d = st.build(data)
             if st.label not in sizes:
