@@ -127,10 +127,28 @@ def _forward(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(x, 4)
 
 
+_DEFENSES: dict[str, object] = {}
+
+
+def _defense_for(cls):
+    """A defense-specific attack's first defense, at its example parameters with a small public pool of
+    random 32-px images when it takes one (built once per defense)."""
+    name = cls.defenses[0]
+    if name not in _DEFENSES:
+        dcls = DEFENSES.get(name)
+        kw = dict(dcls.EXAMPLE)
+        if "pool" in inspect.signature(dcls.__init__).parameters:
+            kw["pool"] = torch.rand(8, 3, 32, 32, generator=gen(5))
+        _DEFENSES[name] = get_defense(name, **kw)
+    return _DEFENSES[name]
+
+
 def make_attack(name: str, seed: int = 0):
     cls = ATTACKS.get(name)
     if "forward_map" in cls.needs:
         return cls(forward=_forward, target_size=32, steps=5, seed=seed)
+    if "defense" in cls.needs:
+        return cls(defense=_defense_for(cls), target_size=32, seed=seed)
     return cls(target_size=32, seed=seed)
 
 
@@ -139,6 +157,9 @@ def test_attack_contract(name):
     cls = ATTACKS.get(name)
     assert cls.needs and set(cls.needs) <= set(NEEDS), f"{name} declares unknown needs {cls.needs}"
     assert cls.knowledge() in ("white-box", "black-box client")
+    assert all(d in defense_names() for d in cls.defenses), f"{name} is written for unknown defenses {cls.defenses}"
+    if "defense" in cls.needs:
+        assert cls.defenses, f"{name} reads a defense's public constants: name the defenses it is written for"
     a = make_attack(name)
     cfg = a.config()
     assert cfg["name"] == name and json.loads(json.dumps(cfg)) == cfg
@@ -157,7 +178,12 @@ def test_attack_contract(name):
         assert torch.equal(outs[0], outs[1]), "training is not deterministic under a seed"
         bad = torch.randn(4, 9, 16, 16)
     else:
-        protected = _forward(targets[:4])
+        if "defense" in cls.needs:  # what the defense the attack is written for sends
+            protected = a.defense.protect(targets[:4], gen(4))
+            with pytest.raises(ValueError, match="written for"):  # any other defense is refused
+                cls(defense=get_defense("none"), target_size=32)
+        else:
+            protected = _forward(targets[:4])
         outs = [make_attack(name).attack(protected) for _ in range(2)]
         assert torch.equal(outs[0], outs[1])
         bad = torch.randn(4, 3, 5, 5)

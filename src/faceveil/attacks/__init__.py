@@ -7,6 +7,7 @@ from faceveil.attacks.base import (
     PROFILES,
     Attack,
     Budget,
+    DefenseSpecificAttack,
     OptimizationAttack,
     PairSource,
     ReconstructionAttack,
@@ -21,5 +22,5 @@ def attack_names() -> list[str]:
     return ATTACKS.names()
 
 
-__all__ = ["ATTACKS", "PROFILES", "Attack", "Budget", "OptimizationAttack", "PairSource", "ReconstructionAttack",
-           "ThreatModel", "get_attack", "profile_budget", "register_attack", "attack_names"]
+__all__ = ["ATTACKS", "PROFILES", "Attack", "Budget", "DefenseSpecificAttack", "OptimizationAttack", "PairSource",
+           "ReconstructionAttack", "ThreatModel", "get_attack", "profile_budget", "register_attack", "attack_names"]

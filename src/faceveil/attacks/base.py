@@ -172,6 +172,9 @@ NEEDS = {
     "client_network": "the client's network as a white box (its layers are mirrored)",
     "forward_map": "the defense's differentiable forward map (white-box optimisation per target; no training)",
     "queries": "only queries to the deployed system (no gradients, no training pairs)",
+    "defense": "the defense's public parameters and public constants (Kerckhoffs: e.g. a mixing defense's public "
+               "face pool, seeded from public data), read from the defense object; never per-sample randomness or "
+               "secret keys, no training pairs",
 }
 
 
@@ -185,6 +188,8 @@ class Attack:
     needs: ClassVar[frozenset[str]] = frozenset({"pairs"})
     #: keyword arguments that are inputs, not configuration (kept out of config()/cache keys)
     NOT_CONFIG: ClassVar[tuple[str, ...]] = ()
+    #: the defenses (registered names) this attack is written for; empty: any defense
+    defenses: ClassVar[tuple[str, ...]] = ()
 
     def attack(self, protected: Tensor, batch_size: int = 64) -> Tensor:
         raise NotImplementedError
@@ -192,7 +197,12 @@ class Attack:
     @classmethod
     def knowledge(cls) -> str:
         """The threat model's knowledge level this attack implies."""
-        return "white-box" if "forward_map" in cls.needs else "black-box client"
+        return "white-box" if cls.needs & {"forward_map", "defense"} else "black-box client"
+
+    @classmethod
+    def applies_to(cls, defense_name: str) -> bool:
+        """Whether this attack can attack defense ``defense_name`` (:attr:`defenses`)."""
+        return not cls.defenses or defense_name in cls.defenses
 
     @classmethod
     def params(cls) -> list[str]:
@@ -483,6 +493,46 @@ class OptimizationAttack(Attack):
     """White-box inversion: optimise an image so a known differentiable map matches the data."""
 
     trainable = False
+
+
+class DefenseSpecificAttack(Attack):
+    """An attack written for the defenses named in :attr:`defenses`: it reads the defense's public parameters
+    and constants (``needs = {"defense"}``, e.g. the public pool of a mixing defense) and has nothing to train.
+    ``defense``: the defense object (the harness passes the attacked one); ``target_size``: side of the
+    returned images."""
+
+    trainable = False
+    needs = frozenset({"defense"})
+    NOT_CONFIG = ("defense",)
+
+    def __init__(self, *, defense=None, target_size: int = 112, seed: int = 0) -> None:
+        if target_size < 16:
+            raise ValueError(f"target_size must be >= 16, got {target_size}")
+        if defense is not None and not self.applies_to(getattr(defense, "name", "")):
+            raise ValueError(f"attack {self.name} is written for {', '.join(self.defenses)}; "
+                             f"got defense {getattr(defense, 'name', type(defense).__name__)!r}")
+        self.defense, self.target_size, self.seed = defense, target_size, seed
+
+    def require_defense(self):
+        if self.defense is None:
+            raise RuntimeError(f"{self.name}: give the attacked defense as defense=...")
+        return self.defense
+
+    def check_protected(self, protected: Tensor, value_range: tuple[float, float]) -> Tensor:
+        """``protected`` as float32 ``[B,3,S,S]`` (S >= 8), finite and within ``value_range`` (else a
+        :class:`FaceveilDataError` naming the problem)."""
+        what = f"{self.name}: protected data"
+        if not isinstance(protected, Tensor) or not torch.is_floating_point(protected):
+            raise FaceveilDataError(f"{what} must be a float tensor, got {getattr(protected, 'dtype', type(protected).__name__)}")
+        if protected.ndim != 4 or protected.shape[1] != 3 or protected.shape[2] != protected.shape[3] or protected.shape[2] < 8:
+            raise FaceveilDataError(f"{what} must be [B,3,S,S] with S >= 8 (the defense's output), got {list(protected.shape)}")
+        if not torch.isfinite(protected).all():
+            raise FaceveilDataError(f"{what} contains NaN or infinite values")
+        lo, hi = value_range
+        if len(protected) and (float(protected.min()) < lo - 1e-4 or float(protected.max()) > hi + 1e-4):
+            raise FaceveilDataError(f"{what} has values in [{float(protected.min()):.3g}, {float(protected.max()):.3g}], "
+                                    f"outside the defense's output range [{lo:g}, {hi:g}]")
+        return protected.float()
 
 
 def attack_cache_path(attack: Attack, *parts) -> Path:

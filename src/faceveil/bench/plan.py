@@ -92,8 +92,9 @@ SETTINGS: dict[str, list[Setting]] = {
 EXPERIMENTS: Registry[Callable] = Registry("experiment", "faceveil.bench.experiments")
 
 #: ``ridge`` (closed form, seconds) is the floor every learned attack must beat on every setting (the report
-#: flags those that do not)
-DEFAULT_ATTACKS = ("ridge", "dn", "cgan", "whitebox")
+#: flags those that do not); the defense-specific attacks (``Attack.defenses``: ``instahide-unmix``,
+#: ``facemix-dominant``) run only on the defenses they are written for
+DEFAULT_ATTACKS = ("ridge", "dn", "cgan", "whitebox", "instahide-unmix", "facemix-dominant")
 
 
 def settings_for(name: str) -> list[Setting]:

@@ -101,6 +101,8 @@ def plan_cells(names: list[str], attack_names: tuple[str, ...], data=None,
             d = st.build(data)
             plan.append(("utility", st, None, None, None))
             for a in (attack_names if st.attacks is None else st.attacks):
+                if not attack_class(a).applies_to(d.name):  # written for other defenses
+                    continue
                 optimises = "forward_map" in attack_class(a).needs
                 if optimises and not _supports_whitebox(d):
                     continue

@@ -46,6 +46,12 @@ def train_attacker(defense: Defense, attack_name: str, threat: ThreatModel, budg
         kwargs["client"] = defense.client_network()
     if "forward_map" in needs:
         return whitebox_attack(defense, threat, budget, ctx, kwargs, attack_name), None
+    if "defense" in needs:  # a defense-specific attack reads the defense's public constants: nothing to train
+        if threat.view is not None:
+            raise ValueError(f"{attack_name} attacks what {defense.name} transmits; it takes no attacker view "
+                             f"(got {threat.view!r})")
+        return get_attack(attack_name, defense=kwargs.pop("defense", defense), target_size=budget.target_size,
+                          seed=seed, **kwargs), None
     attack = get_attack(attack_name, target_size=budget.target_size, seed=seed, **kwargs)
     assert isinstance(attack, ReconstructionAttack)
     leak = leak_fn(defense, threat)
