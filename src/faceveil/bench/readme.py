@@ -89,6 +89,17 @@ def _inversion_block(results_dir: Path) -> str:
     return inversion_table(r) + (f" Command: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/`."
 
 
+def _per_setting_block(folder: str) -> Callable[[Path], str]:
+    """Every attack on every privacy setting of ``results/<folder>`` (one :func:`inversion_table` each)."""
+    def render(results_dir: Path) -> str:
+        r = _load(results_dir, folder)
+        cmd = _command(results_dir, folder)
+        settings = list(dict.fromkeys(c["setting"] for c in r["cells"] if c["kind"] == "privacy"))
+        parts = [f"**{s}**\n\n{inversion_table(r, s)}" for s in settings]
+        return "\n\n".join(parts) + (f" Command: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/`."
+    return render
+
+
 def _verdicts_block(folder: str) -> Callable[[Path], str]:
     def render(results_dir: Path) -> str:
         r = _load(results_dir, folder)
@@ -102,6 +113,7 @@ def _verdicts_block(folder: str) -> Callable[[Path], str]:
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "template-inversion": _inversion_block,
     "verdicts": _verdicts_block("bench"),
+    "mixing": _per_setting_block("mixing-ci"),
 }
 
 
