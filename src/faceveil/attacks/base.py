@@ -468,7 +468,7 @@ class ReconstructionAttack(Attack):
     # --- persistence --------------------------------------------------------------------------
     def state(self) -> dict:
         assert self.net is not None
-        return {"config": self.config(), "in_shape": list(self.in_shape or ()), "net": self.net.state_dict(),
+        return {"config": self.train_config(), "in_shape": list(self.in_shape or ()), "net": self.net.state_dict(),
                 "log": asdict(self.log)}
 
     def save(self, path: Path) -> None:

@@ -53,6 +53,8 @@ from faceveil.models.latent_search import search_latents
 
 #: leaked data of the GAN training pool held in memory at most (bytes); beyond it the pool is smaller
 POOL_MAX_BYTES = 1 << 30
+#: faces refined together at most (the backward pass through the recogniser holds the activations of every face)
+REFINE_CHUNK = 16
 
 
 def sphere(z: Tensor) -> Tensor:
@@ -353,10 +355,11 @@ class GANInversion(GANMapping):
             with torch.no_grad():
                 return self.render(z0, "z", self.target_size).clamp(0, 1)
         out, traces = [], []
-        for s in range(0, len(protected), batch_size):
-            t = protected[s : s + batch_size].float()
+        chunk = min(batch_size, REFINE_CHUNK)  # faces are refined independently: a chunk only bounds memory
+        for s in range(0, len(protected), chunk):
+            t = protected[s : s + chunk].float()
             t = self.target_map(t) if self.target_map is not None else t
-            w, space = self.refine(z0[s : s + batch_size], t.detach())
+            w, space = self.refine(z0[s : s + chunk], t.detach())
             traces.append(self.trace)
             with torch.no_grad():
                 out.append(self.render(w, space, self.target_size).clamp(0, 1))

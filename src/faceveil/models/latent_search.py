@@ -56,8 +56,6 @@ class InversionLog:
         return [sum(c[k] for c in curves) / len(curves) for k in range(n)]
 
 
-
-
 def search_latents(loss_fn: Callable[[Tensor], Tensor], w0: Tensor, optimizer: str, steps: int, lr: float,
                    log: InversionLog | None = None, project: Callable[[Tensor], None] | None = None) -> Tensor:
     """Minimise ``loss_fn`` (latents ``[B,*shape]`` -> per-face losses ``[B]``) over latents from ``w0``;

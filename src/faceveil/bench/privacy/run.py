@@ -202,6 +202,9 @@ def format_result(r: dict) -> str:
     for name, m in r["metrics"].items():
         lines.append(f"{name:<16}{m['MSE']:>8.4f}{m['PSNR']:>8.2f}{m['SSIM']:>8.3f}{m['COS']:>8.3f}"
                      f"{100 * m['SRRA_same_image']:>10.1f}%{100 * m['SRRA_pair']:>10.1f}%{100 * m['closer_to_own']:>14.1f}%")
+    if r.get("attack_ms_per_face") is not None:  # the attack's cost per target (a refinement, a query search)
+        lines.append(f"attack: {r['attack_ms_per_face'] / 1000:.3g} s/face" + "".join(
+            f", {v:.4g} {k}/face" for k, v in (r.get("attack_per_face") or {}).items()))
     sar = r["judge"].get("sar")
     if not sar:  # a result judged before SAR was measured
         return "\n".join(lines)
