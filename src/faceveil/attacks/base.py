@@ -170,8 +170,10 @@ class PairSource:
 NEEDS = {
     "pairs": "(leaked data, face) training pairs, made by running the defense as a black-box client on public faces",
     "client_network": "the client's network as a white box (its layers are mirrored)",
-    "forward_map": "the defense's differentiable forward map (white-box optimisation per target; no training)",
-    "queries": "only queries to the deployed system (no gradients, no training pairs)",
+    "forward_map": "the defense's differentiable forward map (white-box optimisation per target; with pairs: a trained "
+                   "attacker refined per target)",
+    "queries": "only queries to the deployed system's match API (probe faces in, distances out; no gradients, no "
+               "training pairs), counted per face",
 }
 
 
