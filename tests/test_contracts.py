@@ -143,8 +143,20 @@ def _defense_for(cls):
     return _DEFENSES[name]
 
 
+def _forward_maps(x: torch.Tensor) -> torch.Tensor:
+    """A fixed differentiable map to the [B,8,16,16] maps the learned attacks are trained on here."""
+    return torch.nn.functional.adaptive_avg_pool2d(torch.cat([x, x, x[:, :2]], 1), 16)
+
+
 def make_attack(name: str, seed: int = 0):
     cls = ATTACKS.get(name)
+    if "queries" in cls.needs:
+        from faceveil.attacks.ganinv import QueryOracle
+
+        oracle = QueryOracle(lambda x, t: (_forward(x) - t).flatten(1).norm(dim=1), (3, 8, 8), size=32)
+        return cls(oracle=oracle, target_size=32, queries=8, population=4, seed=seed)
+    if "forward_map" in cls.needs and "pairs" in cls.needs:  # learned, then refined per target
+        return cls(forward=_forward_maps, target_size=32, steps=3, feature_steps=2, seed=seed)
     if "forward_map" in cls.needs:
         return cls(forward=_forward, target_size=32, steps=5, seed=seed)
     if "defense" in cls.needs:

@@ -170,11 +170,13 @@ class PairSource:
 NEEDS = {
     "pairs": "(leaked data, face) training pairs, made by running the defense as a black-box client on public faces",
     "client_network": "the client's network as a white box (its layers are mirrored)",
-    "forward_map": "the defense's differentiable forward map (white-box optimisation per target; no training)",
-    "queries": "only queries to the deployed system (no gradients, no training pairs)",
     "defense": "the defense's public parameters and public constants (Kerckhoffs: e.g. a mixing defense's public "
                "face pool, seeded from public data), read from the defense object; never per-sample randomness or "
                "secret keys, no training pairs",
+    "forward_map": "the defense's differentiable forward map (white-box optimisation per target; with pairs: a trained "
+                   "attacker refined per target)",
+    "queries": "only queries to the deployed system's match API (probe faces in, distances out; no gradients, no "
+               "training pairs), counted per face",
 }
 
 
@@ -190,9 +192,17 @@ class Attack:
     NOT_CONFIG: ClassVar[tuple[str, ...]] = ()
     #: the defenses (registered names) this attack is written for; empty: any defense
     defenses: ClassVar[tuple[str, ...]] = ()
+    #: attack() optimises each target afresh (seconds per face: a white-box inversion, a latent refinement,
+    #: a query search), so the harness caches its reconstructions of the evaluation targets batch by batch
+    per_target: ClassVar[bool] = False
 
     def attack(self, protected: Tensor, batch_size: int = 64) -> Tensor:
         raise NotImplementedError
+
+    def attack_stats(self) -> dict[str, float]:
+        """Totals of the last :meth:`attack` call (e.g. ``{"queries": n}`` for a query attack); the harness
+        reports them per face."""
+        return {}
 
     @classmethod
     def knowledge(cls) -> str:
@@ -225,6 +235,11 @@ class Attack:
     def config(self) -> dict:
         """Everything that determines this attack's output (cache keys, reports)."""
         return {"name": self.name, **{p: self.config_value(p) for p in self.params() if p not in self.NOT_CONFIG}}
+
+    def train_config(self) -> dict:
+        """Everything that determines a trained attacker (its cache key): :meth:`config`, less parameters that
+        act only per target at attack time (e.g. a refinement's steps)."""
+        return self.config()
 
 
 def attack_class(name: str) -> type[Attack]:
@@ -300,6 +315,12 @@ class ReconstructionAttack(Attack):
     # --- to implement -------------------------------------------------------------------------
     def build(self, in_shape: tuple[int, ...]) -> nn.Module:
         raise NotImplementedError
+
+    def use_client(self, leak: Callable[[Tensor, torch.Generator], Tensor], crop) -> None:
+        """The attacker's black-box client (``leak(chips, rng)``: what it outputs for aligned chips
+        ``[B,3,crop.size,crop.size]`` in [0,1] of ``crop`` geometry), given before :meth:`fit` to attacks
+        that protect faces they make themselves (e.g. GAN samples, :mod:`faceveil.attacks.ganinv`); the
+        same capability as ``pairs``. Default: unused."""
 
     def parameters_to_train(self) -> list[nn.Parameter]:
         assert self.net is not None
@@ -415,7 +436,7 @@ class ReconstructionAttack(Attack):
 
     def _train_state(self, opt: torch.optim.Optimizer, next_epoch: int, seconds: float) -> dict:
         assert self.net is not None
-        return {"config": self.config(), "epoch": next_epoch, "seconds": seconds, "net": self.net.state_dict(),
+        return {"config": self.train_config(), "epoch": next_epoch, "seconds": seconds, "net": self.net.state_dict(),
                 "opt": opt.state_dict(), "extra": self.optimizer_state(), "log": asdict(self.log)}
 
     def _resume(self, st: dict | None, path: Path | None, opt: torch.optim.Optimizer) -> tuple[int, float]:
@@ -423,7 +444,7 @@ class ReconstructionAttack(Attack):
         assert self.net is not None
         if st is None:
             return 0, 0.0
-        if st["config"] != self.config():
+        if st["config"] != self.train_config():
             raise ValueError(f"{self.name}: checkpoint {path} was written for another configuration")
         self.net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
@@ -434,6 +455,15 @@ class ReconstructionAttack(Attack):
     use_one_cycle: ClassVar[bool] = True
 
     def attack(self, protected: Tensor, batch_size: int = 64) -> Tensor:
+        self.check_protected(protected)
+        assert self.net is not None
+        self.net.eval()
+        with torch.no_grad():
+            out = [self.net(protected[s : s + batch_size].float()) for s in range(0, len(protected), batch_size)]
+        return torch.cat(out).clamp(0, 1)
+
+    def check_protected(self, protected: Tensor) -> None:
+        """Raise unless the attacker is trained and ``protected`` is finite float data of its input shape."""
         if self.net is None or self.in_shape is None:
             raise RuntimeError(f"{self.name}: call fit() (or load()) before attack()")
         if not isinstance(protected, Tensor) or not torch.is_floating_point(protected):
@@ -446,15 +476,11 @@ class ReconstructionAttack(Attack):
             )
         if not torch.isfinite(protected).all():
             raise FaceveilDataError(f"{self.name}: protected data contains NaN or infinite values")
-        self.net.eval()
-        with torch.no_grad():
-            out = [self.net(protected[s : s + batch_size].float()) for s in range(0, len(protected), batch_size)]
-        return torch.cat(out).clamp(0, 1)
 
     # --- persistence --------------------------------------------------------------------------
     def state(self) -> dict:
         assert self.net is not None
-        return {"config": self.config(), "in_shape": list(self.in_shape or ()), "net": self.net.state_dict(),
+        return {"config": self.train_config(), "in_shape": list(self.in_shape or ()), "net": self.net.state_dict(),
                 "log": asdict(self.log)}
 
     def save(self, path: Path) -> None:
@@ -493,6 +519,7 @@ class OptimizationAttack(Attack):
     """White-box inversion: optimise an image so a known differentiable map matches the data."""
 
     trainable = False
+    per_target = True
 
 
 class DefenseSpecificAttack(Attack):
@@ -536,7 +563,8 @@ class DefenseSpecificAttack(Attack):
 
 
 def attack_cache_path(attack: Attack, *parts) -> Path:
-    return cache_dir("attacks") / f"{attack.name}-{config_hash(attack.config(), *parts)}.pt"
+    cfg = attack.train_config()
+    return cache_dir("attacks") / f"{cfg['name']}-{config_hash(cfg, *parts)}.pt"
 
 
 def get_attack(name: str, **kwargs) -> Attack:

@@ -227,6 +227,12 @@ class FaceGenerator(nn.Module):
         out = self.net(w) if space == "z" else self.net.tail(w)
         return (out + 1.0) * 0.5
 
+    def render(self, w: Tensor, space: str, dst: Frame, padding_mode: str = "border") -> Tensor:
+        """:meth:`decode` warped into frame ``dst`` (e.g. a recogniser's chip, :meth:`Frame.from_crop`),
+        differentiable w.r.t. ``w``; where the generator's frame does not reach, its edge pixels are
+        replicated (``"border"``) or black (``"zeros"``)."""
+        return warp(self.decode(w, space), self.frame, dst, padding_mode)[0]
+
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         """``n`` random faces (z ~ N(0, I))."""
         with torch.no_grad():

@@ -16,7 +16,6 @@ from torch import Tensor
 
 from faceveil.attacks.base import (
     Budget,
-    OptimizationAttack,
     ReconstructionAttack,
     ThreatModel,
 )
@@ -144,17 +143,6 @@ def sar_metrics(e: Tensor, e_a: Tensor, e_b: Tensor, fit: dict, fmrs: tuple[floa
     return out
 
 
-def file_stamp(path: Path | None) -> tuple | None:
-    """Name, size and modification time of a cached attacker (None for an attack without one)."""
-    if path is None:
-        return None
-    path = Path(path)
-    if not path.is_file():  # e.g. a white-box inversion not yet (or no longer) saved
-        return (path.name, None, None)
-    st = path.stat()
-    return (path.name, st.st_size, st.st_mtime_ns)
-
-
 def judged(attack, defense: Defense, threat: ThreatModel, budget: Budget, lfw: LFW, ia: np.ndarray, ib: np.ndarray,
            ctx: RunContext, cache_path: Path | None) -> dict:
     """Reconstruct the held data of LFW pair images ``ia`` with a trained ``attack`` and judge it:
@@ -173,13 +161,16 @@ def judged(attack, defense: Defense, threat: ThreatModel, budget: Budget, lfw: L
     targets = resize(x_a, budget.target_size)
     leak = leak_fn(defense, threat)
     grid = grid_positions(lfw, ia)
-    if isinstance(attack, ReconstructionAttack) and not defense.slow:  # a slow client's set is cached, read whole
+    per_face: dict = {}
+    if isinstance(attack, ReconstructionAttack) and not defense.slow and not attack.per_target:
+        # a slow client's set is cached, read whole; a per-target attack's reconstructions are cached
         recon, held_grid, attack_ms = attack_streamed(attack, leak, chips_a, seed, grid, progress)
     else:
         held = held_targets(defense, threat, leak, chips_a, ia, seed, data, progress)
         held_grid = held[grid]
-        if isinstance(attack, OptimizationAttack):
-            recon, attack_ms = inverted(attack, defense, threat, budget, held, ia, seed, data, force)
+        if attack.per_target:
+            recon, attack_ms, per_face = inverted(attack, defense, threat, budget, held, ia, seed, data, force,
+                                                  cache_path if isinstance(attack, ReconstructionAttack) else None)
         else:
             t0 = time.perf_counter()
             recon = attack.attack(held, batch_size=LEAK_BATCH)
@@ -251,6 +242,7 @@ def judged(attack, defense: Defense, threat: ThreatModel, budget: Budget, lfw: L
                       | {"final_loss": float(np.mean(attack.log.losses[-20:])) if attack.log.losses else None})
         if isinstance(attack, ReconstructionAttack) else None,
         "attack_ms_per_face": attack_ms,
+        "attack_per_face": per_face,  # e.g. {"queries": n} of a query attack
         "judge_seconds": time.perf_counter() - t_start,
         "cache": str(cache_path) if cache_path else None,
         "versions": {"torch": torch.__version__},

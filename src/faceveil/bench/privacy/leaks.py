@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from faceveil.attacks.base import (
+    Attack,
     Budget,
     OptimizationAttack,
     PairSource,
@@ -90,35 +91,57 @@ def attack_streamed(attack: ReconstructionAttack, leak, chips: np.ndarray, seed:
     return torch.cat(recon), torch.stack([rows[int(k)] for k in keep]), 1000 * seconds / len(chips)
 
 
-def inversion_path(attack: OptimizationAttack, defense: Defense, threat: ThreatModel, budget: Budget, idx: np.ndarray,
-                    seed: int, data) -> Path:
-    """Where :func:`inverted` caches the white-box reconstructions of the targets ``idx``."""
+def file_stamp(path: Path | None) -> tuple | None:
+    """Name, size and modification time of a cached attacker (None for an attack without one)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():  # e.g. a white-box inversion not yet (or no longer) saved
+        return (path.name, None, None)
+    st = path.stat()
+    return (path.name, st.st_size, st.st_mtime_ns)
+
+
+def inversion_path(attack: Attack, defense: Defense, threat: ThreatModel, budget: Budget, idx: np.ndarray,
+                    seed: int, data, attacker: Path | None = None) -> Path:
+    """Where :func:`inverted` caches the per-target reconstructions of the targets ``idx`` (``attacker``: the
+    trained attacker file a per-target attack starts from, e.g. ganinv's mapping)."""
+    extra = () if attacker is None else (file_stamp(attacker),)
     key = config_hash(attack.config(), defense.config(), asdict(threat), asdict(budget), [int(i) for i in idx], seed,
-                      str(data_dir(data)), "whitebox-v1")
+                      str(data_dir(data)), "whitebox-v1", *extra)
     return cache_dir("whitebox") / f"{defense.name}-{key}.pt"
 
 
-def inverted(attack: OptimizationAttack, defense: Defense, threat: ThreatModel, budget: Budget, held: Tensor,
-              idx: np.ndarray, seed: int, data, force: bool) -> tuple[Tensor, float]:
-    """White-box reconstructions of the evaluation targets and their ms/face, cached on disk like a
-    trained attacker: the inversion is a seeded optimisation (150 steps through the client, ~4.5 s/face
-    on one core for a dlib map) determined by the key, so a re-run reuses it; ``force`` recomputes.
-    Each batch of 64 is cached as it finishes, so a stopped run resumes at the next batch."""
-    path = inversion_path(attack, defense, threat, budget, idx, seed, data)
+def inverted(attack: Attack, defense: Defense, threat: ThreatModel, budget: Budget, held: Tensor,
+              idx: np.ndarray, seed: int, data, force: bool, attacker: Path | None = None) -> tuple[Tensor, float, dict]:
+    """Per-target reconstructions of the evaluation targets (:attr:`Attack.per_target`: white-box inversion,
+    latent refinement, query search), their ms/face and the attack's per-face counts (e.g. queries), cached
+    on disk like a trained attacker: the optimisation is seeded (150 steps through the client, ~4.5 s/face on
+    one core for a white-box dlib map) and determined by the key, so a re-run reuses it; ``force`` recomputes.
+    Each batch of 64 is cached as it finishes, so a stopped run resumes at the next batch. A white-box
+    inversion matches :meth:`Defense.whitebox_target` of the held data; other attacks get it as held."""
+    path = inversion_path(attack, defense, threat, budget, idx, seed, data, attacker)
 
-    target = defense.whitebox_target(held)
+    whitebox = isinstance(attack, OptimizationAttack) and "forward_map" in attack.needs
+    target = defense.whitebox_target(held) if whitebox else held
     bs = 64  # the attack's batch: samples are inverted independently, so a batch is a resumable part
 
     def one(i: int) -> dict:
         t0 = time.perf_counter()
-        return {"recon": attack.attack(target[i * bs : (i + 1) * bs], batch_size=bs), "seconds": time.perf_counter() - t0}
+        recon = attack.attack(target[i * bs : (i + 1) * bs], batch_size=bs)
+        return {"recon": recon, "seconds": time.perf_counter() - t0, "stats": attack.attack_stats()}
 
     def combine(parts: list[dict]) -> dict:
+        stats: dict[str, float] = {}
+        for c in parts:
+            for k, v in c.get("stats", {}).items():
+                stats[k] = stats.get(k, 0.0) + float(v)
         return {"recon": torch.cat([c["recon"] for c in parts]),
-                "ms_per_face": 1000 * sum(float(c["seconds"]) for c in parts) / len(held)}
+                "ms_per_face": 1000 * sum(float(c["seconds"]) for c in parts) / len(held),
+                "per_face": {k: v / len(held) for k, v in stats.items()}}
 
     c = load_or_compute_parts(path, -(-len(target) // bs), one, combine, force)
-    return c["recon"], float(c["ms_per_face"])
+    return c["recon"], float(c["ms_per_face"]), dict(c.get("per_face", {}))
 
 
 #: a fast deterministic client's attacker set larger than this is made batch by batch during

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from faceveil.attacks.base import (
@@ -21,15 +22,19 @@ from faceveil.attacks.base import (
     get_attack,
     profile_budget,
 )
+from faceveil.attacks.ganinv import QueryOracle
 from faceveil.bench.privacy.figures import image_grid
-from faceveil.bench.privacy.judging import EVAL_VERSION, eval_pairs, file_stamp, judged
-from faceveil.bench.privacy.leaks import attacker_source, inversion_path, leak_fn
+from faceveil.bench.privacy.judging import EVAL_VERSION, eval_pairs, judged
+from faceveil.bench.privacy.leaks import attacker_source, file_stamp, inversion_path, leak_fn
 from faceveil.config import cache_dir, config_hash, data_dir
 from faceveil.context import RunContext
 from faceveil.data.chips import chip_images
 from faceveil.data.datasets import LFW, public_chips
 from faceveil.defenses.base import Defense
+from faceveil.keys import research_generator
+from faceveil.models.base import pairwise_distance
 from faceveil.storage import load_cache, save_torch, torch_load, write_json_atomic
+from faceveil.system.core import ProtectedSystem
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,9 @@ def train_attacker(defense: Defense, attack_name: str, threat: ThreatModel, budg
     needs = attack_class(attack_name).needs
     if "client_network" in needs and "client" not in kwargs and hasattr(defense, "client_network"):
         kwargs["client"] = defense.client_network()
-    if "forward_map" in needs:
+    if "queries" in needs:
+        return query_attack(defense, threat, budget, ctx, kwargs, attack_name), None
+    if "forward_map" in needs and "pairs" not in needs:
         return whitebox_attack(defense, threat, budget, ctx, kwargs, attack_name), None
     if "defense" in needs:  # a defense-specific attack reads the defense's public constants: nothing to train
         if threat.view is not None:
@@ -52,9 +59,13 @@ def train_attacker(defense: Defense, attack_name: str, threat: ThreatModel, budg
                              f"(got {threat.view!r})")
         return get_attack(attack_name, defense=kwargs.pop("defense", defense), target_size=budget.target_size,
                           seed=seed, **kwargs), None
+    if "forward_map" in needs:  # learned, then refined per target through the forward map (ganinv)
+        kwargs = {"forward": whitebox_map(defense, threat), "target_map": defense.whitebox_target,
+                  "input_size": defense.recognizer.crop.size, **kwargs}
     attack = get_attack(attack_name, target_size=budget.target_size, seed=seed, **kwargs)
     assert isinstance(attack, ReconstructionAttack)
     leak = leak_fn(defense, threat)
+    attack.use_client(leak, defense.recognizer.crop)
     path = attack_cache_path(attack, defense.config(), asdict(threat), asdict(budget), str(data_dir(data)), "harness-v2")
     if not ctx.force and attack.load_cached(path):
         if attack.healthy():
@@ -69,11 +80,9 @@ def train_attacker(defense: Defense, attack_name: str, threat: ThreatModel, budg
     return attack, path
 
 
-def whitebox_attack(defense: Defense, threat: ThreatModel, budget: Budget, ctx: RunContext, kwargs: dict,
-                    name: str = "whitebox"):
-    """White-box inversion (PMT eqs. 2-4) of the defense's differentiable forward map, from the
-    attacker's mean face."""
-    crop = defense.recognizer.crop
+def whitebox_map(defense: Defense, threat: ThreatModel):
+    """The differentiable map a white-box attacker matches: chips (the recogniser's crop geometry) ->
+    :meth:`Defense.whitebox_target` of what ``threat`` leaks (:meth:`Defense.whitebox_forward`)."""
 
     def forward(x: Tensor) -> Tensor:
         t = defense.whitebox_forward(x, threat.leakage)
@@ -81,11 +90,48 @@ def whitebox_attack(defense: Defense, threat: ThreatModel, budget: Budget, ctx: 
             t = defense.attacker_view(threat.view, t)
         return defense.whitebox_target(t)
 
+    return forward
+
+
+def whitebox_attack(defense: Defense, threat: ThreatModel, budget: Budget, ctx: RunContext, kwargs: dict,
+                    name: str = "whitebox"):
+    """White-box inversion (PMT eqs. 2-4) of the defense's differentiable forward map, from the
+    attacker's mean face."""
+    crop = defense.recognizer.crop
+    forward = whitebox_map(defense, threat)
     pub = public_chips(ctx.data, crop, min(budget.train_images or 2000, 2000), ctx.seed, False)
     init = chip_images(pub, budget.target_size).mean(0)
     kw = {"steps": budget.whitebox_steps, **kwargs}
     return get_attack(name, forward=lambda x: forward(x), target_size=budget.target_size, input_size=crop.size,
                       init=init, **kw)
+
+
+def query_oracle(defense: Defense, threat: ThreatModel, seed: int = 0) -> QueryOracle:
+    """The deployed (frozen) system's match API for a query-only attacker: he submits a probe face through the
+    client (fresh seeded draws per call) and reads the server's distance between its embedding and that of the
+    leaked record (a stored template for database leakage, a transmitted probe for channel leakage)."""
+    system = ProtectedSystem.frozen(defense)
+    stored = threat.leakage == "database"
+    crop = defense.recognizer.crop
+    calls = [0]
+
+    def score(x: Tensor, records: Tensor) -> Tensor:
+        calls[0] += 1
+        with torch.set_grad_enabled(defense.needs_grad_to_protect):
+            probe = defense.protect(x, research_generator(seed, calls[0], 37)).detach()
+        e = system.embed_protected(probe.float(), stored=False)
+        r = system.embed_protected(records, stored=stored)
+        return pairwise_distance(e, r, system.metric)
+
+    with torch.set_grad_enabled(defense.needs_grad_to_protect):
+        one = defense.leak(torch.full((1, 3, crop.size, crop.size), 0.5), threat.leakage, research_generator(seed, 0, 37))
+    return QueryOracle(score, tuple(one.shape[1:]), crop.size, crop.padding)
+
+
+def query_attack(defense: Defense, threat: ThreatModel, budget: Budget, ctx: RunContext, kwargs: dict, name: str):
+    """A query-only attack (``needs = {"queries"}``) against :func:`query_oracle`."""
+    return get_attack(name, oracle=query_oracle(defense, threat, ctx.seed), target_size=budget.target_size,
+                      seed=ctx.seed, **kwargs)
 
 
 def run_attack(defense: Defense, attack_name: str, threat: ThreatModel | None = None, ctx: RunContext | None = None, *,
@@ -162,6 +208,9 @@ def format_result(r: dict) -> str:
     for name, m in r["metrics"].items():
         lines.append(f"{name:<16}{m['MSE']:>8.4f}{m['PSNR']:>8.2f}{m['SSIM']:>8.3f}{m['COS']:>8.3f}"
                      f"{100 * m['SRRA_same_image']:>10.1f}%{100 * m['SRRA_pair']:>10.1f}%{100 * m['closer_to_own']:>14.1f}%")
+    if r.get("attack_ms_per_face") is not None:  # the attack's cost per target (a refinement, a query search)
+        lines.append(f"attack: {r['attack_ms_per_face'] / 1000:.3g} s/face" + "".join(
+            f", {v:.4g} {k}/face" for k, v in (r.get("attack_per_face") or {}).items()))
     sar = r["judge"].get("sar")
     if not sar:  # a result judged before SAR was measured
         return "\n".join(lines)
