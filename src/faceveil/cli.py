@@ -306,8 +306,9 @@ def attack_cmd(
 def bench_cmd(
     profile: Annotated[str, typer.Option(help="ci (<= 5 min) | quick (<= 15 min) | full")] = "quick",
     defenses: Annotated[str | None, typer.Option(help="Comma-separated defenses (default: all registered).")] = None,
-    attacks: Annotated[str | None, typer.Option(help="Comma-separated attacks (default: ridge,dn,cgan,whitebox and, on their defense only, "
-                                                        "instahide-unmix,facemix-dominant).")] = None,
+    attacks: Annotated[str | None, typer.Option(help=(
+        "Comma-separated attacks (default: the profile's suite: ridge,dn,cgan,whitebox and, on their defense only, "
+        "instahide-unmix,facemix-dominant; full adds nbnet,ganinv,ganinv-es)."))] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/bench"),
     data_dir: DataDir = None,
     seed: int = 0,

@@ -43,7 +43,7 @@ def test_blocks_are_regenerated_and_checked(tmp_path):
     assert update_readme(readme, res, check=True) and "STALE-TEXT" in readme.read_text()  # check does not write
     assert update_readme(readme, res)
     text = readme.read_text()
-    assert "STALE-TEXT" not in text and "| nbnet | 90.0 / 62.0 |" in text and "*random person*" in text
+    assert "STALE-TEXT" not in text and "| nbnet | 100 | 90.0 / 62.0 |" in text and "*random person*" in text
     assert "Command: `faceveil bench --defenses none`" in text and "**broken**" in text
     assert not update_readme(readme, res, check=True)  # idempotent
 

@@ -81,3 +81,15 @@ def test_bench_runs_only_the_named_settings():
 
     with pytest.raises(ValueError, match="unknown setting"):
         run_bench(RunContext("ci"), ["none"], ["dn"], settings=["none (typo)"])
+
+
+def test_each_profile_has_a_suite_of_registered_attacks():
+    from faceveil.attacks import ATTACKS
+    from faceveil.bench.plan import BENCH_PROFILES, attack_suite
+
+    for p in BENCH_PROFILES:
+        suite = attack_suite(p)
+        assert {"ridge", "dn", "whitebox"} <= set(suite)
+        for a in suite:
+            ATTACKS.get(a)  # registered (raises otherwise)
+    assert {"nbnet", "ganinv", "ganinv-es"} <= set(attack_suite("full"))

@@ -96,6 +96,22 @@ EXPERIMENTS: Registry[Callable] = Registry("experiment", "faceveil.bench.experim
 #: ``facemix-dominant``) run only on the defenses they are written for
 DEFAULT_ATTACKS = ("ridge", "dn", "cgan", "whitebox", "instahide-unmix", "facemix-dominant")
 
+#: the attack suite each bench profile runs when ``--attacks`` is not given: the strongest attack of each kind
+#: that fits the profile's budget (closed form, learned decoders, white-box optimisation, defense-specific;
+#: ``full`` adds the identity-trained decoder and the GAN-prior inversions, white-box and query-only, whose
+#: seconds per face and per-step costs do not fit the cheap profiles). A defense's verdict is its worst case
+#: over the suite (:mod:`faceveil.bench.verdicts`).
+ATTACK_SUITES: dict[str, tuple[str, ...]] = {
+    "ci": DEFAULT_ATTACKS,
+    "quick": DEFAULT_ATTACKS,
+    "full": DEFAULT_ATTACKS + ("nbnet", "ganinv", "ganinv-es"),
+}
+
+
+def attack_suite(profile: str) -> tuple[str, ...]:
+    """The attacks ``faceveil bench --profile PROFILE`` runs by default (:data:`ATTACK_SUITES`)."""
+    return ATTACK_SUITES.get(profile, DEFAULT_ATTACKS)
+
 
 def settings_for(name: str) -> list[Setting]:
     EXPERIMENTS.load()  # experiment modules register per-defense settings too

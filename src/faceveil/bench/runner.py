@@ -35,6 +35,7 @@ from faceveil.bench.plan import (  # noqa: F401  (re-exported: the bench's plan 
     ExperimentContext,
     Setting,
     Sizes,
+    attack_suite,
     setting_sizes,
     settings_for,
 )
@@ -141,7 +142,7 @@ def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, 
     names = defenses or DEFENSES.names()
     for n in names:
         DEFENSES.get(n)  # clear error for unknown names
-    attack_names = tuple(attacks or DEFAULT_ATTACKS)
+    attack_names = tuple(attacks or attack_suite(profile))
     if settings is not None:
         known = {st.label for n in names for st in settings_for(n)}
         if unknown := [s for s in settings if s not in known]:
