@@ -161,6 +161,8 @@ NEEDS = {
     "client_network": "the client's network as a white box (its layers are mirrored)",
     "forward_map": "the defense's differentiable forward map (white-box optimisation per target; no training)",
     "queries": "only queries to the deployed system (no gradients, no training pairs)",
+    "synthetic": "extra training faces sampled from a pretrained face GAN (Attack.synthetic_chips), protected by the "
+                 "attacker's black-box client like his public faces",
 }
 
 
@@ -196,6 +198,12 @@ class Attack:
             if not any(p.kind is p.VAR_KEYWORD for p in sig.values()):
                 break
         return out
+
+    def synthetic_chips(self, crop, n_public: int, seed: int) -> tuple | None:
+        """For an attack that needs ``"synthetic"``: extra aligned training chips (uint8 ``[N,S,S,3]`` in
+        ``crop``'s geometry) given ``n_public`` public faces, and a JSON-able description of them that keys
+        the caches of sets made from them: ``(chips, description)``, or ``None`` for none."""
+        return None
 
     def config_value(self, param: str):
         """How ``param`` enters :meth:`config` (default: the attribute of that name)."""
