@@ -135,7 +135,18 @@ class PairSource:
         g = torch.Generator().manual_seed(self.seed)
         return tuple(self.redraw(self.inputs[:1], g).shape[1:])
 
+    @property
+    def redrawn(self) -> bool:
+        """Whether every epoch draws new protected data (a stochastic defense) rather than repeating it."""
+        return self.protected is None
+
     def batches(self, epoch: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(protected, target)`` batches of one epoch, in the epoch's seeded order."""
+        for p, t, _ in self.indexed_batches(epoch, batch_size):
+            yield p, t
+
+    def indexed_batches(self, epoch: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """:meth:`batches` with the sample indices of each batch (e.g. to hold out a validation split)."""
         g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
         perm = torch.randperm(len(self), generator=g)
         for s in range(0, len(perm), batch_size):
@@ -147,7 +158,7 @@ class PairSource:
             else:
                 with torch.no_grad():
                     p = self.redraw(self.inputs[idx], g)
-            yield p.float(), self.targets[idx].float()
+            yield p.float(), self.targets[idx].float(), idx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +238,7 @@ class TrainLog:
     losses: list[float] = field(default_factory=list)
     stopped_by: str = ""  # "steps", "epochs" or "time" (the budget's limit that ended training)
     planned_steps: int = 0  # the step budget of the run (0: a log written before it was recorded)
+    extra: dict = field(default_factory=dict)  # attack-specific facts of the run (e.g. ridge's chosen penalty)
 
 
 #: an attacker that a wall-time guard stopped before this many steps (or, under a step budget, before a

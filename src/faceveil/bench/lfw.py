@@ -13,10 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from faceveil.config import cache_dir, config_hash, load_or_compute
+from faceveil.data.align import ALIGN_VERSION, STATUS_CNN, STATUS_FALLBACK
+from faceveil.data.crop import CropSpec
 from faceveil.data.datasets import LFW, PairSet
 from faceveil.metrics.verification import best_threshold, kfold_accuracy, tpr_at_fpr
 from faceveil.models.base import OperatingPoint, Recognizer, pairwise_distance
-from faceveil.models.embed import dataset_embeddings
+from faceveil.models.embed import dataset_embeddings, model_fingerprint
 from faceveil.storage import write_json_atomic
 
 METRICS = ("euclidean", "cosine")
@@ -91,6 +94,102 @@ def operating_point(model: Recognizer, lfw: LFW | None = None, progress: bool = 
     if op is None:
         op = fit_operating_point(model, lfw or LFW(), progress)
     return op
+
+
+#: false match rates at which template-inversion papers report their successful attack rate (SAR)
+SAR_FMRS = (1e-3, 1e-4)
+#: impostor comparisons sampled for :func:`fmr_thresholds` (half fit the thresholds, half check them): at FMR
+#: 1e-4 the fitted half accepts 50 of them, so the threshold is not one outlier pair
+SAR_IMPOSTORS = 1_000_000
+
+
+def fmr_label(fmr: float) -> str:
+    """``1e-3`` for 0.001 (the key of a false match rate in results)."""
+    m, e = f"{fmr:.0e}".split("e")
+    return f"{m}e{int(e)}"
+
+
+def impostor_pairs(labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` distinct unordered pairs of images ``(i, j)`` with different identity ``labels``, drawn
+    uniformly with a seeded generator (in random order)."""
+    labels = np.asarray(labels)
+    size = len(labels)
+    possible = size * (size - 1) // 2 - sum(int(c) * (int(c) - 1) // 2 for c in np.unique(labels, return_counts=True)[1])
+    if n > possible // 2:
+        raise ValueError(f"{n} impostor pairs asked of {size} images that make {possible}: sample at most half of them")
+    rng = np.random.default_rng(seed)
+    codes = np.empty(0, dtype=np.int64)
+    while len(codes) < n:
+        i = rng.integers(0, size, 2 * (n - len(codes)) + 1024)
+        j = rng.integers(0, size, len(i))
+        keep = labels[i] != labels[j]
+        lo, hi = np.minimum(i, j)[keep], np.maximum(i, j)[keep]
+        new = lo.astype(np.int64) * size + hi
+        # first occurrences, in drawing order (np.unique sorts: keep the draw order so the split is random)
+        _, first = np.unique(np.concatenate([codes, new]), return_index=True)
+        codes = np.concatenate([codes, new])[np.sort(first)]
+    codes = codes[:n]
+    return codes // size, codes % size
+
+
+def impostor_distances(emb: torch.Tensor, i: np.ndarray, j: np.ndarray, metric: str, chunk: int = 100_000) -> np.ndarray:
+    """Distances of the pairs ``(emb[i], emb[j])`` (computed ``chunk`` pairs at a time)."""
+    out = [pairwise_distance(emb[torch.from_numpy(i[s : s + chunk])], emb[torch.from_numpy(j[s : s + chunk])], metric)
+           for s in range(0, len(i), chunk)]
+    return torch.cat(out).double().numpy()
+
+
+def threshold_at_fmr(impostor: np.ndarray, fmr: float) -> float:
+    """The decision threshold (accept distance <= t) at which at most a fraction ``fmr`` of the
+    ``impostor`` distances is accepted: half-way between the k-th and (k+1)-th smallest, k = floor(fmr n)."""
+    d = np.sort(np.asarray(impostor, dtype=np.float64))
+    if not 0 < fmr < 1 or len(d) < 2:
+        raise ValueError(f"FMR {fmr} from {len(d)} impostor distances")
+    k = int(np.floor(fmr * len(d) + 1e-9))
+    if k == 0:
+        raise ValueError(f"FMR {fmr:g} is not measurable with {len(d)} impostor comparisons (need >= {int(np.ceil(1 / fmr))})")
+    return float(0.5 * (d[k - 1] + d[k]))
+
+
+def fmr_thresholds(model: Recognizer, lfw: LFW | None = None, fmrs: tuple[float, ...] = SAR_FMRS,
+                   n_impostor: int = SAR_IMPOSTORS, seed: int = 0, align: CropSpec | None = None,
+                   progress: bool = False) -> dict:
+    """Thresholds of ``model`` (its own metric) at false match rates ``fmrs``, the operating points at which
+    template-inversion papers report SAR (ISO/IEC 19795-1 FMR; Mai et al. TPAMI 2019 use LFW impostors too).
+
+    Every LFW image (13,233) is embedded once (:func:`dataset_embeddings`, cached; with ``align``: chips of
+    that geometry re-cropped to the model's, as a judge sees them); ``n_impostor`` distinct pairs of images
+    of different people are drawn with ``seed``; the first half fits each threshold
+    (:func:`threshold_at_fmr`), the held-out second half measures the FMR it achieves. Cached on disk,
+    keyed by the model's weight fingerprint. Returns a JSON-ready dict: ``thresholds`` / ``fit_fmr`` /
+    ``held_out_fmr`` keyed by :func:`fmr_label`, and how they were fitted."""
+    lfw = lfw or LFW()
+    ds = lfw.dataset()
+    align = None if align == model.crop else align
+    key = config_hash(model_fingerprint(model), [float(f) for f in fmrs], n_impostor, seed, ds.files, ALIGN_VERSION,
+                      model.crop.key(), align.key() if align else None, "fmr-v1")
+    path = cache_dir("thresholds") / f"fmr-{model.name}-{key}.pt"
+
+    def fit() -> dict:
+        emb, status, _ = dataset_embeddings(model, ds, progress=progress, align=align)
+        i, j = impostor_pairs(ds.labels, n_impostor, seed)
+        d = impostor_distances(emb, i, j, model.metric)
+        half = len(d) // 2
+        fit_d, held_d = d[:half], d[half:]
+        out: dict = {"model": model.name, "metric": model.metric, "fit_on": "LFW impostor pairs (different people)",
+                     "images": len(ds), "alignments": {"cnn detector": int((status == STATUS_CNN).sum()),
+                                                                "centre-crop fallback": int((status == STATUS_FALLBACK).sum())},
+                     "n_fit": half, "n_held_out": len(held_d), "seed": seed,
+                     "align": (align or model.crop).key(), "thresholds": {}, "fit_fmr": {}, "held_out_fmr": {}}
+        for f in fmrs:
+            t = threshold_at_fmr(fit_d, f)
+            lab = fmr_label(f)
+            out["thresholds"][lab] = t
+            out["fit_fmr"][lab] = float((fit_d <= t).mean())
+            out["held_out_fmr"][lab] = float((held_d <= t).mean())
+        return out
+
+    return load_or_compute(path, fit)
 
 
 def evaluate_lfw(

@@ -91,7 +91,9 @@ SETTINGS: dict[str, list[Setting]] = {
 #: fn(context) -> {"markdown": str, "figures": [paths], "data": {...}}
 EXPERIMENTS: Registry[Callable] = Registry("experiment", "faceveil.bench.experiments")
 
-DEFAULT_ATTACKS = ("dn", "cgan", "whitebox")
+#: ``ridge`` (closed form, seconds) is the floor every learned attack must beat on every setting (the report
+#: flags those that do not)
+DEFAULT_ATTACKS = ("ridge", "dn", "cgan", "whitebox")
 
 
 def settings_for(name: str) -> list[Setting]:

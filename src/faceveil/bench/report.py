@@ -17,6 +17,12 @@ from faceveil.storage import save_figure_atomic, write_atomically, write_text_at
 
 BASELINES = ("mean face", "random person")
 
+#: the closed-form attack every learned attack must beat on the same setting and leakage
+FLOOR_ATTACK = "ridge"
+#: what "beat" is measured by: type-II SAR at the deployed recogniser's FMR 1e-3, and closer-to-own
+FLOOR_METRICS = ("SAR_II@1e-3", "closer_to_own")
+FLOOR_MARK = "▼ below ridge"
+
 
 def _pct(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{100 * x:.{digits}f}"
@@ -50,12 +56,42 @@ def privacy_rows(results: dict) -> list[dict]:
         if c["status"] != "ok":
             rows.append(base)
             continue
+        learned = r.get("train_log") is not None and base["attack"] != FLOOR_ATTACK
         for who, m in r["metrics"].items():
             rec = who == "reconstruction"
             rows.append({**base, "who": who, **m, "n": r["eval"]["n"], "judge": r["judge"]["cos"],
+                         "learned": learned if rec else None,
                          "paper_ssim": paper_value(c["defense"], c["setting"], "SSIM", base["attack"]) if rec else None,
                          "paper_srra": paper_value(c["defense"], c["setting"], "SRRA", base["attack"]) if rec else None})
+    mark_ridge_floor(rows)
     return rows
+
+
+def _not_beaten(x: float, floor: float) -> bool:
+    """``x`` does not beat ``floor``: lower, or equal to a floor above zero (two attacks that both fail
+    completely, e.g. SAR 0 %, tie at nothing and neither is flagged for it)."""
+    return x < floor or (x == floor and floor > 0)
+
+
+def mark_ridge_floor(rows: list[dict]) -> None:
+    """Set ``below_ridge_floor`` on every reconstruction row of a learned attack: the metrics of
+    :data:`FLOOR_METRICS` on which it does not beat the ``ridge`` reconstruction of the same setting and
+    leakage (``""``: it beats it on all; None: no ridge cell to compare with, or not a learned attack)."""
+    floors = {(r["setting"], r["leakage"]): r for r in rows
+              if r["status"] == "ok" and r.get("who") == "reconstruction" and r["attack"] == FLOOR_ATTACK}
+    for r in rows:
+        if r["status"] != "ok" or r.get("who") != "reconstruction":
+            continue
+        r["below_ridge_floor"] = None
+        floor = floors.get((r["setting"], r["leakage"]))
+        if not r.get("learned") or floor is None:
+            continue
+        r["below_ridge_floor"] = ", ".join(k for k in FLOOR_METRICS if k in r and k in floor and _not_beaten(r[k], floor[k]))
+
+
+def below_floor(rows: list[dict]) -> list[dict]:
+    """The reconstruction rows of learned attacks that do not beat the ridge floor (:func:`mark_ridge_floor`)."""
+    return [r for r in rows if r.get("below_ridge_floor")]
 
 
 def utility_table(rows: list[dict]) -> str:
@@ -74,19 +110,39 @@ def utility_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _sar_pair(r: dict, lab: str, prefix: str = "") -> str:
+    """``"I / II"`` SAR percentages of a row at FMR ``lab`` (— for results judged before SAR)."""
+    i, ii = r.get(f"{prefix}SAR_I@{lab}"), r.get(f"{prefix}SAR_II@{lab}")
+    return "—" if i is None or ii is None else f"{_pct(i, 1)} / {_pct(ii, 1)}"
+
+
+def _identity_cells(r: dict) -> str:
+    """The identity columns shared by attack and baseline rows (COS through the judge's SAR)."""
+    return (f"{r['COS']:.3f} | {_pct(r['SRRA_same_image'], 1)} | {_pct(r['SRRA_pair'], 1)} | "
+            f"{_pct(r.get('closer_to_own'), 1)} | {_sar_pair(r, '1e-3')} | {_sar_pair(r, '1e-4')} | "
+            f"{_sar_pair(r, '1e-3', 'judge_')}")
+
+
+PRIVACY_HEADER = ("| defense setting | attack | leakage | MSE↑ | PSNR↓ | SSIM↓ | COS↓ | SRRA same-image↓ | SRRA pair↓ | "
+                  "closer-to-own↓ | SAR I / II @FMR 1e-3↓ | SAR I / II @FMR 1e-4↓ | judge SAR I / II @FMR 1e-3↓ | "
+                  "ridge floor | paper |")
+
+
 def privacy_table(rows: list[dict]) -> str:
-    out = ["| defense setting | attack | leakage | MSE↑ | PSNR↓ | SSIM↓ | COS↓ | SRRA same-image↓ | SRRA pair↓ | paper |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [PRIVACY_HEADER, "|" + "---|" * (PRIVACY_HEADER.count("|") - 1)]
     for r in rows:
         if r["status"] != "ok":
             out.append(f"| {r['setting']} | {r['attack']} | {r['leakage']} | FAILED: {html.escape(str(r['error']))[:120]} "
-                       "| | | | | | |")
+                       + "| " * (PRIVACY_HEADER.count("|") - 5) + "|")
             continue
         if r["who"] in BASELINES:  # printed once, below the table
             continue
         paper = " ".join(x for x in (r.get("paper_ssim"), r.get("paper_srra")) if x)
+        below = r.get("below_ridge_floor")
+        floor = "floor" if r["attack"] == FLOOR_ATTACK else f"{FLOOR_MARK} ({below})" if below else \
+            "above" if below == "" else ""
         out.append(f"| {r['setting']} | {r['attack']} | {r['leakage']} | {r['MSE']:.4f} | {r['PSNR']:.2f} | {r['SSIM']:.3f} | "
-                   f"{r['COS']:.3f} | {_pct(r['SRRA_same_image'], 1)} | {_pct(r['SRRA_pair'], 1)} | {paper} |")
+                   f"{_identity_cells(r)} | {floor} | {paper} |")
     return "\n".join(out)
 
 
@@ -98,8 +154,23 @@ def _baseline_rows(rows: list[dict]) -> str:
     lines = []
     for who, r in seen.items():
         lines.append(f"| *{who}* (no information) | — | — | {r['MSE']:.4f} | {r['PSNR']:.2f} | {r['SSIM']:.3f} | "
-                     f"{r['COS']:.3f} | {_pct(r['SRRA_same_image'], 1)} | {_pct(r['SRRA_pair'], 1)} | |")
+                     f"{_identity_cells(r)} | | |")
     return "\n".join(lines)
+
+
+def floor_note(rows: list[dict]) -> str:
+    """The report's sentence on the ridge floor (empty when no setting ran ``ridge``)."""
+    if not any(r.get("attack") == FLOOR_ATTACK and r.get("who") == "reconstruction" for r in rows):
+        return ""
+    text = (f"**Ridge floor.** `{FLOOR_ATTACK}` is a closed-form linear decoder (leaked data -> pixels, ridge regression "
+            "with its penalty chosen on held-out public faces): every learned attack must beat it on the same setting and "
+            "leakage, in type-II SAR at FMR 1e-3 and in closer-to-own. ")
+    below = below_floor(rows)
+    if not below:
+        return text + "Every learned attack that has a ridge cell to compare with beats it."
+    return text + f"{len(below)} learned attack cell(s) do not (marked {FLOOR_MARK}): its training did not use what it " \
+        "was given, and its numbers understate what the leak allows: " + "; ".join(
+            f"{r['attack']} on {r['setting']} ({r['leakage']}): {r['below_ridge_floor']}" for r in below) + "."
 
 
 def grids(images: dict, out_dir: Path) -> list[tuple[str, Path]]:
@@ -202,7 +273,13 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
           "## Privacy (attacks trained as a real attacker would, judged on LFW pair images)", "",
           "COS: cosine of an independent recogniser's embeddings (reconstruction vs original); SRRA: replay to the deployed "
           "recogniser at its operating threshold, against the same image's template and against the other image of a "
-          "same-pair.", "", privacy_table(prows), _baseline_rows(prows), ""]
+          "same-pair; closer-to-own: the reconstruction is closer (deployed recogniser) to its source than to a random "
+          "other target (50 % = no identity); SAR (successful attack rate, as the template-inversion literature reports "
+          "it): accepted by the deployed recogniser at its FMR 1e-3 / 1e-4 thresholds (fitted on LFW impostor pairs), "
+          "type I against the source image's template, type II against another image of the same person; judge SAR: the "
+          "same at the independent judge's own FMR 1e-3 threshold (an attack that only fools the recogniser it was "
+          "trained against scores there no better than the baselines).", "", privacy_table(prows), _baseline_rows(prows),
+          "", *([note, ""] if (note := floor_note(prows)) else [])]
     figs = grids(images, out_dir)
     if figs:
         md += ["## Reconstructions", ""]

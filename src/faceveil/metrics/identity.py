@@ -32,3 +32,16 @@ def closer_to_own(recon_emb: Tensor, source_emb: Tensor, metric: str, seed: int 
     d_own = pairwise_distance(recon_emb, source_emb, metric)
     d_other = pairwise_distance(recon_emb, source_emb[perm], metric)
     return d_own < d_other
+
+
+def sar(recon_emb: Tensor, target_emb: Tensor, threshold: float, metric: str) -> float:
+    """Successful attack rate (SAR) of template inversion (Mai et al., TPAMI 2019, Sec. 5; Dong et al.
+    2021 and later template-inversion papers): the fraction of reconstructions the recogniser accepts
+    as their target, i.e. whose distance to the target template is at most ``threshold`` (a threshold
+    fitted at a false match rate, e.g. FMR 1e-3, on impostor comparisons). Type I: ``target_emb`` is
+    the template of the image the reconstruction was made from; type II: the template of another image
+    of the same person. Row ``i`` of ``recon_emb`` is compared with row ``i`` of ``target_emb``."""
+    if len(recon_emb) == 0:
+        raise ValueError("sar of no reconstructions")
+    d = pairwise_distance(recon_emb.float(), target_emb.float(), metric)
+    return float((d <= threshold).double().mean())

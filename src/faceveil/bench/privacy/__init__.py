@@ -15,6 +15,10 @@ pairs ("adversarial training" in FaceObfuscator's words). Targets are LFW images
 
 - closer-to-own: the fraction of reconstructions closer (deployed recogniser) to their own source
   than to a random other target (0.5 = no identity information);
+- SAR, the successful attack rate of the template-inversion literature: the reconstruction accepted by the
+  deployed recogniser at its FMR 1e-3 and 1e-4 thresholds (fitted on LFW impostor pairs,
+  :func:`faceveil.bench.lfw.fmr_thresholds`), type I against the source image's template, type II against
+  the other image of the same-pair; and by the independent judge at its own FMR 1e-3 threshold;
 
 next to two "no information" baselines: the attacker's mean face, and a random other person.
 """

@@ -20,7 +20,7 @@ from faceveil.attacks.base import (
     ReconstructionAttack,
     ThreatModel,
 )
-from faceveil.bench.lfw import operating_point, subset_pairs
+from faceveil.bench.lfw import SAR_FMRS, fmr_label, fmr_thresholds, operating_point, subset_pairs
 from faceveil.bench.privacy.figures import visualise_held
 from faceveil.bench.privacy.leaks import LEAK_BATCH, attack_streamed, held_targets, inverted, leak_fn
 from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute
@@ -29,7 +29,7 @@ from faceveil.data.align import to_tensor
 from faceveil.data.chips import chip_images, recrop, resize
 from faceveil.data.datasets import LFW, public_chips
 from faceveil.defenses.base import Defense
-from faceveil.metrics.identity import closer_to_own, cosine, srra
+from faceveil.metrics.identity import closer_to_own, cosine, sar, srra
 from faceveil.metrics.image import mse, psnr, ssim
 from faceveil.models.base import CropSpec, Recognizer
 
@@ -120,7 +120,24 @@ def grid_positions(lfw: LFW, ia: np.ndarray, k: int = 8) -> np.ndarray:
 
 
 #: version of the judged-result cache of :func:`run_attack` (bump when a metric or the judge changes)
-EVAL_VERSION = "eval-v1"
+EVAL_VERSION = "eval-v2"  # v2: SAR type I/II at FMR 1e-3/1e-4 (deployed) and 1e-3 (judge)
+
+#: the false match rate of the independent judge's own SAR threshold
+JUDGE_SAR_FMR = 1e-3
+
+
+def sar_metrics(e: Tensor, e_a: Tensor, e_b: Tensor, fit: dict, fmrs: tuple[float, ...], metric: str,
+                prefix: str = "") -> dict:
+    """SAR type I (vs the source image's template ``e_a``) and type II (vs the pair partner's ``e_b``) at
+    each FMR of ``fmrs``, with the thresholds of ``fit`` (:func:`faceveil.bench.lfw.fmr_thresholds`):
+    keys ``{prefix}SAR_I@1e-3``, ``{prefix}SAR_II@1e-3``, ..."""
+    out = {}
+    for f in fmrs:
+        lab = fmr_label(f)
+        t = fit["thresholds"][lab]
+        out[f"{prefix}SAR_I@{lab}"] = sar(e, e_a, t, metric)
+        out[f"{prefix}SAR_II@{lab}"] = sar(e, e_b, t, metric)
+    return out
 
 
 def file_stamp(path: Path | None) -> tuple | None:
@@ -138,8 +155,10 @@ def judged(attack, defense: Defense, threat: ThreatModel, budget: Budget, lfw: L
            ctx: RunContext, cache_path: Path | None) -> dict:
     """Reconstruct the held data of LFW pair images ``ia`` with a trained ``attack`` and judge it:
     image metrics against the targets, COS by an independent recogniser, SRRA against the same image
-    and the pair partner ``ib`` at the deployed model's LFW operating point, with the mean-face and
-    random-person baselines. Returns ``{"result": JSON text, "rows": [targets, held, recon] of the grid}``."""
+    and the pair partner ``ib`` at the deployed model's LFW operating point, SAR type I (same image) and
+    type II (pair partner) at the deployed model's FMR 1e-3 and 1e-4 thresholds and at the judge's FMR 1e-3
+    threshold, with the mean-face and random-person baselines. Returns ``{"result": JSON text, "rows": [targets,
+    held, recon] of the grid}``."""
     t_start = time.perf_counter()
     seed, data, force, progress, profile = ctx.seed, ctx.data, ctx.force, ctx.progress, ctx.profile
     ds = lfw.dataset()
@@ -179,12 +198,17 @@ def judged(attack, defense: Defense, threat: ThreatModel, budget: Budget, lfw: L
     op = operating_point(deployed, lfw, progress=False)
     judge, independent = cos_judge()
     centre = judge_centre(judge, data)
+    # SAR thresholds: the deployed recogniser's at FMR 1e-3 and 1e-4, the judge's at 1e-3, both fitted on LFW
+    # impostor pairs of images in the geometry this harness gives them (the judge: dlib chips re-cropped)
+    sar_dep = fmr_thresholds(deployed, lfw, SAR_FMRS, seed=0, align=crop, progress=progress)
+    sar_judge = fmr_thresholds(judge, lfw, (JUDGE_SAR_FMR,), seed=0, align=crop, progress=progress)
     # the targets' embeddings are the same for every attack on this evaluation set (a bench run
     # judges dozens of cells; the 224-px judge dominates their cost)
     key = (str(data_dir(data)), crop, budget.target_size, [int(i) for i in ia], [int(i) for i in ib])
     e_a = target_embeddings(("a", key), deployed, lambda: embed_images(deployed, x_a, crop))
     e_b = target_embeddings(("b", key), deployed, lambda: embed_images(deployed, to_tensor(chips_b), crop))
-    j_a = target_embeddings(("a", key), judge, lambda: embed_images(judge, x_a, crop)) - centre
+    j_a = target_embeddings(("a", key), judge, lambda: embed_images(judge, x_a, crop))
+    j_b = target_embeddings(("b", key), judge, lambda: embed_images(judge, to_tensor(chips_b), crop))
     # baselines: the mean face is one image, the random person a permutation of the resized targets
     up_t = resize(targets, crop.size)
     up_m = resize(mean_face[None], crop.size)
@@ -195,15 +219,17 @@ def judged(attack, defense: Defense, threat: ThreatModel, budget: Budget, lfw: L
     }
     metrics = {}
     for name, imgs in candidates.items():
-        e = emb[name](deployed)
+        e, ej = emb[name](deployed), emb[name](judge)
         metrics[name] = {
             "MSE": float(mse(imgs, targets).mean()),
             "PSNR": float(psnr(imgs, targets, 1.0).mean()),
             "SSIM": float(ssim(imgs, targets, 1.0).mean()),
-            "COS": float(cosine(emb[name](judge) - centre, j_a).mean()),
+            "COS": float(cosine(ej - centre, j_a - centre).mean()),
             "SRRA_same_image": float(srra(e, e_a, op).float().mean()),
             "SRRA_pair": float(srra(e, e_b, op).float().mean()),
             "closer_to_own": float(closer_to_own(e, e_a, deployed.metric, seed).float().mean()),
+            **sar_metrics(e, e_a, e_b, sar_dep, SAR_FMRS, deployed.metric),
+            **sar_metrics(ej, j_a, j_b, sar_judge, (JUDGE_SAR_FMR,), judge.metric, "judge_"),
         }
     result = {
         "defense": defense.describe(),
@@ -213,7 +239,8 @@ def judged(attack, defense: Defense, threat: ThreatModel, budget: Budget, lfw: L
         "budget": asdict(budget),
         "seed": seed,
         "eval": {"dataset": "LFW pairs.txt same-pairs", "n": len(ia)},
-        "judge": {"cos": judge.name, "independent": independent, "srra": deployed.name, "operating_point": asdict(op)},
+        "judge": {"cos": judge.name, "independent": independent, "srra": deployed.name, "operating_point": asdict(op),
+                  "sar": {"deployed": sar_dep, "judge": sar_judge}},
         "metrics": metrics,
         "train_log": ({k: v for k, v in asdict(attack.log).items() if k != "losses"}
                       | {"final_loss": float(np.mean(attack.log.losses[-20:])) if attack.log.losses else None})

@@ -149,15 +149,32 @@ def judge_attack(attack, attacker_path: Path | None, defense: Defense, threat: T
 
 
 def format_result(r: dict) -> str:
-    """A small table of the metrics of one attack run."""
+    """A small table of the metrics of one attack run: image metrics, COS, SRRA and closer-to-own, then the
+    successful attack rates (SAR) at the deployed recogniser's and the judge's FMR thresholds."""
     t = r["threat"]
     lines = [
         f"defense {r['defense']['name']} | attack {r['attack']['name']} | leakage {t['leakage']}"
         + (f" | adaptive view {t['view']}" if t.get("view") else "") + f" | profile {r['profile']} | n={r['eval']['n']}",
         f"COS judged by {r['judge']['cos']}" + ("" if r["judge"]["independent"] else " (NOT independent: install faceres)"),
-        f"{'':<16}{'MSE↑':>8}{'PSNR↓':>8}{'SSIM↓':>8}{'COS↓':>8}{'SRRA same':>11}{'SRRA pair':>11}",
+        f"{'':<16}{'MSE↑':>8}{'PSNR↓':>8}{'SSIM↓':>8}{'COS↓':>8}{'SRRA same':>11}{'SRRA pair':>11}{'closer-to-own':>15}",
     ]
     for name, m in r["metrics"].items():
         lines.append(f"{name:<16}{m['MSE']:>8.4f}{m['PSNR']:>8.2f}{m['SSIM']:>8.3f}{m['COS']:>8.3f}"
-                     f"{100 * m['SRRA_same_image']:>10.1f}%{100 * m['SRRA_pair']:>10.1f}%")
+                     f"{100 * m['SRRA_same_image']:>10.1f}%{100 * m['SRRA_pair']:>10.1f}%{100 * m['closer_to_own']:>14.1f}%")
+    sar = r["judge"].get("sar")
+    if not sar:  # a result judged before SAR was measured
+        return "\n".join(lines)
+    dep, jud = sar["deployed"], sar["judge"]
+    cols = [(f"{dep['model']} {kind} @{lab}", f"SAR_{kind}@{lab}") for lab in dep["thresholds"] for kind in ("I", "II")]
+    cols += [(f"{jud['model']} {kind} @{lab}", f"judge_SAR_{kind}@{lab}") for lab in jud["thresholds"] for kind in ("I", "II")]
+    lines.append("SAR (successful attack rate; type I: vs the source image's template, type II: vs another image "
+                 "of the same person) at FMR thresholds fitted on LFW impostor pairs:")
+    lines.append(f"{'':<16}" + "".join(f"{h:>{max(len(h) + 2, 10)}}" for h, _ in cols))
+    for name, m in r["metrics"].items():
+        lines.append(f"{name:<16}" + "".join(f"{100 * m[k]:>{max(len(h) + 2, 10) - 1}.1f}%" if k in m else
+                                            f"{'—':>{max(len(h) + 2, 10)}}" for h, k in cols))
+    for fit in (dep, jud):
+        lines.append(f"  {fit['model']} {fit['metric']} thresholds: " + ", ".join(
+            f"FMR {lab}: {t:.4f} (held-out FMR {fit['held_out_fmr'][lab]:.2g})" for lab, t in fit["thresholds"].items())
+            + f"; {fit['n_fit']:,} + {fit['n_held_out']:,} impostor pairs of {fit['images']:,} LFW images")
     return "\n".join(lines)
