@@ -109,12 +109,18 @@ def fmr_label(fmr: float) -> str:
     return f"{m}e{int(e)}"
 
 
+def impostor_count(labels: np.ndarray) -> int:
+    """How many unordered pairs of images with different identity ``labels`` exist."""
+    size = len(labels)
+    return size * (size - 1) // 2 - sum(int(c) * (int(c) - 1) // 2 for c in np.unique(labels, return_counts=True)[1])
+
+
 def impostor_pairs(labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` distinct unordered pairs of images ``(i, j)`` with different identity ``labels``, drawn
     uniformly with a seeded generator (in random order)."""
     labels = np.asarray(labels)
     size = len(labels)
-    possible = size * (size - 1) // 2 - sum(int(c) * (int(c) - 1) // 2 for c in np.unique(labels, return_counts=True)[1])
+    possible = impostor_count(labels)
     if n > possible // 2:
         raise ValueError(f"{n} impostor pairs asked of {size} images that make {possible}: sample at most half of them")
     rng = np.random.default_rng(seed)
@@ -153,26 +159,35 @@ def threshold_at_fmr(impostor: np.ndarray, fmr: float) -> float:
 
 def fmr_thresholds(model: Recognizer, lfw: LFW | None = None, fmrs: tuple[float, ...] = SAR_FMRS,
                    n_impostor: int = SAR_IMPOSTORS, seed: int = 0, align: CropSpec | None = None,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, images: int | None = None) -> dict:
     """Thresholds of ``model`` (its own metric) at false match rates ``fmrs``, the operating points at which
     template-inversion papers report SAR (ISO/IEC 19795-1 FMR; Mai et al. TPAMI 2019 use LFW impostors too).
 
-    Every LFW image (13,233) is embedded once (:func:`dataset_embeddings`, cached; with ``align``: chips of
-    that geometry re-cropped to the model's, as a judge sees them); ``n_impostor`` distinct pairs of images
-    of different people are drawn with ``seed``; the first half fits each threshold
+    Every LFW image (13,233), or a seeded random subset of ``images`` of them (cheap profiles: the 224-px
+    judge embeds ~16 images/s on a core), is embedded once (:func:`dataset_embeddings`, cached; with ``align``:
+    chips of that geometry re-cropped to the model's, as a judge sees them); ``n_impostor`` distinct pairs of
+    images of different people (at most half of those the images make) are drawn with ``seed``; the first half fits each threshold
     (:func:`threshold_at_fmr`), the held-out second half measures the FMR it achieves. Cached on disk,
     keyed by the model's weight fingerprint. Returns a JSON-ready dict: ``thresholds`` / ``fit_fmr`` /
     ``held_out_fmr`` keyed by :func:`fmr_label`, and how they were fitted."""
     lfw = lfw or LFW()
     ds = lfw.dataset()
+    idx = None
+    if images is not None and images < len(ds):
+        if images < 100:
+            raise ValueError(f"FMR thresholds from {images} images: use at least 100")
+        idx = np.sort(np.random.default_rng(seed).choice(len(ds), images, replace=False))
+        ds = ds.subset(idx)
+    labels = np.asarray(ds.labels)
+    n_impostor = min(n_impostor, impostor_count(labels) // 2)
     align = None if align == model.crop else align
     key = config_hash(model_fingerprint(model), [float(f) for f in fmrs], n_impostor, seed, ds.files, ALIGN_VERSION,
                       model.crop.key(), align.key() if align else None, "fmr-v1")
     path = cache_dir("thresholds") / f"fmr-{model.name}-{key}.pt"
 
     def fit() -> dict:
-        emb, status, _ = dataset_embeddings(model, ds, progress=progress, align=align)
-        i, j = impostor_pairs(ds.labels, n_impostor, seed)
+        emb, status, _ = dataset_embeddings(model, lfw.dataset(), idx, progress=progress, align=align)
+        i, j = impostor_pairs(labels, n_impostor, seed)
         d = impostor_distances(emb, i, j, model.metric)
         half = len(d) // 2
         fit_d, held_d = d[:half], d[half:]
