@@ -257,7 +257,7 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
 @app.command("attack")
 def attack_cmd(
     defense: Annotated[str, typer.Option(help="Defense name (see `faceveil defenses list`).")] = "none",
-    attack: Annotated[str, typer.Option(help="Attack: ridge, dn, urec, resrec, transrec, cgan, whitebox.")] = "dn",
+    attack: Annotated[str, typer.Option(help="Attack: ridge, dn, nbnet, urec, resrec, transrec, cgan, whitebox.")] = "dn",
     profile: Annotated[str, typer.Option(help="ci | quick | full")] = "quick",
     leakage: Annotated[str, typer.Option(help="channel | database")] = "channel",
     view: Annotated[str | None, typer.Option(help="Adaptive attacker view of the leaked data (defense-specific).")] = None,
@@ -306,7 +306,8 @@ def attack_cmd(
 def bench_cmd(
     profile: Annotated[str, typer.Option(help="ci (<= 5 min) | quick (<= 15 min) | full")] = "quick",
     defenses: Annotated[str | None, typer.Option(help="Comma-separated defenses (default: all registered).")] = None,
-    attacks: Annotated[str | None, typer.Option(help="Comma-separated attacks (default: ridge,dn,cgan,whitebox).")] = None,
+    attacks: Annotated[str | None, typer.Option(
+        help="Comma-separated attacks (default: ridge,dn,cgan,whitebox; quick and full add nbnet).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/bench"),
     data_dir: DataDir = None,
     seed: int = 0,

@@ -216,6 +216,11 @@ class Attack:
         the caches of sets made from them: ``(chips, description)``, or ``None`` for none."""
         return None
 
+    def public_share(self, n_total: int) -> int:
+        """Of ``n_total`` faces that an expensive client's protection budget allows, how many are public faces
+        (the rest: :meth:`synthetic_chips` of them); all of them for an attack without synthetic faces."""
+        return n_total
+
     def config_value(self, param: str):
         """How ``param`` enters :meth:`config` (default: the attribute of that name)."""
         return getattr(self, param)

@@ -48,13 +48,17 @@ class BenchProfile:
     #: LFW same-pairs judged for the white-box inversion: it optimises every target image through
     #: the client (150 steps x ~30 ms/step/face for a dlib embedding on one core = ~4.5 s/face)
     whitebox_pairs: int | None = None
+    #: attacks run on every setting besides :data:`DEFAULT_ATTACKS` when no attack list is given (the suite's
+    #: strongest learned attacks, too slow for the ci profile's budget: ``nbnet`` trains through the recogniser)
+    extra_attacks: tuple[str, ...] = ()
 
 
 BENCH_PROFILES = {
     "ci": BenchProfile("ci", utility_per_fold=5, adapted=False, attack_profile="ci", protect_seconds=60, whitebox_pairs=20),
     "quick": BenchProfile("quick", utility_per_fold=50, adapted=True, attack_profile="quick", protect_seconds=240,
-                          whitebox_pairs=50),
-    "full": BenchProfile("full", utility_per_fold=None, adapted=True, attack_profile="full", whitebox_pairs=300),
+                          whitebox_pairs=50, extra_attacks=("nbnet",)),
+    "full": BenchProfile("full", utility_per_fold=None, adapted=True, attack_profile="full", whitebox_pairs=300,
+                         extra_attacks=("nbnet",)),
 }
 
 
@@ -94,6 +98,12 @@ EXPERIMENTS: Registry[Callable] = Registry("experiment", "faceveil.bench.experim
 #: ``ridge`` (closed form, seconds) is the floor every learned attack must beat on every setting (the report
 #: flags those that do not)
 DEFAULT_ATTACKS = ("ridge", "dn", "cgan", "whitebox")
+
+
+def default_attacks(bp: BenchProfile) -> tuple[str, ...]:
+    """The attacks a bench run at profile ``bp`` runs when none are named: :data:`DEFAULT_ATTACKS`, then the
+    profile's :attr:`BenchProfile.extra_attacks` (``nbnet`` at quick and full)."""
+    return DEFAULT_ATTACKS + tuple(a for a in bp.extra_attacks if a not in DEFAULT_ATTACKS)
 
 
 def settings_for(name: str) -> list[Setting]:

@@ -35,6 +35,7 @@ from faceveil.bench.plan import (  # noqa: F401  (re-exported: the bench's plan 
     ExperimentContext,
     Setting,
     Sizes,
+    default_attacks,
     setting_sizes,
     settings_for,
 )
@@ -132,7 +133,7 @@ def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, 
     names = defenses or DEFENSES.names()
     for n in names:
         DEFENSES.get(n)  # clear error for unknown names
-    attack_names = tuple(attacks or DEFAULT_ATTACKS)
+    attack_names = tuple(attacks or default_attacks(bp))
     out_dir = Path(ctx.out_dir)
     ensure_dir(out_dir)
     if jobs > 1 and len(names) > 1:
