@@ -257,7 +257,7 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
 @app.command("attack")
 def attack_cmd(
     defense: Annotated[str, typer.Option(help="Defense name (see `faceveil defenses list`).")] = "none",
-    attack: Annotated[str, typer.Option(help="Attack: ridge, dn, urec, resrec, transrec, cgan, whitebox.")] = "dn",
+    attack: Annotated[str, typer.Option(help="Attack: ridge, dn, nbnet, urec, resrec, transrec, cgan, whitebox.")] = "dn",
     profile: Annotated[str, typer.Option(help="ci | quick | full")] = "quick",
     leakage: Annotated[str, typer.Option(help="channel | database")] = "channel",
     view: Annotated[str | None, typer.Option(help="Adaptive attacker view of the leaked data (defense-specific).")] = None,
@@ -308,7 +308,7 @@ def bench_cmd(
     defenses: Annotated[str | None, typer.Option(help="Comma-separated defenses (default: all registered).")] = None,
     attacks: Annotated[str | None, typer.Option(help=(
         "Comma-separated attacks (default: the profile's suite: ridge,dn,cgan,whitebox and, on their defense only, "
-        "instahide-unmix,facemix-dominant; full adds nbnet,ganinv,ganinv-es)."))] = None,
+        "instahide-unmix,facemix-dominant; quick adds nbnet, full nbnet,ganinv,ganinv-es)."))] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/bench"),
     data_dir: DataDir = None,
     seed: int = 0,

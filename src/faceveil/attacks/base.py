@@ -177,6 +177,8 @@ NEEDS = {
                    "attacker refined per target)",
     "queries": "only queries to the deployed system's match API (probe faces in, distances out; no gradients, no "
                "training pairs), counted per face",
+    "synthetic": "extra training faces sampled from a pretrained face GAN (Attack.synthetic_chips), protected by the "
+                 "attacker's black-box client like his public faces",
 }
 
 
@@ -227,6 +229,17 @@ class Attack:
             if not any(p.kind is p.VAR_KEYWORD for p in sig.values()):
                 break
         return out
+
+    def synthetic_chips(self, crop, n_public: int, seed: int) -> tuple | None:
+        """For an attack that needs ``"synthetic"``: extra aligned training chips (uint8 ``[N,S,S,3]`` in
+        ``crop``'s geometry) given ``n_public`` public faces, and a JSON-able description of them that keys
+        the caches of sets made from them: ``(chips, description)``, or ``None`` for none."""
+        return None
+
+    def public_share(self, n_total: int) -> int:
+        """Of ``n_total`` faces that an expensive client's protection budget allows, how many are public faces
+        (the rest: :meth:`synthetic_chips` of them); all of them for an attack without synthetic faces."""
+        return n_total
 
     def config_value(self, param: str):
         """How ``param`` enters :meth:`config` (default: the attribute of that name)."""

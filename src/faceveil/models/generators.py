@@ -462,3 +462,42 @@ def get_generator(name: str = "digiface", cfg: DCGANConfig | None = None) -> Fac
 def to_uint8(x: Tensor) -> np.ndarray:
     """``[B,3,H,W]`` in [0,1] -> uint8 ``[B,H,W,3]``."""
     return (x.detach().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic aligned faces (extra training faces for attackers)
+# ---------------------------------------------------------------------------------------------
+
+#: salt of the per-batch latent draws of :func:`synthetic_faces` (faceveil.keys.research_generator)
+SYNTHETIC_SALT = 41
+#: latents are drawn in blocks of this many (whatever ``n``), so ``n`` faces are a prefix of ``n + k``
+SYNTHETIC_BLOCK = 64
+
+
+def synthetic_faces(n: int, crop: CropSpec, seed: int = 0, generator: str = "digiface", start: int = 0) -> Tensor:
+    """Faces ``start .. start+n-1`` of a seeded stream of GAN faces (z ~ N(0, I)) warped into ``crop``'s
+    aligned frame: float ``[n,3,S,S]`` in [0,1]. Block ``i`` of :data:`SYNTHETIC_BLOCK` latents comes from
+    ``research_generator(seed, i, SYNTHETIC_SALT)``, so any slice of the stream is reproducible on its own
+    (synthetic-data inversion attacks train on such unlimited faces). The GAN frame does not reach the
+    bottom of a dlib chip (module docstring): those rows replicate its last row (``padding_mode="border"``)."""
+    from faceveil.keys import research_generator
+
+    if n < 0 or start < 0:
+        raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
+    gen = get_generator(generator)
+    dst = Frame.from_crop(crop)
+    out = torch.empty(n, 3, crop.size, crop.size)
+    first, last = start // SYNTHETIC_BLOCK, -(-(start + n) // SYNTHETIC_BLOCK)
+    with torch.no_grad():
+        for b in range(first, last):
+            z = torch.randn(SYNTHETIC_BLOCK, gen.nz, generator=research_generator(seed, b, SYNTHETIC_SALT))
+            lo, hi = max(start, b * SYNTHETIC_BLOCK), min(start + n, (b + 1) * SYNTHETIC_BLOCK)
+            z = z[lo - b * SYNTHETIC_BLOCK : hi - b * SYNTHETIC_BLOCK]
+            face, _ = warp(gen.decode(z, "z"), gen.frame, dst, padding_mode="border")
+            out[lo - start : hi - start] = face.clamp(0, 1)
+    return out
+
+
+def synthetic_chips(n: int, crop: CropSpec, seed: int = 0, generator: str = "digiface") -> np.ndarray:
+    """``n`` aligned synthetic face chips, uint8 ``[n,S,S,3]`` (:func:`synthetic_faces` from the start)."""
+    return to_uint8(synthetic_faces(n, crop, seed, generator))

@@ -151,11 +151,12 @@ ATTACKER_SET_MAX_BYTES = 4 * 2**30
 
 def attacker_source(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray, targets: Tensor, seed: int,
                     train_images: int | None = None, data=None, progress: bool = False,
-                    max_bytes: int = ATTACKER_SET_MAX_BYTES) -> PairSource:
+                    max_bytes: int = ATTACKER_SET_MAX_BYTES, synthetic=None) -> PairSource:
     """The attacker's (protected, target) pairs. A stochastic client redraws every epoch; a fast
     deterministic client whose set would exceed ``max_bytes`` is run on each batch as it is drawn
     (the same values as the precomputed set: its output does not depend on the draws); otherwise the
-    set is made once (:func:`leak_set`, cached on disk for slow clients; ``train_images`` keys it)."""
+    set is made once (:func:`leak_set`, cached on disk for slow clients; ``train_images`` keys it, and
+    ``synthetic``, the description of GAN faces appended to ``chips`` (:meth:`Attack.synthetic_chips`))."""
     on_the_fly = defense.stochastic and not defense.needs_grad_to_protect
     if not (defense.stochastic or defense.needs_grad_to_protect or defense.slow):
         one = leak(to_tensor(chips[:1]), research_generator(seed, 0, 11))
@@ -169,7 +170,7 @@ def attacker_source(defense: Defense, threat: ThreatModel, leak, chips: np.ndarr
         return PairSource(targets, inputs=u8, redraw=redraw, seed=seed)
     # keyed by what makes the set, not by the attack: dn and cgan of a setting share it
     key = config_hash(defense.config(), str(defense.recognizer.crop), asdict(threat), train_images, seed,
-                      str(data_dir(data)), "attacker-set-v1")
+                      str(data_dir(data)), "attacker-set-v1", *(() if synthetic is None else (synthetic,)))
     protected = leak_set(defense, leak, chips, seed, 11, cache_dir("protected") / f"{defense.name}-attacker-{key}.pt",
                           progress, "attacker protects public faces", save=False)
     return PairSource(targets, protected=protected, seed=seed)

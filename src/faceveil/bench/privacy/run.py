@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,9 +73,17 @@ def train_attacker(defense: Defense, attack_name: str, threat: ThreatModel, budg
             check_trained(attack_name, attack.log, budget)
             return attack, path
         log.warning("%s: cached attacker %s has non-finite statistics (float32 overflow); retraining", attack_name, path.name)
-    chips = public_chips(data, defense.recognizer.crop, budget.train_images, seed, ctx.progress)
+    n_public = budget.train_images
+    if "synthetic" in needs and defense.protect_ms_hint > 0 and n_public:
+        n_public = attack.public_share(n_public)  # an expensive client: GAN faces share its protection budget
+    chips = public_chips(data, defense.recognizer.crop, n_public, seed, ctx.progress)
+    extra = attack.synthetic_chips(defense.recognizer.crop, len(chips), seed) if "synthetic" in needs else None
+    if extra is not None:  # GAN faces, protected by the attacker's client like his public faces
+        extra = extra[0], {**extra[1], "public": len(chips)}
+        chips = np.concatenate([chips, extra[0]])
     targets = chip_images(chips, budget.target_size)
-    source = attacker_source(defense, threat, leak, chips, targets, seed, budget.train_images, data, ctx.progress)
+    source = attacker_source(defense, threat, leak, chips, targets, seed, budget.train_images, data, ctx.progress,
+                             synthetic=None if extra is None else extra[1])
     attack.fit_and_save(source, budget, path, ctx.progress, ctx.force)  # resumable: outlives a stopped process
     check_trained(attack_name, attack.log, budget)
     return attack, path
