@@ -361,6 +361,8 @@ def markdown_to_html(md: str, base: Path) -> str:
             if p.is_file():
                 data = base64.b64encode(p.read_bytes()).decode()
                 out.append(f"<p><img alt='{html.escape(m.group(1))}' src='data:image/png;base64,{data}'></p>")
+            else:  # said, not dropped: a reader (and the browser test) must see a missing figure
+                out.append(f"<p class='missing'>[missing figure: {html.escape(m.group(2))}]</p>")
         elif ln.startswith("- "):
             out.append(f"<li>{inline(ln[2:])}</li>")
         elif ln.strip():
