@@ -308,7 +308,7 @@ def bench_cmd(
     defenses: Annotated[str | None, typer.Option(help="Comma-separated defenses (default: all registered).")] = None,
     attacks: Annotated[str | None, typer.Option(help=(
         "Comma-separated attacks (default: the profile's suite: ridge,dn,cgan,whitebox and, on their defense only, "
-        "instahide-unmix,facemix-dominant; quick adds nbnet, full nbnet,ganinv,ganinv-es)."))] = None,
+        "instahide-unmix,facemix-dominant; full adds nbnet,ganinv,ganinv-es)."))] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/bench"),
     data_dir: DataDir = None,
     seed: int = 0,

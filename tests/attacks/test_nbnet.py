@@ -48,7 +48,7 @@ def test_the_bench_runs_nbnet_at_quick_and_full_only():
 
     assert "ridge" in DEFAULT_ATTACKS and "nbnet" not in DEFAULT_ATTACKS
     assert default_attacks(BENCH_PROFILES["ci"]) == DEFAULT_ATTACKS
-    assert default_attacks(BENCH_PROFILES["quick"]) == (*DEFAULT_ATTACKS, "nbnet")
+    assert default_attacks(BENCH_PROFILES["quick"]) == DEFAULT_ATTACKS  # make run stays short (issue 34)
     assert default_attacks(BENCH_PROFILES["full"]) == (*DEFAULT_ATTACKS, "nbnet", "ganinv", "ganinv-es")
 
 

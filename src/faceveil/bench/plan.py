@@ -49,14 +49,15 @@ class BenchProfile:
     #: the client (150 steps x ~30 ms/step/face for a dlib embedding on one core = ~4.5 s/face)
     whitebox_pairs: int | None = None
     #: attacks run on every setting besides :data:`DEFAULT_ATTACKS` when no attack list is given (the suite's
-    #: strongest learned attacks, too slow for the ci profile's budget: ``nbnet`` trains through the recogniser)
+    #: strongest attacks too slow for the cheap profiles: ``nbnet`` trains through the recogniser, the GAN-prior
+    #: inversions take seconds per face)
     extra_attacks: tuple[str, ...] = ()
 
 
 BENCH_PROFILES = {
     "ci": BenchProfile("ci", utility_per_fold=5, adapted=False, attack_profile="ci", protect_seconds=60, whitebox_pairs=20),
     "quick": BenchProfile("quick", utility_per_fold=50, adapted=True, attack_profile="quick", protect_seconds=240,
-                          whitebox_pairs=50, extra_attacks=("nbnet",)),
+                          whitebox_pairs=50),
     "full": BenchProfile("full", utility_per_fold=None, adapted=True, attack_profile="full", whitebox_pairs=300,
                          extra_attacks=("nbnet", "ganinv", "ganinv-es")),
 }
@@ -100,12 +101,14 @@ EXPERIMENTS: Registry[Callable] = Registry("experiment", "faceveil.bench.experim
 #: ``facemix-dominant``) run only on the defenses they are written for
 DEFAULT_ATTACKS = ("ridge", "dn", "cgan", "whitebox", "instahide-unmix", "facemix-dominant")
 
+
 def default_attacks(bp: BenchProfile) -> tuple[str, ...]:
     """The attack suite a bench run at profile ``bp`` runs when none are named: the strongest attack of each
     kind that fits the profile (closed form, learned decoders, white-box optimisation, defense-specific:
-    :data:`DEFAULT_ATTACKS`), then the profile's :attr:`BenchProfile.extra_attacks` (``nbnet`` at quick and
-    full; the GAN-prior inversions, white-box and query-only, at full: their seconds per face do not fit the
-    cheap profiles). A defense's verdict is its worst case over the suite (:mod:`faceveil.bench.verdicts`)."""
+    :data:`DEFAULT_ATTACKS`), then the profile's :attr:`BenchProfile.extra_attacks` (at full: ``nbnet``, whose
+    training through the recogniser on twice the faces would lengthen ``make run`` (quick) by hours, and the
+    GAN-prior inversions, white-box and query-only, whose seconds per face do not fit the cheap profiles).
+    A defense's verdict is its worst case over the suite (:mod:`faceveil.bench.verdicts`)."""
     return DEFAULT_ATTACKS + tuple(a for a in bp.extra_attacks if a not in DEFAULT_ATTACKS)
 
 
