@@ -70,3 +70,10 @@ def test_results_judged_before_sar_still_render():
     rows = privacy_rows(r)
     table = privacy_table(rows)
     assert "— / —" not in table and "| — | — | — |" in table
+
+
+def test_ties_at_a_bound_are_not_flagged():
+    from faceveil.bench.report import _not_beaten
+
+    assert not _not_beaten(1.0, 1.0) and not _not_beaten(0.0, 0.0)  # nothing to beat at 0 % or 100 %
+    assert _not_beaten(0.5, 0.5) and _not_beaten(0.4, 0.5) and not _not_beaten(0.6, 0.5)

@@ -70,9 +70,10 @@ def privacy_rows(results: dict) -> list[dict]:
 
 
 def _not_beaten(x: float, floor: float) -> bool:
-    """``x`` does not beat ``floor``: lower, or equal to a floor above zero (two attacks that both fail
-    completely, e.g. SAR 0 %, tie at nothing and neither is flagged for it)."""
-    return x < floor or (x == floor and floor > 0)
+    """``x`` does not beat ``floor``: lower, or equal to a floor strictly between 0 and 1 (two attacks that both
+    fail completely, SAR 0 %, or both succeed on every pair, 100 %, tie at a bound neither can pass and neither
+    is flagged for it)."""
+    return x < floor or (x == floor and 0 < floor < 1)
 
 
 def mark_ridge_floor(rows: list[dict]) -> None:
