@@ -102,6 +102,8 @@ SAR_FMRS = (1e-3, 1e-4)
 #: impostor comparisons sampled for :func:`fmr_thresholds` (half fit the thresholds, half check them): at FMR
 #: 1e-4 the fitted half accepts 50 of them, so the threshold is not one outlier pair
 SAR_IMPOSTORS = 1_000_000
+#: version of the FMR-threshold fit (its cache key; judged results include it too)
+FMR_VERSION = "fmr-v2"
 
 
 def fmr_label(fmr: float) -> str:
@@ -171,7 +173,7 @@ def fmr_thresholds(model: Recognizer, lfw: LFW | None = None, fmrs: tuple[float,
     n_impostor = min(n_impostor, impostor_count(labels) // 2)
     align = None if align == model.crop else align
     key = config_hash(model_fingerprint(model), [float(f) for f in fmrs], n_impostor, seed, ds.files, ALIGN_VERSION,
-                      model.crop.key(), align.key() if align else None, "fmr-v2")
+                      model.crop.key(), align.key() if align else None, FMR_VERSION)
     path = cache_dir("thresholds") / f"fmr-{model.name}-{key}.pt"
 
     def fit() -> dict:

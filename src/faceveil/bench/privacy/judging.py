@@ -19,7 +19,7 @@ from faceveil.attacks.base import (
     ReconstructionAttack,
     ThreatModel,
 )
-from faceveil.bench.lfw import SAR_FMRS, fmr_label, fmr_thresholds, operating_point, subset_pairs
+from faceveil.bench.lfw import FMR_VERSION, SAR_FMRS, fmr_label, fmr_thresholds, operating_point, subset_pairs
 from faceveil.bench.privacy.figures import visualise_held
 from faceveil.bench.privacy.leaks import LEAK_BATCH, attack_streamed, held_targets, inverted, leak_fn
 from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute
@@ -127,6 +127,12 @@ JUDGE_SAR_FMR = 1e-3
 #: 13,233). 1,000 images still give > 2 x 10^5 impostor pairs (1e-4 measurable) and keep the ci profile's
 #: first judged attack from embedding all of LFW with the 224-px judge (~14 min of one core).
 SAR_IMAGES = {"ci": 1000, "quick": 4000}
+
+
+def sar_config(profile: str) -> tuple:
+    """What picks the SAR thresholds of a judged result (part of its cache key): the threshold fit's version
+    and the LFW images it uses at ``profile``."""
+    return FMR_VERSION, SAR_IMAGES.get(profile), JUDGE_SAR_FMR
 
 
 def sar_metrics(e: Tensor, e_a: Tensor, e_b: Tensor, fit: dict, fmrs: tuple[float, ...], metric: str,

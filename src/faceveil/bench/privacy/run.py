@@ -25,7 +25,7 @@ from faceveil.attacks.base import (
 )
 from faceveil.attacks.ganinv import QueryOracle
 from faceveil.bench.privacy.figures import image_grid
-from faceveil.bench.privacy.judging import EVAL_VERSION, eval_pairs, judged
+from faceveil.bench.privacy.judging import EVAL_VERSION, eval_pairs, judged, sar_config
 from faceveil.bench.privacy.leaks import attacker_source, file_stamp, inversion_path, leak_fn
 from faceveil.config import cache_dir, config_hash, data_dir
 from faceveil.context import RunContext
@@ -182,7 +182,8 @@ def judge_attack(attack, attacker_path: Path | None, defense: Defense, threat: T
 
     def eval_path() -> tuple[str, Path]:
         k = config_hash(file_stamp(source), attack.config(), defense.config(), asdict(threat), asdict(budget),
-                        [int(i) for i in ia], [int(i) for i in ib], seed, str(data_dir(data)), server, EVAL_VERSION)
+                        [int(i) for i in ia], [int(i) for i in ib], seed, str(data_dir(data)), server, EVAL_VERSION,
+                        sar_config(ctx.profile))
         return k, cache_dir("evals") / f"{defense.name}-{name}-{k}.pt"
 
     ekey, path = eval_path()
