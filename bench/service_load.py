@@ -123,16 +123,23 @@ def main() -> None:
     repo.enroll("lfw", [(probes[0], [TemplateRecord(t0p[0].numpy(), stored[0].numpy())])])
     asgi = TestClient(create_app(system, repo, ServiceSettings(rate=0)))
     ha = {"X-API-Key": new_key(repo, "bench", None, admin=True)}
-    via, bare_a = [], []
-    for i in range(100):
-        j = i % len(probes)
-        p = Payload(system.defense.name, digest, probe_t[j][None])
-        t1 = time.perf_counter()
-        bare_verify(p)
-        bare_a.append(1000 * (time.perf_counter() - t1))
-        t1 = time.perf_counter()
-        asgi.post(f"/v1/galleries/lfw/subjects/{probes[0]}/verify", json={"payload": b64(probe_t[j])}, headers=ha).raise_for_status()
-        via.append(1000 * (time.perf_counter() - t1))
+    def interleaved(request) -> tuple[list[float], list[float]]:
+        """100 (request, bare in-process call) timings in ms, alternated (this machine's load drifts: a ratio of
+        two loops run minutes apart measures the drift, not the service)."""
+        out, bare = [], []
+        for i in range(100):
+            j = i % len(probes)
+            p = Payload(system.defense.name, digest, probe_t[j][None])
+            t1 = time.perf_counter()
+            bare_verify(p)
+            bare.append(1000 * (time.perf_counter() - t1))
+            t1 = time.perf_counter()
+            request(j).raise_for_status()
+            out.append(1000 * (time.perf_counter() - t1))
+        return out, bare
+
+    via, bare_a = interleaved(lambda j: asgi.post(f"/v1/galleries/lfw/subjects/{probes[0]}/verify",
+                                                  json={"payload": b64(probe_t[j])}, headers=ha))
     import json
 
     def clock(f, n: int = 50) -> list[float]:
@@ -199,18 +206,9 @@ def main() -> None:
             print(line(f"[{backend}] HTTP identify k=5 over {len(people)}", lat["identify"]))
             print(f"[{backend}] mixed load: {args.requests / wall:.1f} req/s; verify p50 ratio to in-process "
                   f"{pct(lat['verify'], 50) / pct(inproc, 50):.2f}x")
-            # one client, interleaved with the bare in-process call (this machine's load drifts: a ratio of
-            # two loops run minutes apart measures the drift, not the service)
-            seq, bare = [], []
-            for i in range(100):
-                j = i % len(probes)
-                p = Payload(system.defense.name, digest, probe_t[j][None])
-                t1 = time.perf_counter()
-                bare_verify(p)
-                bare.append(1000 * (time.perf_counter() - t1))
-                t1 = time.perf_counter()
-                http.post(f"/v1/galleries/lfw/subjects/{probes[j]}/verify", json={"payload": b64(probe_t[j])}).raise_for_status()
-                seq.append(1000 * (time.perf_counter() - t1))
+            # one client, interleaved with the bare in-process call
+            seq, bare = interleaved(lambda j, http=http: http.post(f"/v1/galleries/lfw/subjects/{probes[j]}/verify",
+                                                                   json={"payload": b64(probe_t[j])}))
             print(line(f"[{backend}] HTTP verify (one client)", seq))
             print(line(f"[{backend}] in-process verify (interleaved)", bare))
             print(f"[{backend}] one-client verify p50 ratio to in-process (interleaved): {pct(seq, 50) / pct(bare, 50):.2f}x")

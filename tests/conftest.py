@@ -62,3 +62,22 @@ def pytest_collection_modifyitems(config, items):  # noqa: D103
 
 def as_uint8(x) -> np.ndarray:
     return np.asarray(x, dtype=np.uint8)
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium: Debian's ``chromium`` driven through Playwright (no browser download)."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium, headless=True,
+                               args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                     "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            yield b
+        finally:
+            b.close()

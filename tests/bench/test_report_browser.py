@@ -5,30 +5,18 @@ table first; a screenshot of the first screen is written beside the report."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from faceveil.bench.report import write_report
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def page():
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                               args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                     "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            yield b.new_page(viewport={"width": 1400, "height": 900})
-        finally:
-            b.close()
+def page(browser):
+    return browser.new_page(viewport={"width": 1400, "height": 900})
 
 
 def test_committed_run_renders_in_a_browser(page, tmp_path):

@@ -4,28 +4,7 @@ what leaves the device, create a gallery, enrol, verify and identify."""
 
 from __future__ import annotations
 
-import shutil
-
-import pytest
-
 from tests.service.test_server import Server, _admin_key
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                               args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                     "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def test_demo_page_enrols_verifies_and_identifies(browser, fo_bundle, tmp_path, lfw, data_root):

@@ -558,6 +558,28 @@ class DefenseSpecificAttack(Attack):
             raise RuntimeError(f"{self.name}: give the attacked defense as defense=...")
         return self.defense
 
+    def unmix(self, data: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """One chunk of checked protected data -> (faces ``[B,3,S,S]`` in [0,1], what was found per sample)."""
+        raise NotImplementedError
+
+    def unmix_all(self, data: Tensor, chunk: int) -> Tensor:
+        """:meth:`unmix` over ``data`` in chunks of ``chunk``; what was found is kept in ``self.found``; the faces
+        are resized to ``target_size``."""
+        outs, found = [], []
+        with torch.no_grad():
+            for s in range(0, len(data), chunk):
+                x, f = self.unmix(data[s : s + chunk])
+                outs.append(x)
+                found.append(f)
+        self.found = {k: torch.cat([f[k] for f in found]) for k in found[0]} if found else {}
+        if not outs:
+            return torch.empty(0, 3, self.target_size, self.target_size)
+        x = torch.cat(outs)
+        if x.shape[-1] != self.target_size:
+            x = torch.nn.functional.interpolate(x, size=(self.target_size, self.target_size), mode="bilinear",
+                                                align_corners=False, antialias=x.shape[-1] > self.target_size)
+        return x.clamp(0, 1).float()
+
     def check_protected(self, protected: Tensor, value_range: tuple[float, float]) -> Tensor:
         """``protected`` as float32 ``[B,3,S,S]`` (S >= 8), finite and within ``value_range`` (else a
         :class:`FaceveilDataError` naming the problem)."""

@@ -24,7 +24,6 @@ with the pool and tiny least-squares fits).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from faceveil.attacks.base import DefenseSpecificAttack, register_attack
@@ -105,17 +104,4 @@ class FaceMixDominant(DefenseSpecificAttack):
     def attack(self, protected: Tensor, batch_size: int = 64) -> Tensor:
         self.require_defense()
         m = self.check_protected(protected, (0.0, 1.0))
-        outs, found = [], []
-        with torch.no_grad():
-            for s in range(0, len(m), batch_size):
-                x, f = self.unmix(m[s : s + batch_size])
-                outs.append(x)
-                found.append(f)
-        self.found = {k: torch.cat([f[k] for f in found]) for k in found[0]} if found else {}
-        if not outs:
-            return torch.empty(0, 3, self.target_size, self.target_size)
-        x = torch.cat(outs)
-        if x.shape[-1] != self.target_size:
-            x = F.interpolate(x, size=(self.target_size, self.target_size), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > self.target_size)
-        return x.clamp(0, 1).float()
+        return self.unmix_all(m, batch_size)

@@ -174,17 +174,4 @@ class InstaHideUnmix(DefenseSpecificAttack):
     def attack(self, protected: Tensor, batch_size: int = 64) -> Tensor:
         d = self.require_defense()
         t = self.check_protected(protected, tuple(getattr(d, "output_range", (-1.0, 1.0))))
-        outs, found = [], []
-        with torch.no_grad():
-            for s in range(0, len(t), CHUNK):
-                x, f = self.unmix(t[s : s + CHUNK])
-                outs.append(x)
-                found.append(f)
-        self.found = {k: torch.cat([f[k] for f in found]) for k in found[0]} if found else {}
-        if not outs:
-            return torch.empty(0, 3, self.target_size, self.target_size)
-        x = torch.cat(outs)
-        if x.shape[-1] != self.target_size:
-            x = F.interpolate(x, size=(self.target_size, self.target_size), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > self.target_size)
-        return x.clamp(0, 1).float()
+        return self.unmix_all(t, CHUNK)
