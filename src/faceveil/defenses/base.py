@@ -181,6 +181,12 @@ class Defense:
             return self.protect_stored(self.protect(x, rng), rng)
         raise ValueError(f"leakage scenario must be 'channel' or 'database', got {scenario!r}")
 
+    def population_leak(self, x: Tensor, scenario: str = "channel", rng: torch.Generator | None = None) -> Tensor:
+        """What an attacker gets of faces ``x`` of *many different users* (what attack benchmarks train and judge
+        on): :meth:`leak` by default; a defense whose users each hold a key of their own gives every face its own
+        key (drawn from ``rng``), which :meth:`leak` — one system, one client — cannot."""
+        return self.leak(x, scenario, rng)
+
     def server_training_input(self, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
         """What an adapted server model is trained on, from clean chips (distillation): by default
         the recovered transmitted data; defenses that store something else override it."""
@@ -211,6 +217,10 @@ class Defense:
     def whitebox_target(self, t: Tensor) -> Tensor:
         """What the white-box attacker matches, computed from the leaked data (default: itself)."""
         return t
+
+    def with_key(self, key) -> Defense:
+        """The same defense under the client secret ``key`` (:attr:`needs_key` defenses only)."""
+        raise FaceveilDataError(f"{self.name} uses no persistent client key; do not pass one")
 
     def bundle_state(self) -> dict[str, Tensor]:
         """Trained server-side parts a saved system needs besides :meth:`config` (networks trained on

@@ -140,6 +140,8 @@ class SystemClient:
     and nothing of the server."""
 
     def __init__(self, defense: Defense, randomness: Randomness | None = None, key: SecretKey | None = None) -> None:
+        if key is not None:
+            defense = defense.with_key(key)  # a keyed defense protects under the user's key; others refuse one
         self.defense = defense
         self.randomness = randomness or Randomness.csprng()
         self.key = key

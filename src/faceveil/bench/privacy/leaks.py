@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def leak_fn(defense: Defense, threat: ThreatModel):
     def leak(x: Tensor, rng: torch.Generator) -> Tensor:
         with torch.set_grad_enabled(defense.needs_grad_to_protect):
-            t = defense.leak(x, threat.leakage, rng)
+            t = defense.population_leak(x, threat.leakage, rng)
             if threat.view is not None:
                 t = defense.attacker_view(threat.view, t)
         return t.detach().float()
