@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from faceveil.bench.paper import paper_value
+from faceveil.bench.protection import protection_table
 from faceveil.bench.verdicts import verdict_table
 from faceveil.storage import save_figure_atomic, write_atomically, write_text_atomic
 
@@ -283,6 +284,8 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
              "The worst case over every attack run on the setting (the protection is as strong as the strongest attack "
              "against it), beside the random-person baseline.", "", verdict_table(prows, best_utility(urows)), ""]
             if any(r.get("who") == "reconstruction" for r in prows) else []),
+          *(["## Template protection (ISO/IEC 24745)", "", table, ""]
+            if (table := protection_table(results, prows)) else []),
           "## Utility (LFW 10-fold verification through the full protected path)", "",
           "Frozen = the deployed dlib ResNet as is; adapted = a student distilled on protected inputs "
           "(see README: a CPU stand-in for the papers' retrained servers).", "", utility_table(urows), "",

@@ -334,6 +334,20 @@ def _interruptible():
         signal.signal(signal.SIGTERM, old)
 
 
+def _protection(system, lfw: LFW, seed: int, bp: BenchProfile, sz: Sizes) -> dict:
+    """Template-protection measures of a setting's system (:mod:`faceveil.bench.protection`), on fewer
+    images for slow clients (each image is protected three times); a failure is recorded, not raised."""
+    from faceveil.bench.protection import IMAGES, template_protection
+
+    n = IMAGES.get(bp.name, 600)
+    if sz.attack_images is not None:
+        n = max(100, min(n or sz.attack_images, sz.attack_images // 3))
+    try:
+        return template_protection(system, lfw, seed, n)
+    except Exception as e:  # recorded in the report; the utility cell stands
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, ctx: RunContext, lfw: LFW) -> None:
     """Run the planned cells (``bar`` iterates over them), appending to ``cells`` and ``images``."""
     data, seed, force, progress, out_dir = ctx.data, ctx.seed, ctx.force, ctx.progress, Path(ctx.out_dir)
@@ -357,12 +371,15 @@ def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, ctx: RunContext
                 if not servers:  # e.g. a feature-domain defense at a profile that trains no students
                     cell.result["skipped"] = (f"needs an adapted server; the {bp.name} profile trains none "
                                               "(its experiment, if any, measures accuracy)")
+                sysm = None
                 for server in servers:
                     sysm = bench_system(d, server, bp.attack_profile, seed, data,
                                         **({"train_images": sz.student_images} if sz.student_images else {}))
                     cell.result["servers"][server] = lfw_utility(sysm, lfw, per_fold=sz.utility_per_fold, seed=seed)
                     if server == "adapted":
                         cell.result["servers"][server]["train_log"] = getattr(sysm.model, "train_log", None)
+                if sysm is not None:  # the last server is the best one (adapted where trained)
+                    cell.result["protection"] = _protection(sysm, lfw, seed, bp, sz)
             else:
                 optimises = attack_class(a).per_target  # seconds per face: the white-box number of targets
                 threat = ThreatModel(leakage=leakage, knowledge=attack_class(a).knowledge(), adaptive=view is not None, view=view)
