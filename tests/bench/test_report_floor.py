@@ -77,3 +77,22 @@ def test_ties_at_a_bound_are_not_flagged():
 
     assert not _not_beaten(1.0, 1.0) and not _not_beaten(0.0, 0.0)  # nothing to beat at 0 % or 100 %
     assert _not_beaten(0.5, 0.5) and _not_beaten(0.4, 0.5) and not _not_beaten(0.6, 0.5)
+
+
+def test_scatter_labels_do_not_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from faceveil.bench.report import _place_labels
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = [(90 + 0.1 * i, 5.0 + 0.2 * (i % 3), f"setting number {i}") for i in range(8)]  # a tight cluster
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts])
+    ax.set_xlim(80, 100)
+    ax.set_ylim(0, 20)
+    boxes = _place_labels(ax, pts)
+    plt.close(fig)
+    assert len(boxes) == len(pts)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

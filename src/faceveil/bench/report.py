@@ -213,42 +213,91 @@ def grids(images: dict, out_dir: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def scatter(urows: list[dict], prows: list[dict], out_dir: Path) -> Path | None:
-    """Privacy-utility scatter: x = LFW accuracy (best server), y = strongest attack's SRRA (pair)
-    and COS; one point per defense setting."""
+def _place_labels(ax, pts: list[tuple[float, float, str]], fontsize: int = 7) -> list:
+    """Annotate points so that no two labels overlap: each label tries offsets around its point, nearest
+    first, and keeps the first whose box (measured by the renderer) overlaps no label placed before it."""
+    from matplotlib.text import Text
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed: list = []
+    # above and below the point, right then left, further out each round (10 pt steps: one 7-pt text line)
+    offsets = [(dx, dy) for k in range(16) for dy in (4 + 10 * k, -11 - 10 * k) for dx in (5, -5)]
+    for x, y, text in sorted(pts, key=lambda p: (-p[1], p[0])):
+        for i, (dx, dy) in enumerate(offsets):
+            a = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                            ha="left" if dx > 0 else "right",
+                            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"} if abs(dy) > 11 else None)
+            box = Text.get_window_extent(a, renderer).expanded(1.02, 1.1)  # the text alone, not its leader line
+            if not any(box.overlaps(b) for b in placed) or i == len(offsets) - 1:
+                placed.append(box)
+                break
+            a.remove()
+    return placed
+
+
+def scatter(urows: list[dict], prows: list[dict], out_dir: Path, results: dict | None = None) -> Path | None:
+    """Privacy-utility plot, one point per defense setting: x = LFW accuracy (best server), y = the worst case over
+    the attack suite (left: type-II SAR at FMR 1e-3, pair SRRA for results judged before SAR; right: the
+    independent judge's COS), the unprotected settings starred, the random-person level dashed, and — when the run
+    has faceveil's keyed-projection experiment — its curve along the template length (ridge attacker; threat
+    models (a) and (b)). Labels are placed without overlap."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    acc: dict[str, float] = {}
-    for r in urows:
-        if r["status"] == "ok" and "acc" in r:
-            acc[r["setting"]] = max(acc.get(r["setting"], 0), r["acc"])
-    srra: dict[str, float] = {}
-    cos: dict[str, float] = {}
-    for r in prows:
-        if r["status"] == "ok" and r.get("who") == "reconstruction":
-            srra[r["setting"]] = max(srra.get(r["setting"], 0), r["SRRA_pair"])
-            cos[r["setting"]] = max(cos.get(r["setting"], -1), r["COS"])
-    pts = [s for s in acc if s in srra]
+    from faceveil.bench.verdicts import type_two, worst_cases
+
+    acc = best_utility(urows)
+    worst = {w["setting"]: w for w in worst_cases(prows) if w["worst"] is not None}
+    pts = [s for s in acc if s in worst]
     if not pts:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    panels = ((axes[0], srra, "SRRA (pair) of the strongest attack"), (axes[1], cos, "COS of the strongest attack"))
-    for ax, vals, name in panels:
-        for s in pts:
-            ax.scatter(100 * acc[s], vals[s] * (100 if ax is axes[0] else 1))
-            ax.annotate(s, (100 * acc[s], vals[s] * (100 if ax is axes[0] else 1)), fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.5))
+    rp_sar = [type_two(w["baselines"]["random person"]) for w in worst.values() if w["baselines"].get("random person")]
+    rp_cos = [w["baselines"]["random person"].get("COS") for w in worst.values() if w["baselines"].get("random person")]
+    for ax, pick, name, rp in (
+            (axes[0], lambda w: 100 * (type_two(w["worst"]) or 0.0), "worst-case type-II SAR @ FMR 1e-3 % (pair SRRA "
+             "where no SAR)", [100 * v for v in rp_sar if v is not None]),
+            (axes[1], lambda w: w["worst"]["COS"], "independent judge's COS of the worst case", [v for v in rp_cos if v is not None])):
+        labels = []
+        for i, s in enumerate(pts):
+            x, y = 100 * acc[s], pick(worst[s])
+            unprotected = worst[s]["defense"] == "none"
+            ax.scatter(x, y, marker="*" if unprotected else "o", s=120 if unprotected else 30,
+                       color="black" if unprotected else plt.get_cmap("tab20")(i % 20), zorder=3)
+            labels.append((x, y, s))
+        if rp:
+            ax.axhline(max(rp), color="grey", ls="--", lw=0.8, label="random person (worst over settings)")
+        if ax is axes[0]:
+            _keyed_curve(ax, results or {}, labels)
+        _place_labels(ax, labels)
         ax.set_xlabel("LFW accuracy % (best server)")
-        ax.set_ylabel(name + (" %" if ax is axes[0] else ""))
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    axes[0].set_title("privacy–utility: lower right is better")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1, frameon=False)
+    axes[0].set_title("privacy–utility: lower right is better (★ = unprotected)")
     fig.tight_layout()
     path = out_dir / "privacy_utility.png"
     save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _keyed_curve(ax, results: dict, labels: list) -> None:
+    """The keyed-projection experiment's accuracy vs ridge type-II SAR along the template length, if it ran."""
+    data = (results.get("experiments", {}).get("keyed-projection") or {}).get("data") or {}
+    rec, att = data.get("recognition") or {}, data.get("attack") or {}
+    for tm, style, lab in (("a", "o-", "keyed-projection along m, (a) key secret (ridge)"),
+                           ("b", "s--", "keyed-projection along m, (b) key known (ridge)")):
+        xy = [(100 * r["acc_mean"], 100 * att[f"{m} ({tm})"]["SAR_II@1e-3"], m) for m, r in rec.items()
+              if att.get(f"{m} ({tm})", {}).get("SAR_II@1e-3") is not None]
+        if xy:
+            xy.sort()
+            ax.plot([p[0] for p in xy], [p[1] for p in xy], style, lw=1, ms=4, alpha=0.8, label=lab)
+            labels += [(x, y, f"{m} ({tm})") for x, y, m in xy]
 
 
 def write_csv(urows: list[dict], prows: list[dict], path: Path) -> None:
@@ -308,7 +357,7 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
     if no_cells:
         md += [f"Not in these tables: {', '.join(no_cells)} — no generic cells (protecting thousands of faces at seconds "
                "each); their paper experiments measure them: `faceveil bench --defenses NAME`.", ""]
-    sc = scatter(urows, prows, out_dir)
+    sc = scatter(urows, prows, out_dir, results)
     if sc is not None:
         md += ["## Privacy–utility", "", f"![privacy-utility scatter]({sc.name})", ""]
     for name, exp in results.get("experiments", {}).items():
