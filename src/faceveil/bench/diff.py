@@ -35,6 +35,9 @@ def numbers(c: dict) -> dict[str, float]:
             for k in ("acc_mean", "acc_std", "tpr_at_fpr_1e2", "tpr_at_fpr_1e3"):
                 if isinstance(u.get(k), int | float):
                     out[f"{server}.{k}"] = float(u[k])
+        for k, v in (r.get("protection") or {}).items():  # template-protection measures (FNMR, D<->sys, renewal)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[f"protection.{k}"] = float(v)
     else:
         for who, m in (r.get("metrics") or {}).items():
             for k, v in m.items():

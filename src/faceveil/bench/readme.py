@@ -109,11 +109,35 @@ def _verdicts_block(folder: str) -> Callable[[Path], str]:
     return render
 
 
+def _keyed_block(results_dir: Path) -> str:
+    """faceveil's own protection: the verdicts of its bench settings (worst case over the suite run), its
+    template-protection measures, and its experiment along the template length."""
+    from faceveil.bench.experiments.keyed_projection import markdown as keyed_markdown
+    from faceveil.bench.protection import protection_table
+    from faceveil.bench.report import best_utility, utility_rows
+
+    folder = "keyed-projection"
+    r = _load(results_dir, folder)
+    cmd = _command(results_dir, folder)
+    prows = privacy_rows(r)
+    parts = [verdict_table(prows, best_utility(utility_rows(r)))]
+    if table := protection_table(r, prows):
+        parts.append(table)
+    exp = r.get("experiments", {}).get(folder, {})
+    if exp.get("status") == "ok":
+        fig = "keyed-projection-curve.png" if (results_dir / folder / "keyed-projection-curve.png").is_file() else None
+        parts.append(keyed_markdown(exp["data"], fig and Path(fig), prefix=f"results/{folder}/").replace(
+            "### keyed-projection: ISO/IEC 24745 measures and the strength parameter\n\n", ""))
+    return "\n\n".join(parts) + (f"\n\n{r['profile']} profile, seed {r['seed']}; attacks: {', '.join(r.get('attacks', []))}."
+                                  + (f" Command: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/`.")
+
+
 #: README block name -> renderer(results_dir) -> markdown
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "template-inversion": _inversion_block,
     "verdicts": _verdicts_block("bench"),
     "mixing": _per_setting_block("mixing-ci"),
+    "keyed-projection": _keyed_block,
 }
 
 

@@ -44,6 +44,9 @@ from faceveil.data.datasets import LFW
 from faceveil.defenses import DEFENSES, Defense
 from faceveil.storage import ensure_dir, save_torch, write_json_atomic
 
+#: where a bench's cells run: this process (``--jobs`` worker processes for several defenses) or Ray tasks
+EXECUTORS = ("local", "ray")
+
 
 def _stores_differently(d: Defense) -> bool:
     return type(d).protect_stored is not Defense.protect_stored
@@ -120,14 +123,17 @@ def plan_cells(names: list[str], attack_names: tuple[str, ...], data=None,
 
 
 def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, attacks: list[str] | None = None,
-              experiments: bool = True, jobs: int = 1, settings: list[str] | None = None) -> dict:
+              experiments: bool = True, jobs: int = 1, settings: list[str] | None = None, executor: str = "local",
+              address: str | None = None, ray_cpus: int | None = None) -> dict:
     """Run every (setting, utility/attack) cell, then (``experiments``) the paper experiments of the
     defenses named in ``defenses``; write results.json/csv, images.pt, report.md/html into ``ctx.out_dir``
     (default ``results/bench``); ``ctx.profile`` is a bench profile (ci | quick | full).
 
     ``settings``: only these settings of the named defenses (names as in the report, e.g.
     ``none (embedding)``). ``jobs > 1`` runs the defenses in that many worker processes (one defense per process, longest
-    first, ``OMP_NUM_THREADS`` = cores // jobs) and merges their results into one report."""
+    first, ``OMP_NUM_THREADS`` = cores // jobs) and merges their results into one report. ``executor="ray"`` runs
+    every cell as a Ray task instead (:mod:`faceveil.bench.cluster`; ``address``: a cluster to join, default a
+    local instance with ``ray_cpus`` CPUs), with the same caches and the same results."""
     EXPERIMENTS.load()  # experiment modules register settings too
 
     ctx = ctx or RunContext()
@@ -138,6 +144,8 @@ def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, 
         raise ValueError(f"unknown profile {profile!r}; use one of {sorted(BENCH_PROFILES)}")
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; use one of {EXECUTORS}")
     bp = BENCH_PROFILES[profile]
     names = defenses or DEFENSES.names()
     for n in names:
@@ -149,7 +157,7 @@ def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, 
             raise ValueError(f"unknown setting(s) {unknown} of {', '.join(names)}; known: {sorted(known)}")
     out_dir = Path(ctx.out_dir)
     ensure_dir(out_dir)
-    if jobs > 1 and len(names) > 1 and settings is None:
+    if executor == "local" and jobs > 1 and len(names) > 1 and settings is None:
         return _run_parallel(ctx, names, attack_names, experiments and defenses is not None, jobs)
     lfw = LFW(data)
     t_start = time.perf_counter()
@@ -161,7 +169,18 @@ def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, 
     interrupted = False
     with _interruptible():
         try:
-            _run_cells(bar, cells, images, bp, ctx, lfw)
+            if executor == "ray":
+                from faceveil.bench.cluster import run_cells_ray
+
+                def done(n: int, total: int) -> None:
+                    bar.n = n
+                    bar.refresh()
+
+                for cell, imgs in run_cells_ray(plan, bp, ctx, address, num_cpus=ray_cpus, on_done=done):
+                    cells.append(cell)
+                    images |= imgs
+            else:
+                _run_cells(bar, cells, images, bp, ctx, lfw)
         except KeyboardInterrupt:  # Ctrl-C / SIGTERM: report what finished
             interrupted = True
     bar.close()
@@ -184,7 +203,7 @@ def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, 
         "versions": _versions(), "wall_seconds": time.perf_counter() - t_start,
         "cells": [asdict(c) for c in cells], "experiments": experiments,
         "failed": sum(c.status == "failed" for c in cells) + sum(e.get("status") == "failed" for e in experiments.values()),
-        "interrupted": interrupted, "planned_cells": len(plan),
+        "interrupted": interrupted, "planned_cells": len(plan), "executor": executor,
     }
     write_outputs(results, images, out_dir)
     return results
@@ -348,49 +367,59 @@ def _protection(system, lfw: LFW, seed: int, bp: BenchProfile, sz: Sizes) -> dic
         return {"error": f"{type(e).__name__}: {e}"}
 
 
-def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, ctx: RunContext, lfw: LFW) -> None:
-    """Run the planned cells (``bar`` iterates over them), appending to ``cells`` and ``images``."""
-    data, seed, force, progress, out_dir = ctx.data, ctx.seed, ctx.force, ctx.progress, Path(ctx.out_dir)
+def run_cell(item: PlanItem, bp: BenchProfile, ctx: RunContext, lfw: LFW | None = None) -> tuple[Cell, dict]:
+    """One planned cell: ``(cell, images)`` (``images``: the grid entry of an attack cell, else empty). A failing
+    cell is recorded with its error and traceback, never raised. Everything it reads or trains comes from the
+    on-disk caches (``FACEVEIL_HOME``), so a cell runs the same in this process, a ``--jobs`` worker or a Ray task."""
     from faceveil.attacks.base import profile_budget
     from faceveil.bench.privacy import run_attack
 
-    sizes: dict[str, Sizes] = {}  # per setting label
-    for kind, st, a, leakage, view in bar:
+    kind, st, a, leakage, view = item
+    data, seed, force, progress, out_dir = ctx.data, ctx.seed, ctx.force, ctx.progress, Path(ctx.out_dir)
+    lfw = lfw or LFW(data)
+    images: dict = {}
+    t0 = time.perf_counter()
+    cell = Cell(kind, st.label + (f" [adaptive: {view}]" if view else ""), st.defense, attack=a, leakage=leakage,
+                view=view)
+    try:
+        d = st.build(data)
+        sz = setting_sizes(d, bp)
+        if kind == "utility":
+            cell.result = {"config": d.describe(), "servers": {}, "sizes": asdict(sz)}
+            servers = utility_servers(d, st, bp)
+            if not servers:  # e.g. a feature-domain defense at a profile that trains no students
+                cell.result["skipped"] = (f"needs an adapted server; the {bp.name} profile trains none "
+                                          "(its experiment, if any, measures accuracy)")
+            sysm = None
+            for server in servers:
+                sysm = bench_system(d, server, bp.attack_profile, seed, data,
+                                    **({"train_images": sz.student_images} if sz.student_images else {}))
+                cell.result["servers"][server] = lfw_utility(sysm, lfw, per_fold=sz.utility_per_fold, seed=seed)
+                if server == "adapted":
+                    cell.result["servers"][server]["train_log"] = getattr(sysm.model, "train_log", None)
+            if sysm is not None:  # the last server is the best one (adapted where trained)
+                cell.result["protection"] = _protection(sysm, lfw, seed, bp, sz)
+        else:
+            optimises = attack_class(a).per_target  # seconds per face: the white-box number of targets
+            threat = ThreatModel(leakage=leakage, knowledge=attack_class(a).knowledge(), adaptive=view is not None, view=view)
+            budget = profile_budget(bp.attack_profile, **({"train_images": sz.attack_images} if sz.attack_images else {}))
+            r = run_attack(d, a, threat, RunContext(bp.attack_profile, seed, data, ctx.device, force=force, progress=progress,
+                                                    out_dir=out_dir / "cells"), return_images=True, budget=budget,
+                           eval_pairs_n=bp.whitebox_pairs if optimises else _capped(budget.eval_pairs, sz.eval_pairs))
+            images[(cell.setting, a, leakage)] = r.pop("images")
+            cell.result = r
+    except Exception as e:  # a failing cell is recorded and the run continues
+        cell.status, cell.error = "failed", f"{type(e).__name__}: {e}"
+        cell.result["traceback"] = traceback.format_exc(limit=8)
+    cell.seconds = time.perf_counter() - t0
+    return cell, images
+
+
+def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, ctx: RunContext, lfw: LFW) -> None:
+    """Run the planned cells (``bar`` iterates over them) in this process, appending to ``cells`` and ``images``."""
+    for item in bar:
+        kind, st, a, leakage, view = item
         bar.set_postfix_str(f"{st.label} {kind} {a or ''} {leakage or ''} {view or ''}".strip())
-        t0 = time.perf_counter()
-        cell = Cell(kind, st.label + (f" [adaptive: {view}]" if view else ""), st.defense, attack=a, leakage=leakage,
-                    view=view)
-        try:
-            d = st.build(data)
-            if st.label not in sizes:
-                sizes[st.label] = setting_sizes(d, bp)
-            sz = sizes[st.label]
-            if kind == "utility":
-                cell.result = {"config": d.describe(), "servers": {}, "sizes": asdict(sz)}
-                servers = utility_servers(d, st, bp)
-                if not servers:  # e.g. a feature-domain defense at a profile that trains no students
-                    cell.result["skipped"] = (f"needs an adapted server; the {bp.name} profile trains none "
-                                              "(its experiment, if any, measures accuracy)")
-                sysm = None
-                for server in servers:
-                    sysm = bench_system(d, server, bp.attack_profile, seed, data,
-                                        **({"train_images": sz.student_images} if sz.student_images else {}))
-                    cell.result["servers"][server] = lfw_utility(sysm, lfw, per_fold=sz.utility_per_fold, seed=seed)
-                    if server == "adapted":
-                        cell.result["servers"][server]["train_log"] = getattr(sysm.model, "train_log", None)
-                if sysm is not None:  # the last server is the best one (adapted where trained)
-                    cell.result["protection"] = _protection(sysm, lfw, seed, bp, sz)
-            else:
-                optimises = attack_class(a).per_target  # seconds per face: the white-box number of targets
-                threat = ThreatModel(leakage=leakage, knowledge=attack_class(a).knowledge(), adaptive=view is not None, view=view)
-                budget = profile_budget(bp.attack_profile, **({"train_images": sz.attack_images} if sz.attack_images else {}))
-                r = run_attack(d, a, threat, RunContext(bp.attack_profile, seed, data, force=force, progress=progress,
-                                                        out_dir=out_dir / "cells"), return_images=True, budget=budget,
-                               eval_pairs_n=bp.whitebox_pairs if optimises else _capped(budget.eval_pairs, sz.eval_pairs))
-                images[(cell.setting, a, leakage)] = r.pop("images")
-                cell.result = r
-        except Exception as e:  # a failing cell is recorded and the run continues
-            cell.status, cell.error = "failed", f"{type(e).__name__}: {e}"
-            cell.result["traceback"] = traceback.format_exc(limit=8)
-        cell.seconds = time.perf_counter() - t0
+        cell, imgs = run_cell(item, bp, ctx, lfw)
         cells.append(cell)
+        images |= imgs

@@ -154,7 +154,8 @@ def run(ctx: ExperimentContext) -> dict:
             "figures": [*data["unlinkability"]["figures"], *([str(fig)] if fig else [])]}
 
 
-def markdown(data: dict, fig: Path | None) -> str:
+def markdown(data: dict, fig: Path | None, prefix: str = "") -> str:
+    """The experiment's section (figures linked as ``prefix`` + file name)."""
     rec, att = data["recognition"], data["attack"]
     rows = []
     for lab, r in rec.items():
@@ -176,9 +177,9 @@ def markdown(data: dict, fig: Path | None) -> str:
           f"Renewability (m=1024): after a key change, {pct(rn['old_accepted'])} % of old templates are accepted for "
           f"another image of the same person (the renewed system accepts {pct(rn['renewed_genuine_accepted'])} % of "
           "genuine new ones) at its FMR 1e-3 threshold.", ""]
-    md += [f"![unlinkability]({Path(p).name})" for p in u["figures"]]
+    md += [f"![unlinkability]({prefix}{Path(p).name})" for p in u["figures"]]
     if fig:
-        md += ["", f"![privacy-utility curve]({fig.name})"]
+        md += ["", f"![privacy-utility curve]({prefix}{Path(fig).name})"]
     if data["errors"]:
         md += ["", "Errors: " + "; ".join(f"{k}: {v}" for k, v in data["errors"].items())]
     return "\n".join(md) + "\n"
