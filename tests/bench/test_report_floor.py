@@ -96,3 +96,23 @@ def test_scatter_labels_do_not_overlap():
     plt.close(fig)
     assert len(boxes) == len(pts)
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_grid_rows_carry_their_labels_in_the_image(tmp_path):
+    import numpy as np
+    import pytest
+    import torch
+    from PIL import Image
+
+    from faceveil.bench.privacy.figures import image_grid
+
+    rows = [torch.ones(4, 3, 64, 64) for _ in range(3)]  # white faces: any dark pixel in the margin is text
+    p = image_grid(rows, tmp_path / "g.png", labels=["originals", "blur k=16: what the attacker holds (channel)", ""])
+    a = np.asarray(Image.open(p).convert("L"))
+    assert a.shape[1] == 230 + 4 * 66 + 2
+    margin = a[:, :230]
+    row = [margin[2 + r * 66 : 2 + r * 66 + 64] for r in range(3)]
+    assert (row[0] < 128).sum() > 20 and (row[1] < 128).sum() > (row[0] < 128).sum()  # longer label, more ink
+    assert (row[2] < 128).sum() == 0  # an empty label draws nothing
+    with pytest.raises(ValueError, match="2 labels for 3"):
+        image_grid(rows, tmp_path / "h.png", labels=["a", "b"])

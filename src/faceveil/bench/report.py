@@ -198,15 +198,17 @@ def grids(images: dict, out_dir: Path) -> list[tuple[str, Path]]:
     for (attack, leakage), items in sorted(by_attack.items()):
         size = max(im["original"].shape[-1] for _, im in items)
         top = items[0][1]["original"]
-        rows, own = [top], []
+        rows, own, names = [top], [], ["originals (LFW targets)"]
         for label, im in items:
             if im["original"].shape != top.shape or not torch.allclose(im["original"], top, atol=1 / 255):
                 rows.append(im["original"])  # judged on other faces (a capped evaluation set): its own originals
                 own.append(label)
+                names.append(f"{label}: its own originals")
             rows += [im["held"], im["reconstruction"]]
+            names += [f"{label}: what the attacker holds ({leakage})", f"{label}: {attack} reconstruction"]
         rows = [torch.nn.functional.interpolate(r, size=(size, size), mode="bilinear") if r.shape[-1] != size else r
                 for r in rows]
-        path = image_grid(rows, out_dir / f"grid-{attack}-{leakage}.png")
+        path = image_grid(rows, out_dir / f"grid-{attack}-{leakage}.png", labels=names)
         out.append((f"{attack} ({leakage} leakage): rows = the originals, then for each setting what the attacker "
                     "holds and its reconstruction: " + "; ".join(label for label, _ in items)
                     + (f" (with their own originals above them: {'; '.join(own)})" if own else ""), path))
