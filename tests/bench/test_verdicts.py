@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from faceveil.bench.report import privacy_rows, write_report
-from faceveil.bench.verdicts import verdict, worst_cases
+from faceveil.bench.verdicts import sentence, verdict, worst_cases
 
 
 def metrics(sar1: float, sar2: float, jsar2: float = 0.0, srra: float = 0.1, cos: float = 0.1) -> dict:
@@ -93,3 +93,15 @@ def test_each_profile_has_a_suite_of_registered_attacks():
         for a in suite:
             ATTACKS.get(a)  # registered (raises otherwise)
     assert {"nbnet", "ganinv", "ganinv-es"} <= set(attack_suite("full"))
+
+
+def test_each_setting_gets_a_generated_sentence(tmp_path):
+    w = {x["setting"]: x for x in worst_cases(privacy_rows(results()))}
+    s = sentence(w["blur"], 0.91)
+    assert s.startswith("LFW accuracy 91.0 %; the strongest attack, nbnet on the channel, recovers identity: 62.0 %")
+    assert "vs 0.0 % for a random person" in s and "judge accepts 30.0 %" in s and s.endswith("**broken**.")
+    assert "recovers no identity beyond chance" in sentence(w["laplace"]) and "**holds**" in sentence(w["laplace"])
+    assert sentence(w["pmt"]) == "no attack was judged (1 failed)."
+    md = write_report(results(), {}, tmp_path).read_text()
+    assert md.index("## What the numbers say") > md.index("## Verdicts")
+    assert f"- **blur**: {s}" in md

@@ -14,7 +14,7 @@ import torch
 
 from faceveil.bench.paper import paper_value
 from faceveil.bench.protection import protection_table
-from faceveil.bench.verdicts import verdict_table
+from faceveil.bench.verdicts import sentence, verdict_table, worst_cases
 from faceveil.storage import save_figure_atomic, write_atomically, write_text_atomic
 
 BASELINES = ("mean face", "random person")
@@ -335,6 +335,9 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
              "The worst case over every attack run on the setting (the protection is as strong as the strongest attack "
              "against it), beside the random-person baseline.", "", verdict_table(prows, best_utility(urows)), ""]
             if any(r.get("who") == "reconstruction" for r in prows) else []),
+          *(["## What the numbers say, per defense setting", "",
+             *[f"- **{w['setting']}**: {sentence(w, best_utility(urows).get(w['setting']))}" for w in worst_cases(prows)], ""]
+            if worst_cases(prows) else []),
           *(["## Template protection (ISO/IEC 24745)", "", table, ""]
             if (table := protection_table(results, prows)) else []),
           "## Utility (LFW 10-fold verification through the full protected path)", "",

@@ -113,3 +113,23 @@ def verdict_table(prows: list[dict], best_utility: dict[str, float] | None = Non
             f"{r['COS']:.3f} | {_pct(r.get('judge_SAR_II@1e-3'))} | "
             f"{_pct(rp.get('SAR_II@1e-3'))} / {_pct(rp.get('judge_SAR_II@1e-3'))} | **{w['verdict']}** |")
     return "\n".join(out + ["", VERDICT_RULE])
+
+
+def sentence(w: dict, acc: float | None = None) -> str:
+    """One generated sentence of what a setting's numbers say (a :func:`worst_cases` row; ``acc``: its best LFW
+    accuracy), e.g. "the adaptive dn recovers identity: 42 % type-II SAR vs 1 % for a random person"."""
+    util = "" if acc is None else f"LFW accuracy {100 * acc:.1f} %; "
+    r = w.get("worst")
+    if r is None:
+        return f"{util}no attack was judged ({w.get('failed', 0)} failed)."
+    rp = w["baselines"].get("random person") or {}
+    dep, base = type_two(r), type_two(rp)
+    judge, jbase = type_two(r, "judge_"), type_two(rp, "judge_")
+    who = f"{r['attack']}" + (" (adaptive)" if "[adaptive" in w["setting"] else "") + f" on the {r['leakage']}"
+    metric = "type-II SAR at FMR 1e-3" if r.get("SAR_II@1e-3") is not None else "pair SRRA"
+    judged = "" if judge is None else (f"; the independent judge accepts {100 * judge:.1f} %"
+                                       + ("" if jbase is None else f" (random person {100 * jbase:.1f} %)"))
+    verb = {"holds": "recovers no identity beyond chance", "leaks": "recovers some identity",
+            "broken": "recovers identity"}.get(w["verdict"], "was judged")
+    return (f"{util}the strongest attack, {who}, {verb}: {100 * dep:.1f} % {metric} from another image of the person "
+            f"vs {100 * (base or 0.0):.1f} % for a random person{judged} — **{w['verdict']}**.")
