@@ -193,3 +193,13 @@ def test_projection_draws_one_matrix_per_face_in_a_batch():
     assert w.shape == (3, 64, 8) and not torch.equal(w[0], w[1])
     q = projection(0, 8, torch.Generator().manual_seed(0), batch=2)
     assert torch.allclose(q @ q.transpose(1, 2), torch.eye(8).expand(2, 8, 8), atol=1e-5)
+
+
+def test_cli_parameters_of_an_optional_integer_parse():
+    from faceveil.defenses.cli_support import parse_params
+
+    assert parse_params("keyed-projection", {"research_key_seed": "7", "bits": "512", "key_scope": "deployment"}) == \
+        {"research_key_seed": 7, "bits": 512, "key_scope": "deployment"}
+    assert parse_params("keyed-projection", {"research_key_seed": "none"}) == {"research_key_seed": None}
+    with pytest.raises(ValueError, match="research_key_seed='x' is not a valid int"):
+        parse_params("keyed-projection", {"research_key_seed": "x"})

@@ -25,6 +25,7 @@ def parse_params(defense_name: str, params: dict[str, str]) -> dict[str, object]
 
     cls = DEFENSES.get(defense_name)
     specs = {p.name: p for p in cls.params()}
+    sig = inspect.signature(cls.__init__).parameters
     out: dict[str, object] = {}
     for name, raw in params.items():
         if name not in specs:
@@ -39,10 +40,15 @@ def parse_params(defense_name: str, params: dict[str, str]) -> dict[str, object]
                 out[name] = int(s)
             elif isinstance(default, float):
                 out[name] = float(s)
+            elif default is None:  # optional: the annotation says the type (e.g. ``int | None``); "none" = unset
+                kind = str(sig[name].annotation).split("|")[0].strip()
+                out[name] = None if s.lower() in ("none", "") else int(s) if kind == "int" else \
+                    float(s) if kind == "float" else s
             else:
                 out[name] = s
         except ValueError:
-            raise ValueError(f"{defense_name}: parameter {name}={raw!r} is not a valid {type(default).__name__}") from None
+            kind = type(default).__name__ if default is not None else str(sig[name].annotation)
+            raise ValueError(f"{defense_name}: parameter {name}={raw!r} is not a valid {kind}") from None
     return out
 
 
