@@ -216,3 +216,48 @@ def test_kill9_during_batch_enrolment_loses_no_acknowledged_subject(fo_bundle, t
             assert {f"{b}-{j}" for j in range(6)} <= stored
     finally:
         server.stop()
+
+
+def test_keyed_projection_service_with_a_key_per_user(tmp_path, lfw, data_root):
+    """faceveil's own protection served: each user's device holds its own key (never sent, not in the bundle);
+    the server stores and compares sign templates only; a template matches under its user's key and no other."""
+    from faceveil.bench.build import build_system
+    from faceveil.defenses import get_defense
+    from faceveil.keys import SecretKey
+
+    system = build_system(get_defense("keyed-projection", bits=512), "frozen", "ci", progress=False)
+    bundle = system.save(tmp_path / "kp.fvsys")
+    db = f"sqlite:///{tmp_path / 'kp.db'}"
+    server = Server(bundle, db, tmp_path, data_root).start()
+    pairs = _pairs(lfw, 6)
+    try:
+        key = _admin_key(tmp_path, db)
+        users = {name: SecretKey.generate() for name in ("alice", "bob")}
+        with Client(server.url, key, None, key=users["alice"]) as alice, Client(server.url, key, None, key=users["bob"]) as bob:
+            alice.create_gallery("lfw")
+            for i, (a, _, _) in enumerate(pairs):  # every subject enrolled from the device of "alice"
+                alice.enroll("lfw", f"p{i}", a)
+            mine = [alice.verify("lfw", f"p{i}", b) for i, (_, b, _) in enumerate(pairs)]
+            other = [bob.verify("lfw", f"p{i}", b) for i, (_, b, same) in enumerate(pairs) if same]
+        same = np.array([s for _, _, s in pairs])
+        got = np.array([d.accepted for d in mine])
+        assert (got == same).mean() >= 5 / 6, [(d.distance, s) for d, s in zip(mine, same, strict=True)]
+        assert not any(d.accepted for d in other)  # the same person's probe under another user's key
+        repo = open_repository(db)
+        assert sum(g.templates for g in repo.list_galleries()) == len(pairs)
+        stored = []  # every array the database holds is a template of signs (and the server's copy of it)
+        for table in repo.dump_columns().values():
+            for _, values in table:
+                for v in values:
+                    if isinstance(v, bytes | bytearray | memoryview) and len(v) >= 2048:
+                        try:
+                            arr = template_array(bytes(v))
+                        except Exception:  # a float32 vector column
+                            arr = np.frombuffer(bytes(v), dtype=np.float32)
+                        stored.append(arr.reshape(-1))
+        assert len(stored) >= len(pairs) and all(a.size == 512 and set(np.unique(a)) <= {-1.0, 1.0} for a in stored)
+        raw = (tmp_path / "kp.db").read_bytes()
+        for k in users.values():
+            assert k._key not in raw and k._key.hex().encode() not in raw
+    finally:
+        server.stop()

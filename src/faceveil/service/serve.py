@@ -28,6 +28,13 @@ def bootstrap(system_path: str | os.PathLike, db: str | None, data=None) -> tupl
 
 
 def _embedding_dim(system: ProtectedSystem) -> int:
+    """Length of the server's embeddings of stored templates: the recogniser's, or what the server compares
+    instead (a keyed template of ``bits`` signs), measured on a zero template of the stored shape."""
+    import torch
+
+    if system.stored_shape:
+        with torch.no_grad():
+            return int(system.embed_protected(torch.zeros(1, *system.stored_shape), stored=True).shape[1])
     return int(system.defense.recognizer.embedding_dim)
 
 
