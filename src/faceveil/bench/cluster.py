@@ -29,15 +29,15 @@ from faceveil.errors import FaceveilError
 FORWARDED_ENV = ("FACEVEIL_HOME", "FACEVEIL_DATA", "FACEVEIL_RECOGNIZER", "FACEVEIL_ADOPT_UNVERIFIED")
 
 
-def _cell_task(item, bp: BenchProfile, ctx: RunContext):
-    from faceveil.bench.runner import run_cell
-
+def _cell_task(run_cell: Callable, item, bp: BenchProfile, ctx: RunContext):
     return run_cell(item, bp, ctx)
 
 
-def run_cells_ray(plan: list, bp: BenchProfile, ctx: RunContext, address: str | None = None, cpus_per_cell: int = 1,
-                  num_cpus: int | None = None, on_done: Callable[[int, int], None] | None = None) -> list:
-    """``[(cell, images), ...]`` of ``plan`` (in plan order) computed as Ray tasks (module docstring).
+def run_cells_ray(run_cell: Callable, plan: list, bp: BenchProfile, ctx: RunContext, address: str | None = None,
+                  cpus_per_cell: int = 1, num_cpus: int | None = None,
+                  on_done: Callable[[int, int], None] | None = None) -> list:
+    """``[run_cell(item, bp, ctx) for item in plan]`` (``(cell, images)`` pairs, in plan order) computed as Ray tasks
+    (module docstring; ``run_cell`` is :func:`faceveil.bench.runner.run_cell`, passed in by reference).
     ``num_cpus`` limits a local instance's CPUs (default: all); ``on_done(done, total)`` reports progress."""
     try:
         import ray
@@ -62,7 +62,7 @@ def run_cells_ray(plan: list, bp: BenchProfile, ctx: RunContext, address: str | 
         gpus = 1 if str(ctx.device).startswith("cuda") else 0
         task = ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus, max_retries=1)(_cell_task)
         ctx = ctx.replace(progress=False, data=str(data_dir(ctx.data)))
-        refs = [task.remote(item, bp, ctx) for item in plan]
+        refs = [task.remote(run_cell, item, bp, ctx) for item in plan]
         pending, done = list(refs), 0
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)

@@ -176,7 +176,7 @@ def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, 
                     bar.n = n
                     bar.refresh()
 
-                for cell, imgs in run_cells_ray(plan, bp, ctx, address, num_cpus=ray_cpus, on_done=done):
+                for cell, imgs in run_cells_ray(run_cell, plan, bp, ctx, address, num_cpus=ray_cpus, on_done=done):
                     cells.append(cell)
                     images |= imgs
             else:
