@@ -123,6 +123,18 @@ def _keyed_block(results_dir: Path) -> str:
     parts = [verdict_table(prows, best_utility(utility_rows(r)))]
     if table := protection_table(r, prows):
         parts.append(table)
+    es = [(lab, json.loads((results_dir / folder / "ganinv-es" / f"{f}.json").read_text()))
+          for lab, f in (("(a) key secret", "a-key-secret"), ("(b) key known", "b-key-known"))
+          if (results_dir / folder / "ganinv-es" / f"{f}.json").is_file()]
+    if es:
+        rows = ["| query-only ganinv-es | pairs | SAR I / II @1e-3 % | judge SAR II @1e-3 % | judge COS | random person COS "
+                "| queries/face |", "|---|---|---|---|---|---|---|"]
+        for lab, x in es:
+            m, rp = x["metrics"]["reconstruction"], x["metrics"]["random person"]
+            rows.append(f"| {lab} | {x['eval']['n']} | {_pct(m.get('SAR_I@1e-3'))} / {_pct(m.get('SAR_II@1e-3'))} | "
+                        f"{_pct(m.get('judge_SAR_II@1e-3'))} | {m['COS']:.3f} | {rp['COS']:.3f} | "
+                        f"{x.get('attack_per_face', {}).get('queries', float('nan')):.0f} |")
+        parts.append("\n".join(rows) + f"\n\nCommands: `results/{folder}/ganinv-es/COMMAND` (seconds per face: run apart, on few pairs).")
     exp = r.get("experiments", {}).get(folder, {})
     if exp.get("status") == "ok":
         fig = "keyed-projection-curve.png" if (results_dir / folder / "keyed-projection-curve.png").is_file() else None

@@ -216,26 +216,46 @@ def grids(images: dict, out_dir: Path) -> list[tuple[str, Path]]:
 
 
 def _place_labels(ax, pts: list[tuple[float, float, str]], fontsize: int = 7) -> list:
-    """Annotate points so that no two labels overlap: each label tries offsets around its point, nearest
-    first, and keeps the first whose box (measured by the renderer) overlaps no label placed before it."""
-    from matplotlib.text import Text
-
+    """Annotate points so that labels neither overlap each other nor leave the axes: each label tries offsets
+    around its point, nearest first, and keeps the first whose box (measured by the renderer) overlaps no label
+    placed before it and lies inside the axes; when none does, the offset with the least overlap. Far labels get a
+    leader line. Returns the placed boxes (display coordinates)."""
     fig = ax.figure
+    ax.margins(0.08)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     placed: list = []
-    # above and below the point, right then left, further out each round (10 pt steps: one 7-pt text line)
-    offsets = [(dx, dy) for k in range(16) for dy in (4 + 10 * k, -11 - 10 * k) for dx in (5, -5)]
+    # rings of offsets (points) around the point: right/left, above/below, then further out
+    offsets = [(dx, dy) for k in range(10) for dy in (4 + 11 * k, -11 - 11 * k)
+               for dx in (5, -5, 5 + 30 * (k // 3), -5 - 30 * (k // 3))]
+    offsets = list(dict.fromkeys(offsets))
+
+    def cost(box) -> float:
+        inter = sum(max(0.0, min(box.x1, b.x1) - max(box.x0, b.x0)) * max(0.0, min(box.y1, b.y1) - max(box.y0, b.y0))
+                    for b in placed)
+        outside = box.width * box.height - max(0.0, min(box.x1, frame.x1) - max(box.x0, frame.x0)) * \
+            max(0.0, min(box.y1, frame.y1) - max(box.y0, frame.y0))
+        return inter + outside
+
     for x, y, text in sorted(pts, key=lambda p: (-p[1], p[0])):
-        for i, (dx, dy) in enumerate(offsets):
+        best = None
+        for dx, dy in offsets:
             a = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
-                            ha="left" if dx > 0 else "right",
-                            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"} if abs(dy) > 11 else None)
-            box = Text.get_window_extent(a, renderer).expanded(1.02, 1.1)  # the text alone, not its leader line
-            if not any(box.overlaps(b) for b in placed) or i == len(offsets) - 1:
-                placed.append(box)
-                break
+                            ha="left" if dx > 0 else "right")
+            box = a.get_window_extent(renderer).expanded(1.02, 1.1)  # no leader line yet: the text alone
+            c = cost(box)
             a.remove()
+            if best is None or c < best[0]:
+                best = (c, dx, dy, box)
+            if c == 0:
+                break
+        _, dx, dy, box = best
+        far = abs(dy) > 11 or abs(dx) > 5
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                    ha="left" if dx > 0 else "right",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"} if far else None)
+        placed.append(box)
     return placed
 
 
