@@ -54,7 +54,7 @@ def test_learned_attacks_below_the_ridge_floor_are_flagged(tmp_path):
 
     md = write_report(results(), {}, tmp_path).read_text()
     assert "Ridge floor" in md and "2 learned attack cell(s) do not" in md
-    assert "dn on none (embedding) (channel): SAR_II@1e-3" in md and "cgan on" not in md.split("Ridge floor")[1]
+    assert "dn on none (embedding) (channel): SAR_II@1e-3" in md and "cgan on" not in md.split("Ridge floor")[1].split("\n")[0]
     assert "SAR I / II @FMR 1e-4" in md and "judge SAR" in md
     csv_rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     dn = next(r for r in csv_rows if r.get("attack") == "dn" and r.get("who") == "reconstruction")

@@ -105,3 +105,17 @@ def test_each_setting_gets_a_generated_sentence(tmp_path):
     md = write_report(results(), {}, tmp_path).read_text()
     assert md.index("## What the numbers say") > md.index("## Verdicts")
     assert f"- **blur**: {s}" in md
+
+
+def test_each_defense_has_its_own_section_with_its_rows_and_experiment(tmp_path):
+    r = results()
+    r["experiments"] = {"laplace": {"status": "ok", "markdown": "LAPLACE TABLE 1"}}
+    md = write_report(r, {}, tmp_path).read_text()
+    part = md[md.index("## Utility and privacy per defense"):]
+    blur = part[part.index("### blur"):part.index("### laplace")]
+    assert "- **blur**: LFW accuracy 91.0 %" in blur and "Utility:" in blur and "Privacy:" in blur
+    assert "| blur | adapted | 91.00" in blur and "| blur | nbnet | channel |" in blur and "*random person*" in blur
+    laplace = part[part.index("### laplace"):part.index("### mask")]
+    assert "Utility:" not in laplace and "| laplace | dn |" in laplace
+    assert "#### Experiments: laplace" in laplace and "LAPLACE TABLE 1" in laplace
+    assert "| laplace | dn |" not in blur

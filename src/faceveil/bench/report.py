@@ -360,10 +360,11 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
             if worst_cases(prows) else []),
           *(["## Template protection (ISO/IEC 24745)", "", table, ""]
             if (table := protection_table(results, prows)) else []),
-          "## Utility (LFW 10-fold verification through the full protected path)", "",
-          "Frozen = the deployed dlib ResNet as is; adapted = a student distilled on protected inputs "
-          "(see README: a CPU stand-in for the papers' retrained servers).", "", utility_table(urows), "",
-          "## Privacy (attacks trained as a real attacker would, judged on LFW pair images)", "",
+          "## How to read the tables", "",
+          "Utility: LFW 10-fold verification through the full protected path. Frozen = the deployed dlib ResNet as is; "
+          "adapted = a student distilled on protected inputs (see README: a CPU stand-in for the papers' retrained "
+          "servers).", "",
+          "Privacy (attacks trained as a real attacker would, judged on LFW pair images): "
           "COS: cosine of an independent recogniser's embeddings (reconstruction vs original); SRRA: replay to the deployed "
           "recogniser at its operating threshold, against the same image's template and against the other image of a "
           "same-pair; closer-to-own: the reconstruction is closer (deployed recogniser) to its source than to a random "
@@ -371,26 +372,21 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
           "it): accepted by the deployed recogniser at its FMR 1e-3 / 1e-4 thresholds (fitted on LFW impostor pairs), "
           "type I against the source image's template, type II against another image of the same person; judge SAR: the "
           "same at the independent judge's own FMR 1e-3 threshold (an attack that only fools the recogniser it was "
-          "trained against scores there no better than the baselines).", "", privacy_table(prows), _baseline_rows(prows),
-          "", *([note, ""] if (note := floor_note(prows)) else [])]
+          "trained against scores there no better than the baselines). The baselines (mean face, random person) close "
+          "every privacy table.", "", *([note, ""] if (note := floor_note(prows)) else [])]
+    sc = scatter(urows, prows, out_dir, results)
+    if sc is not None:
+        md += ["## Privacy–utility", "", f"![privacy-utility scatter]({sc.name})", ""]
     figs = grids(images, out_dir)
+    md += _defense_sections(results, urows, prows, figs)
     if figs:
         md += ["## Reconstructions", ""]
         for caption, path in figs:
             md += [f"**{caption}**", "", f"![{caption}]({path.name})", ""]
     no_cells = [n for n in results.get("defenses", []) if not any(c["defense"] == n for c in results["cells"])]
     if no_cells:
-        md += [f"Not in these tables: {', '.join(no_cells)} — no generic cells (protecting thousands of faces at seconds "
-               "each); their paper experiments measure them: `faceveil bench --defenses NAME`.", ""]
-    sc = scatter(urows, prows, out_dir, results)
-    if sc is not None:
-        md += ["## Privacy–utility", "", f"![privacy-utility scatter]({sc.name})", ""]
-    for name, exp in results.get("experiments", {}).items():
-        md += [f"## Experiments: {name}", ""]
-        if exp.get("status") != "ok":
-            md += [f"FAILED: {exp.get('error')}", ""]
-            continue
-        md += [exp.get("markdown", ""), ""]
+        md += [f"No generic cells for: {', '.join(no_cells)} — protecting thousands of faces at seconds each; their paper "
+               "experiments (in their sections) measure them: `faceveil bench --defenses NAME`.", ""]
     failed = [c for c in results["cells"] if c["status"] != "ok"]
     if failed:
         md += ["## Failed cells", ""] + [f"- {c['setting']} / {c['kind']}: `{c['error']}`" for c in failed] + [""]
@@ -398,6 +394,36 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
     write_text_atomic(out_dir / "report.md", text)
     write_text_atomic(out_dir / "report.html", markdown_to_html(text, out_dir))
     return out_dir / "report.md"
+
+
+def _defense_sections(results: dict, urows: list[dict], prows: list[dict], figs: list[tuple[str, Path]]) -> list[str]:
+    """One section per defense: the generated sentence of each of its settings, its utility and privacy rows (the
+    baselines below them), which reconstruction grids show it, and its paper experiment."""
+    names = list(dict.fromkeys([c["defense"] for c in results["cells"]] + list(results.get("experiments", {}))))
+    if not names:
+        return []
+    acc = best_utility(urows)
+    worst = {w["setting"]: w for w in worst_cases(prows)}
+    md = ["## Utility and privacy per defense", ""]
+    for name in names:
+        u = [r for r in urows if r["defense"] == name]
+        p = [r for r in prows if r["defense"] == name]
+        settings = list(dict.fromkeys([r["setting"] for r in u] + [r["setting"] for r in p]))
+        md += [f"### {name}", ""]
+        md += [f"- **{s}**: {sentence(worst[s], acc.get(s))}" for s in settings if s in worst] + [""]
+        if u:
+            md += ["Utility:", "", utility_table(u), ""]
+        if p:
+            md += ["Privacy:", "", privacy_table(p), _baseline_rows(p), ""]
+            shown = [path.name for caption, path in figs if any(s in caption for s in settings)]
+            if shown:
+                md += ["Reconstruction grids with its rows (labelled in the image; section Reconstructions): "
+                       + ", ".join(f"`{f}`" for f in shown) + ".", ""]
+        exp = results.get("experiments", {}).get(name)
+        if exp is not None:
+            md += [f"#### Experiments: {name}", ""]
+            md += [f"FAILED: {exp.get('error')}", ""] if exp.get("status") != "ok" else [exp.get("markdown", ""), ""]
+    return md
 
 
 def markdown_to_html(md: str, base: Path) -> str:
