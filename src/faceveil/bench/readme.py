@@ -138,8 +138,7 @@ def _keyed_block(results_dir: Path) -> str:
     exp = r.get("experiments", {}).get(folder, {})
     if exp.get("status") == "ok":
         fig = "keyed-projection-curve.png" if (results_dir / folder / "keyed-projection-curve.png").is_file() else None
-        parts.append(keyed_markdown(exp["data"], fig and Path(fig), prefix=f"results/{folder}/").replace(
-            "### keyed-projection: ISO/IEC 24745 measures and the strength parameter\n\n", ""))
+        parts.append(keyed_markdown(exp["data"], fig and Path(fig), prefix=f"results/{folder}/", heading=False))
     return "\n\n".join(parts) + (f"\n\n{r['profile']} profile, seed {r['seed']}; attacks: {', '.join(r.get('attacks', []))}."
                                   + (f" Command: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/`.")
 

@@ -341,6 +341,7 @@ def write_csv(urows: list[dict], prows: list[dict], path: Path) -> None:
 def write_report(results: dict, images: dict, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     urows, prows = utility_rows(results), privacy_rows(results)
+    acc, worst = best_utility(urows), worst_cases(prows)
     write_csv(urows, prows, out_dir / "results.csv")
     md = [f"# faceveil benchmark ({results['profile']} profile)", "",
           f"Seed {results['seed']}; wall time {results['wall_seconds'] / 60:.1f} min; failed cells: {results['failed']}; "
@@ -353,11 +354,10 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
             if results.get("interrupted") else []),
           *(["## Verdicts: each defense at its weakest point", "",
              "The worst case over every attack run on the setting (the protection is as strong as the strongest attack "
-             "against it), beside the random-person baseline.", "", verdict_table(prows, best_utility(urows)), ""]
+             "against it), beside the random-person baseline.", "", verdict_table(prows, acc), ""]
             if any(r.get("who") == "reconstruction" for r in prows) else []),
           *(["## What the numbers say, per defense setting", "",
-             *[f"- **{w['setting']}**: {sentence(w, best_utility(urows).get(w['setting']))}" for w in worst_cases(prows)], ""]
-            if worst_cases(prows) else []),
+             *[f"- **{w['setting']}**: {sentence(w, acc.get(w['setting']))}" for w in worst], ""] if worst else []),
           *(["## Template protection (ISO/IEC 24745)", "", table, ""]
             if (table := protection_table(results, prows)) else []),
           "## How to read the tables", "",

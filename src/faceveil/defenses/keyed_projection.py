@@ -47,9 +47,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from faceveil.defenses.base import register_defense
+from faceveil.defenses.base import check_features, register_defense
 from faceveil.defenses.laplace import FeatureDefense
-from faceveil.errors import FaceveilDataError
 from faceveil.keys import SecretKey, os_generator
 from faceveil.models.base import Recognizer
 
@@ -132,7 +131,7 @@ class KeyedProjection(FeatureDefense):
 
     def encode(self, f: Tensor, w: Tensor, ste: bool = False) -> Tensor:
         """Templates of embeddings ``f`` ``[B,d]`` under ``w`` (``[m,d]``, or one per face ``[B,m,d]``)."""
-        f = check_embedding(f, self.dim)
+        f = check_features(f, (self.dim,), "keyed-projection embedding")
         if self.bits == 0:
             f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
         z = f @ w.T if w.ndim == 2 else torch.bmm(w, f.unsqueeze(-1)).squeeze(-1)
@@ -178,10 +177,3 @@ class KeyedProjection(FeatureDefense):
         """The same protection under another key (a user's own, or a renewed one)."""
         return type(self)(bits=self.bits, key_scope=self.key_scope, key=key, recognizer=self.recognizer)
 
-
-def check_embedding(f: Tensor, dim: int) -> Tensor:
-    if f.ndim != 2 or f.shape[1] != dim:
-        raise FaceveilDataError(f"keyed-projection: expected embeddings [B,{dim}], got {list(f.shape)}")
-    if not torch.isfinite(f).all():
-        raise FaceveilDataError("keyed-projection: embedding contains NaN or infinite values")
-    return f

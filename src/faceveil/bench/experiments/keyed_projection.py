@@ -64,13 +64,13 @@ def templates(defense, f: torch.Tensor, key: SecretKey) -> torch.Tensor:
     return d.encode(f, d.matrix())
 
 
-def recognition(defense, ea, eb, pairs, key: SecretKey) -> dict:
-    """Accuracy (10-fold) and FNMR at FMR 1e-3 of LFW pairs with every template under ``key``."""
+def recognition(defense, ea, eb, pairs) -> dict:
+    """Accuracy (10-fold) and FNMR at FMR 1e-3 of LFW pairs with every template under the defense's key."""
     from faceveil.bench.lfw import verification
     from faceveil.metrics.protection import fnmr_at_fmr
     from faceveil.models.base import pairwise_distance
 
-    ta, tb = templates(defense, ea, key), templates(defense, eb, key)
+    ta, tb = defense.encode(ea, defense.matrix()), defense.encode(eb, defense.matrix())
     r = verification(ta, tb, pairs, defense.name, metrics=("cosine",))[0]
     d = pairwise_distance(ta, tb, "cosine").double().numpy()
     return {"acc_mean": r.acc_mean, "acc_std": r.acc_std, "fnmr@1e-3": fnmr_at_fmr(d[pairs.same], d[~pairs.same], FMR)}
@@ -130,14 +130,14 @@ def _sar(res: dict | None) -> dict:
 
 
 def run(ctx: ExperimentContext) -> dict:
+    from faceveil.bench.lfw import verification
+
     data: dict = {"recognition": {}, "attack": {}, "errors": {}}
     ea, eb, pairs = lfw_embeddings(ctx)
-    dlib_acc = attempt(lambda: __import__("faceveil.bench.lfw", fromlist=["verification"]).verification(
-        ea, eb, pairs, "dlib", metrics=("cosine",))[0].acc_mean)[0]
-    key = SecretKey.from_research_seed(ctx.seed)
+    dlib_acc = verification(ea, eb, pairs, "dlib", metrics=("cosine",))[0].acc_mean
     for bits in CURVE_BITS:
         d = get_defense("keyed-projection", bits=bits, research_key_seed=ctx.seed)
-        data["recognition"][_label(bits)] = recognition(d, ea, eb, pairs, key)
+        data["recognition"][_label(bits)] = recognition(d, ea, eb, pairs)
         for scope, tm in (("user", "a"), ("deployment", "b")):
             da = get_defense("keyed-projection", bits=bits, key_scope=scope, research_key_seed=ctx.seed)
             res, err = attempt(privacy, da, "ridge", ctx)
@@ -154,8 +154,8 @@ def run(ctx: ExperimentContext) -> dict:
             "figures": [*data["unlinkability"]["figures"], *([str(fig)] if fig else [])]}
 
 
-def markdown(data: dict, fig: Path | None, prefix: str = "") -> str:
-    """The experiment's section (figures linked as ``prefix`` + file name)."""
+def markdown(data: dict, fig: Path | None, prefix: str = "", heading: bool = True) -> str:
+    """The experiment's section (figures linked as ``prefix`` + file name; ``heading``: with its title)."""
     rec, att = data["recognition"], data["attack"]
     rows = []
     for lab, r in rec.items():
@@ -164,8 +164,8 @@ def markdown(data: dict, fig: Path | None, prefix: str = "") -> str:
                      *(pct(x[k]) if x.get(k) is not None else "—" for x in (a, b) for k in ("SAR_I@1e-3", "SAR_II@1e-3")),
                      *(f"{x['COS']:.3f}" if x.get("COS") is not None else "—" for x in (a, b))])
     u, rn = data["unlinkability"], data["renewability"]
-    md = ["### keyed-projection: ISO/IEC 24745 measures and the strength parameter", "",
-          f"LFW accuracy of the unprotected dlib embedding (cosine): {pct(data['dlib_acc'] or float('nan'))} %. "
+    md = [*(["### keyed-projection: ISO/IEC 24745 measures and the strength parameter", ""] if heading else []),
+          f"LFW accuracy of the unprotected dlib embedding (cosine): {pct(data['dlib_acc'])} %. "
           "Every template of a row under one key (genuine pairs as with per-user keys; impostors as if they held the "
           "victim's key). `ridge` (the attack suite's closed-form floor) SAR at dlib's FMR 1e-3 threshold; (a) each "
           "user's key secret, (b) the key known (one deployment key the attacker's client holds).", "",
