@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/faceveil bench --profile quick --jobs 2
+	$(VENV)/bin/faceveil bench --profile fast --jobs 2
 
 # the full benchmark (~1.5-2 days on two cores); resumable: run it again after a stop
 full: $(STAMP)

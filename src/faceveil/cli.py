@@ -31,6 +31,10 @@ def global_options(
     recognizer: Annotated[str | None, typer.Option(
         "--recognizer", envvar="FACEVEIL_RECOGNIZER", show_envvar=True,
         help="The deployed recogniser defenses protect for and servers start from (default dlib).")] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", envvar="FACEVEIL_DEVICE", show_envvar=True,
+        help="auto | cpu | cuda[:N] | mps: where recognisers embed, students and attackers train and run, and judges "
+             "score (default cpu; auto = CUDA, else MPS, else CPU). Client-side protection runs on the CPU.")] = None,
 ) -> None:
     """Global options: resource bounds (faceveil.limits) and the deployed recogniser."""
     import os
@@ -38,6 +42,13 @@ def global_options(
     from faceveil.config import RECOGNIZER_ENV
 
     bounds_options(ctx, max_memory_gb, max_seconds)
+    if device is not None:
+        from faceveil.devices import use_device
+
+        try:
+            use_device(device)  # worker processes (bench --jobs) inherit FACEVEIL_DEVICE
+        except ValueError as e:
+            _fail(e)
     if recognizer is not None:
         from faceveil.models import recognizer_names
 
@@ -88,11 +99,12 @@ def eval_lfw(
 ) -> None:
     """LFW 10-fold verification accuracy (Euclidean and cosine), TPR@FPR, operating point."""
     from faceveil.bench.lfw import LFW, evaluate_lfw, format_table, save_report
+    from faceveil.devices import current_device
     from faceveil.models import get_recognizer
 
     _check_options(per_fold=(per_fold, "positive-int"))
     try:
-        rec = get_recognizer(model)
+        rec = get_recognizer(model, current_device())
         report = evaluate_lfw(rec, LFW(data_dir), per_fold=per_fold, flip_tta=flip_tta)
     except FaceveilError as e:
         _fail(e)
@@ -110,7 +122,7 @@ def eval_utility(
     defense: Annotated[str, typer.Option(help="Defense name (see `faceveil defenses list`).")] = "none",
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Defense parameter NAME=VALUE (repeatable).")] = None,
     server: Annotated[str, typer.Option(help="frozen (deployed dlib ResNet) | adapted (distilled student) | clean-student")] = "frozen",
-    profile: Annotated[str, typer.Option(help="Student training budget: ci | quick | full")] = "quick",
+    profile: Annotated[str, typer.Option(help="Student training budget: ci | fast | quick | full")] = "quick",
     per_fold: Annotated[int | None, typer.Option(help="N same + N different pairs per fold (default: all 6,000).")] = None,
     seed: int = 0,
     data_dir: DataDir = None,
@@ -124,7 +136,7 @@ def eval_utility(
     from faceveil.storage import write_json_atomic
 
     _check_options(per_fold=(per_fold, "positive-int"), server=(server, "frozen,adapted,clean-student"),
-                   profile=(profile, "ci,quick,full"))
+                   profile=(profile, "ci,fast,quick,full"))
     try:
         d = make_defense(defense, parse_params(param), data_dir)
         if server == "clean-student":  # the same-budget student trained on clean images (the baseline of every adapted number)
@@ -258,7 +270,7 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
 def attack_cmd(
     defense: Annotated[str, typer.Option(help="Defense name (see `faceveil defenses list`).")] = "none",
     attack: Annotated[str, typer.Option(help="Attack: ridge, dn, nbnet, urec, resrec, transrec, cgan, whitebox.")] = "dn",
-    profile: Annotated[str, typer.Option(help="ci | quick | full")] = "quick",
+    profile: Annotated[str, typer.Option(help="ci | fast | quick | full")] = "quick",
     leakage: Annotated[str, typer.Option(help="channel | database")] = "channel",
     view: Annotated[str | None, typer.Option(help="Adaptive attacker view of the leaked data (defense-specific).")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Defense parameter NAME=VALUE (repeatable).")] = None,
@@ -304,11 +316,13 @@ def attack_cmd(
 
 @app.command("bench")
 def bench_cmd(
-    profile: Annotated[str, typer.Option(help="ci (<= 5 min) | quick (<= 15 min) | full")] = "quick",
+    profile: Annotated[str, typer.Option(help=(
+        "fast (the first report: <= 15 min from empty caches on two cores) | ci (the tests' smoke run) | "
+        "quick (~2.5-3 h) | full (1.5-2 days)"))] = "fast",
     defenses: Annotated[str | None, typer.Option(help="Comma-separated defenses (default: all registered).")] = None,
     attacks: Annotated[str | None, typer.Option(help=(
         "Comma-separated attacks (default: the profile's suite: ridge,dn,cgan,whitebox and, on their defense only, "
-        "instahide-unmix,facemix-dominant; full adds nbnet,ganinv,ganinv-es)."))] = None,
+        "instahide-unmix,facemix-dominant; fast leaves out cgan; full adds nbnet,ganinv,ganinv-es)."))] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/bench"),
     data_dir: DataDir = None,
     seed: int = 0,
@@ -399,7 +413,7 @@ def system_build(
     out: Annotated[Path, typer.Option("-o", "--out", help="Bundle file to write.")],
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Defense parameter NAME=VALUE (repeatable).")] = None,
     server: Annotated[str, typer.Option(help="frozen (deployed recogniser) | adapted (student distilled on protected inputs)")] = "frozen",
-    profile: Annotated[str, typer.Option(help="Student training budget: ci | quick | full")] = "quick",
+    profile: Annotated[str, typer.Option(help="Student training budget: ci | fast | quick | full")] = "quick",
     client_only: Annotated[bool, typer.Option(help="Write only what users' devices need (no server weights).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the offline work (student training, threshold fit).")] = 0,
     data_dir: DataDir = None,
@@ -409,7 +423,7 @@ def system_build(
     from faceveil.bench.build import build_system
     from faceveil.defenses.cli_support import make_defense
 
-    _check_options(server=(server, "frozen,adapted"), profile=(profile, "ci,quick,full"))
+    _check_options(server=(server, "frozen,adapted"), profile=(profile, "ci,fast,quick,full"))
     try:
         d = make_defense(defense, parse_params(param), data_dir)
         system = build_system(d, server, profile, seed, data_dir)

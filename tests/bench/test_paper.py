@@ -11,3 +11,14 @@ def test_paper_values_match_their_cells():
     assert paper_value("none", "none (embedding)", "SSIM", "dn") is None
     assert paper_value("none", "none (embedding)", "acc", "frozen").startswith("99.72")
     assert paper_value("blur", "blur", "acc", "frozen") is None
+
+
+def test_paper_points_of_the_privacy_utility_plot():
+    """The plot's paper claims: accuracy (the best server the paper reports) and its attack's SRRA, only where the
+    paper reports both."""
+    from faceveil.bench.paper import paper_point
+
+    assert paper_point("faceobfuscator", "FaceObfuscator (AC01,AC10; b=2; [-60,60])") == (99.68, 0.0)
+    assert paper_point("advface", "AdvFace ε=0.2") == (97.78, 4.03)
+    assert paper_point("pmt", "PMT") is None  # PMT reports SSIM, not a success rate
+    assert paper_point("none", "none (res1 map)") is None and paper_point("blur", "blur") is None

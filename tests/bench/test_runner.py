@@ -49,6 +49,14 @@ def test_jobs_merge_the_parts(bench_out, tmp_path):
     parts = {n: json.loads((bench_out / "parts" / n / "results.json").read_text()) for n in ("none", "pixelate")}
     assert r["cells"] == parts["none"]["cells"] + parts["pixelate"]["cells"]  # in --defenses order
     assert r["planned_cells"] == len(r["cells"]) and r["defenses"] == ["none", "pixelate"]
+    # each worker reported its progress cell by cell (the parent's bar sums them)
+    from faceveil.bench.runner import read_progress
+
+    for n, part in parts.items():
+        assert read_progress(bench_out / "parts" / n) == (len(part["cells"]), part["planned_cells"])
+    assert r["device"] == "cpu" and r["device_name"]
+    # before the workers, a spawned warm-up process ran one setting's first attack cell (filling the shared caches)
+    assert list((bench_out / "parts" / "warm-up" / "cells").glob("none-*-urec-channel.json"))
     images = load_images(bench_out / "images.pt")
     assert {k[0] for k in images} == {"none (embedding)", "none (res1 map)", "pixelate"}
     im = images[("pixelate", "urec", "channel")]
@@ -130,3 +138,32 @@ def test_utility_cell_without_servers_says_why_not_failed():
     table = utility_table(utility_rows({"cells": cells}))
     assert "| fo | — | not measured: needs an adapted server" in table and "FAILED: None" not in table
     assert "| broken | — | FAILED: boom" in table
+
+
+def test_fast_profile_covers_every_defense_with_bounded_budgets():
+    """The first report (`make run`) plans cells for every registered defense, AdvFace and PMT included (their
+    generic settings exist only at fast), one attack of each kind, and step-bounded training."""
+    from faceveil.attacks.base import profile_budget
+    from faceveil.bench.plan import default_attacks, profile_coverage, settings_for
+    from faceveil.bench.runner import BENCH_PROFILES, plan_cells, utility_servers
+    from faceveil.defenses import DEFENSES
+    from faceveil.train.distill import distill_config
+
+    bp = BENCH_PROFILES["fast"]
+    suite = default_attacks(bp)
+    assert {"ridge", "dn", "whitebox"} <= set(suite) and "cgan" not in suite
+    plan = plan_cells(DEFENSES.names(), suite, profile="fast")
+    planned = {st.defense for _, st, *_ in plan}
+    assert planned == set(DEFENSES.names())
+    for n in DEFENSES.names():
+        for st in settings_for(n, "fast"):
+            d = st.build()
+            # every setting's utility is measured: a student only where the recogniser cannot read the data
+            servers = utility_servers(d, st, bp)
+            assert servers == (("adapted",) if d.needs_adapted_server else ("frozen",)), st.label
+    assert not settings_for("advface", "quick") and not settings_for("pmt", "full")  # the experiments measure them
+    b = profile_budget(bp.attack_profile)
+    assert b.max_steps == 80 and b.max_seconds >= 4 * 60  # steps define the run; seconds only guard
+    assert distill_config(bp.attack_profile).epochs == 1
+    cov = profile_coverage("fast")
+    assert "make full" in cov and "Not covered" in cov

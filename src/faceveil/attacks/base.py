@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from faceveil.config import EpochCheckpoint, cache_dir, config_hash
+from faceveil.devices import module_device, on_device
 from faceveil.errors import FaceveilDataError, FaceveilError
 from faceveil.registry import Registry
 from faceveil.storage import discard, load_cache, read_verified, save_torch, torch_load
@@ -91,6 +92,11 @@ PROFILES: dict[str, Budget] = {
     # CI: a couple of minutes on 2 cores, tiny images
     "ci": Budget(epochs=3, max_seconds=60, batch_size=64, lr=3e-3, target_size=64, train_images=3000, eval_pairs=100,
                  whitebox_steps=60),
+    # fast (the first report, `make run`): step-bounded (reproducible whatever the load), 80 steps of 32 on 1,000 faces
+    # (slow clients' small sets: one step per epoch, 80 epochs); max_seconds only guards against a machine far slower
+    # than two cores
+    "fast": Budget(epochs=100, max_steps=80, max_seconds=600, batch_size=32, lr=3e-3, target_size=64, train_images=1000,
+                   eval_pairs=50, whitebox_steps=60),
     # quick: 600 steps (dn ~0.15-0.45 s/step, cgan ~0.35 s/step on one core at 64 px: 1.5-4.5 min per attacker);
     # small training sets (slow clients) stop at 100 epochs
     "quick": Budget(epochs=100, max_steps=600, max_seconds=900, batch_size=64, lr=2e-3, target_size=64, train_images=None,
@@ -295,6 +301,11 @@ def check_trained(name: str, log: TrainLog, budget: Budget) -> None:
             "then retrain (--force)")
 
 
+def _cpu_state(m: nn.Module) -> dict[str, Tensor]:
+    """``m``'s state dict on the CPU (what caches hold, whatever device trained it)."""
+    return {k: v.detach().cpu() for k, v in m.state_dict().items()}
+
+
 def one_cycle(frac: float, pct_start: float = 0.15, div: float = 25.0, final_div: float = 1e4) -> float:
     """Learning-rate factor of the one-cycle policy (Smith & Topin 2019; the shape of torch's
     ``OneCycleLR`` with cosine annealing) at training progress ``frac`` in [0, 1]: cosine warm-up from
@@ -347,7 +358,7 @@ class ReconstructionAttack(Attack):
         if self._id_model is None:
             from faceveil.models import deployed_recognizer
 
-            self._id_model = deployed_recognizer()
+            self._id_model = deployed_recognizer(module_device(self.net) if self.net is not None else None)
         m = self._id_model
         a, b = m(m.prepare(out)), m(m.prepare(target)).detach()
         return (1 - torch.nn.functional.cosine_similarity(a, b)).mean()
@@ -380,7 +391,10 @@ class ReconstructionAttack(Attack):
         torch.manual_seed(self.seed)
         self.in_shape = source.sample_shape()
         self.net = self.build(self.in_shape)
+        if not self.cpu_only:
+            self.net = on_device(self.net)
         self.net.train()
+        dev = module_device(self.net)
         self.log = TrainLog()  # a fresh run (this object may hold a loaded attacker's log)
         opt = self.make_optimizer(budget)
         steps_per_epoch = max(1, len(source) // budget.batch_size)
@@ -407,7 +421,7 @@ class ReconstructionAttack(Attack):
                         frac = max(frac, (time.perf_counter() - t0) / timed)
                     for g in opt.param_groups:
                         g["lr"] = budget.lr * one_cycle(frac)
-                loss = self.train_step(p, tgt, opt)
+                loss = self.train_step(p.to(dev, non_blocking=True), tgt.to(dev, non_blocking=True), opt)
                 self.log.steps += 1
                 self.log.losses.append(loss)
                 bar.update()
@@ -466,13 +480,16 @@ class ReconstructionAttack(Attack):
         return int(st["epoch"]), float(st["seconds"])
 
     use_one_cycle: ClassVar[bool] = True
+    #: the network trains and runs on the CPU whatever ``--device`` says (its training step calls CPU-only parts)
+    cpu_only: ClassVar[bool] = False
 
     def attack(self, protected: Tensor, batch_size: int = 64) -> Tensor:
         self.check_protected(protected)
         assert self.net is not None
         self.net.eval()
+        dev = module_device(self.net)
         with torch.no_grad():
-            out = [self.net(protected[s : s + batch_size].float()) for s in range(0, len(protected), batch_size)]
+            out = [self.net(protected[s : s + batch_size].float().to(dev)).cpu() for s in range(0, len(protected), batch_size)]
         return torch.cat(out).clamp(0, 1)
 
     def check_protected(self, protected: Tensor) -> None:
@@ -493,7 +510,7 @@ class ReconstructionAttack(Attack):
     # --- persistence --------------------------------------------------------------------------
     def state(self) -> dict:
         assert self.net is not None
-        return {"config": self.train_config(), "in_shape": list(self.in_shape or ()), "net": self.net.state_dict(),
+        return {"config": self.train_config(), "in_shape": list(self.in_shape or ()), "net": _cpu_state(self.net),
                 "log": asdict(self.log)}
 
     def save(self, path: Path) -> None:
@@ -522,6 +539,8 @@ class ReconstructionAttack(Attack):
     def _load_state(self, st: dict) -> ReconstructionAttack:
         self.in_shape = tuple(st["in_shape"])
         self.net = self.build(self.in_shape)
+        if not self.cpu_only:
+            self.net = on_device(self.net)
         self.net.load_state_dict(st["net"])
         self.net.eval()
         self.log = TrainLog(**st["log"])

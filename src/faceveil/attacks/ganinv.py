@@ -122,6 +122,9 @@ class GANMapping(ReconstructionAttack):
     face, the latent loss (weight ``latent_weight``) on every GAN sample. ``hidden``/``depth``: the MLP."""
 
     use_one_cycle: ClassVar[bool] = True
+    #: its training step renders GAN faces through the attacked client (a defense, on the CPU) and the
+    #: pretrained generator: kept on the CPU until those move with ``--device``
+    cpu_only: ClassVar[bool] = True
 
     def __init__(self, *, generator: str = "digiface", hidden: int = 512, depth: int = 3, gan_pairs: int = 20000,
                  gan_batch: int = 64, id_batch: int = 8, latent_weight: float = 1.0, identity_weight: float = 1.0,

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from faceveil.attacks.base import register_attack
 from faceveil.attacks.dn import DN
+from faceveil.devices import module_device
 from faceveil.errors import FaceveilDataError
 from faceveil.keys import research_generator
 
@@ -68,7 +69,7 @@ def random_affine(n: int, jitter: float, generator: torch.Generator) -> Tensor:
 def transformed(x: Tensor, theta: Tensor | None) -> Tensor:
     if theta is None:
         return x
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -206,7 +207,7 @@ class NbNet(DN):
         if self._id_model is None:
             from faceveil.models import deployed_recognizer
 
-            m = deployed_recognizer().eval()
+            m = deployed_recognizer(module_device(self.net) if self.net is not None else None).eval()
             for q in m.parameters():
                 q.requires_grad_(False)
             if self.perceptual_weight > 0 and self.perceptual_layer not in m.layer_names():

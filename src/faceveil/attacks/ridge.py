@@ -77,7 +77,7 @@ class RidgeDecoder(nn.Module):
         flat = x.reshape(len(x), -1)
         if not self.sketched:
             return flat
-        out = torch.zeros(len(x), self.dim, dtype=flat.dtype)
+        out = torch.zeros(len(x), self.dim, dtype=flat.dtype, device=flat.device)
         return out.index_add_(1, self.bucket, flat * self.sign.to(flat.dtype))
 
     def forward(self, x: Tensor) -> Tensor:

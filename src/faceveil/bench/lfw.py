@@ -17,6 +17,7 @@ from faceveil.config import cache_dir, config_hash, load_or_compute
 from faceveil.data.align import ALIGN_VERSION, STATUS_CNN, STATUS_FALLBACK
 from faceveil.data.crop import CropSpec
 from faceveil.data.datasets import LFW, PairSet
+from faceveil.devices import device_record, module_device
 from faceveil.metrics.protection import threshold_at_fmr
 from faceveil.metrics.verification import best_threshold, kfold_accuracy, tpr_at_fpr
 from faceveil.models.base import OperatingPoint, Recognizer, pairwise_distance
@@ -216,6 +217,7 @@ def evaluate_lfw(
         "results": [asdict(r) for r in results],
         "operating_point": asdict(op),
         "accuracy_at_operating_point": float(((d <= op.threshold) == pairs.same).mean()),
+        "run_on": device_record(module_device(model)),
     }
 
 
@@ -233,7 +235,8 @@ def format_table(report: dict) -> str:
         f"accuracy on these pairs {100 * report['accuracy_at_operating_point']:.2f}%"
     )
     if report["ms_per_image"] == report["ms_per_image"]:
-        lines.append(f"embedding time: {report['ms_per_image']:.2f} ms/image (batched, CPU)")
+        where = report.get("run_on", {}).get("device", "cpu")
+        lines.append(f"embedding time: {report['ms_per_image']:.2f} ms/image (batched, {where})")
     return "\n".join(lines)
 
 

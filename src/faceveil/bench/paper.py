@@ -38,3 +38,22 @@ def paper_value(defense: str, setting: str, metric: str, qualifier: str | None) 
             v, src = table[key]
             return f"{v} ({src})"
     return None
+
+
+def _number(text: str) -> float | None:
+    """The leading number of a paper value ("96.43 (online)", "4.03%", "≈99 (authorised)"), or None."""
+    import re
+
+    m = re.search(r"-?\d+(?:\.\d+)?", text)
+    return float(m.group()) if m else None
+
+
+def paper_point(defense: str, setting: str) -> tuple[float, float] | None:
+    """What the paper claims for a defense as a point of the privacy–utility plot: (LFW accuracy %, attack success
+    % as the paper reports it: SRRA), when it reports both; the best server's accuracy it claims (adapted first)."""
+    acc = next((v for server in ("adapted", "frozen") if (v := paper_value(defense, setting, "acc", server))), None)
+    srra = paper_value(defense, setting, "SRRA", "dn")  # the papers attack with DN-style decoders
+    if acc is None or srra is None or defense == "none":
+        return None
+    a, s = _number(acc), _number(srra)
+    return None if a is None or s is None else (a, s)

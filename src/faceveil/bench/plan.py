@@ -24,6 +24,7 @@ class Setting:
     attacks: tuple[str, ...] | None = None  # None: the run's attacks
     utility_servers: tuple[str, ...] | None = None  # None: decided from the defense
     views: tuple[str | None, ...] = (None,)  # None = non-adaptive; else adaptive attacker views
+    profiles: tuple[str, ...] | None = None  # bench profiles that run this setting (None: all)
 
     def build(self, data=None) -> Defense:
         """The defense; ``data`` reaches defenses that draw from a public pool."""
@@ -52,12 +53,49 @@ class BenchProfile:
     #: strongest attacks too slow for the cheap profiles: ``nbnet`` trains through the recogniser, the GAN-prior
     #: inversions take seconds per face)
     extra_attacks: tuple[str, ...] = ()
+    #: the attack suite of the profile (None: :data:`DEFAULT_ATTACKS`)
+    attacks: tuple[str, ...] | None = None
+    #: with ``adapted``: train students only for the defenses the deployed recogniser cannot serve at all
+    #: (``needs_adapted_server``), not for every image-domain defense
+    adapted_only_needed: bool = False
+    #: the budgets of the paper experiments run at this profile (None: the profile's own name)
+    experiment_profile: str | None = None
+    #: what the profile covers and what it leaves out (the report's header)
+    covers: str = ""
+    #: floors of a slow client's capped sets (:func:`setting_sizes`): LFW utility pairs per fold and class, training
+    #: faces, judged same-pairs, faces of the template-protection measures
+    min_per_fold: int = 5
+    min_images: int = 128
+    min_pairs: int = 50
+    min_protection_images: int = 100
 
+
+#: the command that gives the full numbers (every report's header names it)
+FULL_COMMAND = ("`make full` (`faceveil bench --profile full --jobs 2`: about 1.5-2 days on two cores, resumable; "
+                "`--executor ray` spreads its cells over a cluster)")
 
 BENCH_PROFILES = {
-    "ci": BenchProfile("ci", utility_per_fold=5, adapted=False, attack_profile="ci", protect_seconds=60, whitebox_pairs=20),
+    "fast": BenchProfile(
+        "fast", utility_per_fold=10, adapted=True, adapted_only_needed=True, attack_profile="fast", protect_seconds=20,
+        whitebox_pairs=10, min_per_fold=2, min_images=48, min_pairs=16, min_protection_images=24,
+        attacks=("ridge", "dn", "whitebox", "instahide-unmix", "facemix-dominant"),
+        experiment_profile="ci",
+        covers=("the first report, minutes from a fresh clone (`make run`): every registered defense's benchmark "
+                "settings; utility on 200 LFW pairs (frozen recogniser, and a short-trained student only where the "
+                "recogniser cannot read the protected data at all); one attack of each kind: the closed-form `ridge` "
+                "decoder, the learned `dn` decoder (80 steps of 32 on 1,000 public faces, 64 px), the `whitebox` inversion "
+                "(10 pairs, 60 steps) where the defense is differentiable, and the defense-specific attacks; judged on "
+                "50 LFW same-pairs; slow clients (DeepBlur, AdvNoise, AdvFace, PMT) protect a fixed number of faces "
+                "per set. Not covered: `cgan`, `nbnet` and the GAN-prior inversions, adapted students for image "
+                "defenses, the paper experiments (`faceveil bench --defenses NAME`); every number is a lower bound "
+                "on what an attacker can do.")),
+    "ci": BenchProfile("ci", utility_per_fold=5, adapted=False, attack_profile="ci", protect_seconds=60, whitebox_pairs=20,
+                       covers="the test suite's smoke profile: tiny time-bounded budgets, numbers not meant to be read."),
     "quick": BenchProfile("quick", utility_per_fold=50, adapted=True, attack_profile="quick", protect_seconds=240,
-                          whitebox_pairs=50),
+                          whitebox_pairs=50,
+                          covers=("the former main job (about 2.5-3 hours on two cores): 1,000 LFW pairs, adapted students "
+                                  "for image defenses, ridge / dn / cgan (600 steps) / whitebox (50 pairs) and the "
+                                  "defense-specific attacks, judged on 300 pairs.")),
     "full": BenchProfile("full", utility_per_fold=None, adapted=True, attack_profile="full", whitebox_pairs=300,
                          extra_attacks=("nbnet", "ganinv", "ganinv-es")),
 }
@@ -80,9 +118,9 @@ def setting_sizes(d: Defense, bp: BenchProfile) -> Sizes:
     if bp.protect_seconds is None or d.protect_ms_hint <= 0:
         return Sizes(bp.utility_per_fold, None, None)
     n = int(1000 * bp.protect_seconds / d.protect_ms_hint)  # faces affordable per set
-    per_fold = max(5, min(bp.utility_per_fold or 300, n // 40))  # 2 images x 2 classes x 10 folds
-    cap = max(128, n)
-    return Sizes(per_fold, cap, cap, eval_pairs=max(50, n))
+    per_fold = max(bp.min_per_fold, min(bp.utility_per_fold or 300, n // 40))  # 2 images x 2 classes x 10 folds
+    cap = max(bp.min_images, n)
+    return Sizes(per_fold, cap, cap, eval_pairs=max(bp.min_pairs, n))
 
 #: benchmark settings per defense name; defense modules may register more (ablations)
 SETTINGS: dict[str, list[Setting]] = {
@@ -109,7 +147,18 @@ def default_attacks(bp: BenchProfile) -> tuple[str, ...]:
     training through the recogniser on twice the faces would lengthen ``make run`` (quick) by hours, and the
     GAN-prior inversions, white-box and query-only, whose seconds per face do not fit the cheap profiles).
     A defense's verdict is its worst case over the suite (:mod:`faceveil.bench.verdicts`)."""
-    return DEFAULT_ATTACKS + tuple(a for a in bp.extra_attacks if a not in DEFAULT_ATTACKS)
+    base = bp.attacks if bp.attacks is not None else DEFAULT_ATTACKS
+    return base + tuple(a for a in bp.extra_attacks if a not in base)
+
+
+def profile_coverage(name: str) -> str:
+    """What the bench profile ``name`` covers, and the command that gives the full numbers (report header)."""
+    bp = BENCH_PROFILES.get(name)
+    if bp is None:
+        return ""
+    if bp.name == "full":
+        return "the full benchmark: every budget at its largest (see README)."
+    return f"The {bp.name} profile: {bp.covers} Full numbers: {FULL_COMMAND}."
 
 
 def attack_suite(profile: str) -> tuple[str, ...]:
@@ -117,11 +166,12 @@ def attack_suite(profile: str) -> tuple[str, ...]:
     return default_attacks(BENCH_PROFILES[profile])
 
 
-def settings_for(name: str) -> list[Setting]:
+def settings_for(name: str, profile: str | None = None) -> list[Setting]:
+    """The benchmark settings of defense ``name`` at bench profile ``profile`` (None: those of every profile)."""
     EXPERIMENTS.load()  # experiment modules register per-defense settings too
 
     if name in SETTINGS:
-        return SETTINGS[name]
+        return [st for st in SETTINGS[name] if st.profiles is None or profile in st.profiles]
     return [Setting(name, name, {})]
 
 

@@ -33,7 +33,7 @@ from faceveil.system.core import ProtectedSystem
 
 FMR = 1e-3
 #: LFW pairsDevTest images measured per profile (None = all 1,549)
-IMAGES = {"ci": 300, "quick": 600, "full": None}
+IMAGES = {"ci": 300, "fast": 150, "quick": 600, "full": None}
 #: non-mated comparisons scored (drawn without replacement)
 MAX_NONMATED = 100_000
 VERSION = "protection-v1"

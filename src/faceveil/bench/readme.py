@@ -101,12 +101,37 @@ def _per_setting_block(folder: str) -> Callable[[Path], str]:
 
 
 def _verdicts_block(folder: str) -> Callable[[Path], str]:
+    """The verdict table of a committed bench run (worst case over its attacks, utility beside it)."""
     def render(results_dir: Path) -> str:
+        from faceveil.bench.plan import profile_coverage
+        from faceveil.bench.report import best_utility, utility_rows
+
         r = _load(results_dir, folder)
         cmd = _command(results_dir, folder)
-        return (verdict_table(privacy_rows(r)) + f"\n\n{r['profile']} profile, seed {r['seed']}; attacks: "
-                f"{', '.join(r.get('attacks', []))}." + (f" Command: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/`.")
+        cov = profile_coverage(r["profile"])
+        return (verdict_table(privacy_rows(r), best_utility(utility_rows(r))) + (f"\n\n{cov}" if cov else "")
+                + f"\n\n{r['profile']} profile, seed "
+                f"{r['seed']}; attacks: {', '.join(r.get('attacks', []))}; {len(r['cells'])} cells, {r['failed']} failed."
+                + (f" Command: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/` (report: `results/{folder}/report.md`).")
     return render
+
+
+def _main_job_block(results_dir: Path) -> str:
+    """How long the main job takes from empty caches and re-run, and its peak memory (``bench/main_job.py
+    --record results/bench/timing.json``), with where the cold run's cell time went."""
+    path = results_dir / "bench" / "timing.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `PYTHONPATH=src python bench/main_job.py --record {path} ...`")
+    t = json.loads(path.read_text())
+    cold, warm = t["cold"], t["warm"]
+    top = sorted(cold.get("cell_seconds", {}).items(), key=lambda kv: -kv[1])
+    total = sum(v for _, v in top) or 1
+    where = ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in top[:5])
+    return (f"Measured on {t['cores']} cores, `{t['command']}`: **{cold['minutes']:.1f} min** from empty caches "
+            f"(installed models kept), **{warm['minutes']:.1f} min** re-run; peak resident memory of the whole process "
+            f"tree {max(cold['peak_gib'], warm['peak_gib']):.1f} GiB. Cell time from empty caches: {where} (summed over "
+            f"the workers). Command: `PYTHONPATH=src python bench/main_job.py --profile {t['profile']} --jobs {t['jobs']} "
+            f"--home /tmp/fv-empty --record results/bench/timing.json`.")
 
 
 def _keyed_block(results_dir: Path) -> str:
@@ -147,6 +172,7 @@ def _keyed_block(results_dir: Path) -> str:
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "template-inversion": _inversion_block,
     "verdicts": _verdicts_block("bench"),
+    "main-job": _main_job_block,
     "mixing": _per_setting_block("mixing-ci"),
     "keyed-projection": _keyed_block,
 }

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from faceveil.bench.paper import paper_value
+from faceveil.bench.paper import paper_point, paper_value
+from faceveil.bench.plan import profile_coverage
 from faceveil.bench.protection import protection_table
 from faceveil.bench.verdicts import sentence, verdict_table, worst_cases
 from faceveil.storage import save_figure_atomic, write_atomically, write_text_atomic
@@ -295,6 +296,7 @@ def scatter(urows: list[dict], prows: list[dict], out_dir: Path, results: dict |
             ax.axhline(max(rp), color="grey", ls="--", lw=0.8, label="random person (worst over settings)")
         if ax is axes[0]:
             _keyed_curve(ax, results or {}, labels)
+            _paper_points(ax, pts, acc, worst, pick, labels)
         _place_labels(ax, labels)
         ax.set_xlabel("LFW accuracy % (best server)")
         ax.set_ylabel(name)
@@ -306,6 +308,20 @@ def scatter(urows: list[dict], prows: list[dict], out_dir: Path, results: dict |
     save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _paper_points(ax, pts: list[str], acc: dict, worst: dict, pick, labels: list) -> None:
+    """The paper's own claim (accuracy, attack success as it reports it) beside our point, joined by a dotted line."""
+    shown = False
+    for s in pts:
+        claim = paper_point(worst[s]["defense"], s)
+        if claim is None:
+            continue
+        ax.scatter(*claim, marker="D", s=50, facecolors="none", edgecolors="crimson", zorder=4,
+                   label=None if shown else "the paper's claim (its recogniser, its attack, SRRA)")
+        ax.plot([100 * acc[s], claim[0]], [pick(worst[s]), claim[1]], ":", color="crimson", lw=0.8)
+        labels.append((claim[0], claim[1], f"{worst[s]['defense']}: paper"))
+        shown = True
 
 
 def _keyed_curve(ax, results: dict, labels: list) -> None:
@@ -345,7 +361,9 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
     write_csv(urows, prows, out_dir / "results.csv")
     md = [f"# faceveil benchmark ({results['profile']} profile)", "",
           f"Seed {results['seed']}; wall time {results['wall_seconds'] / 60:.1f} min; failed cells: {results['failed']}; "
-          f"versions: {results['versions']}.", "",
+          f"versions: {results['versions']}; ran on {results.get('device', 'cpu')}"
+          + (f" ({results['device_name']})" if results.get("device_name") else "") + ".", "",
+          *([f"**What this run covers.** {cov}", ""] if (cov := profile_coverage(results['profile'])) else []),
           *([f"Merged from {len(results['parts'])} runs (`--jobs` workers or separate runs): " + "; ".join(
               f"{Path(p['dir']).name} {p['wall_seconds'] / 60:.1f} min" if "wall_seconds" in p else f"{Path(p['dir']).name} FAILED"
               for p in results["parts"]) + ".", ""] if results.get("parts") else []),

@@ -42,6 +42,7 @@ from faceveil.bench.plan import (  # noqa: F401  (re-exported: the bench's plan 
 from faceveil.context import RunContext
 from faceveil.data.datasets import LFW
 from faceveil.defenses import DEFENSES, Defense
+from faceveil.devices import device_record, use_device
 from faceveil.storage import ensure_dir, save_torch, write_json_atomic
 
 #: where a bench's cells run: this process (``--jobs`` worker processes for several defenses) or Ray tasks
@@ -60,7 +61,7 @@ def utility_servers(d: Defense, setting: Setting, profile: BenchProfile) -> tupl
     if setting.utility_servers is not None:
         return setting.utility_servers
     servers = () if d.needs_adapted_server else ("frozen",)
-    if profile.adapted and (d.domain == "image" or d.needs_adapted_server):
+    if profile.adapted and (d.needs_adapted_server or d.domain == "image" and not profile.adapted_only_needed):
         servers += ("adapted",)
     return servers
 
@@ -95,11 +96,12 @@ PlanItem = tuple[str, Setting, str | None, str | None, str | None]
 
 
 def plan_cells(names: list[str], attack_names: tuple[str, ...], data=None,
-               settings: list[str] | None = None) -> list[PlanItem]:
-    """The bench's cells in run order (only the settings named in ``settings``, when given)."""
+               settings: list[str] | None = None, profile: str | None = None) -> list[PlanItem]:
+    """The bench's cells in run order at bench profile ``profile`` (only the settings named in ``settings``, when
+    given)."""
     plan: list[PlanItem] = []
     for n in names:
-        for st in settings_for(n):
+        for st in settings_for(n, profile):
             if settings is not None and st.label not in settings:
                 continue
             d = st.build(data)
@@ -147,12 +149,13 @@ def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, 
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; use one of {EXECUTORS}")
     bp = BENCH_PROFILES[profile]
+    use_device(ctx.device)  # this process's models, and the --jobs workers' (FACEVEIL_DEVICE)
     names = defenses or DEFENSES.names()
     for n in names:
         DEFENSES.get(n)  # clear error for unknown names
     attack_names = tuple(attacks or attack_suite(profile))
     if settings is not None:
-        known = {st.label for n in names for st in settings_for(n)}
+        known = {st.label for n in names for st in settings_for(n, profile)}
         if unknown := [s for s in settings if s not in known]:
             raise ValueError(f"unknown setting(s) {unknown} of {', '.join(names)}; known: {sorted(known)}")
     out_dir = Path(ctx.out_dir)
@@ -162,7 +165,7 @@ def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, 
     lfw = LFW(data)
     t_start = time.perf_counter()
 
-    plan = plan_cells(names, attack_names, data, settings)
+    plan = plan_cells(names, attack_names, data, settings, profile)
     cells: list[Cell] = []
     images: dict = {}
     bar = tqdm(plan, desc=f"bench ({profile})", disable=not progress, unit="cell")
@@ -190,7 +193,8 @@ def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, 
         if n in EXPERIMENTS:
             t0 = time.perf_counter()
             try:
-                ectx = ExperimentContext(profile, seed, data, ctx.device, ctx.force, progress, out_dir, bench_profile=bp, lfw=lfw)
+                ectx = ExperimentContext(bp.experiment_profile or profile, seed, data, ctx.device, ctx.force, progress,
+                                         out_dir, bench_profile=bp, lfw=lfw)
                 experiments[n] = EXPERIMENTS.get(n)(ectx)
                 experiments[n]["status"] = "ok"
             except Exception as e:
@@ -199,7 +203,7 @@ def run_bench(ctx: RunContext | None = None, defenses: list[str] | None = None, 
             experiments[n]["seconds"] = time.perf_counter() - t0
 
     results = {
-        "profile": profile, "seed": seed, "device": ctx.device, "defenses": names, "attacks": list(attack_names),
+        "profile": profile, "seed": seed, **device_record(ctx.device), "defenses": names, "attacks": list(attack_names),
         "versions": _versions(), "wall_seconds": time.perf_counter() - t_start,
         "cells": [asdict(c) for c in cells], "experiments": experiments,
         "failed": sum(c.status == "failed" for c in cells) + sum(e.get("status") == "failed" for e in experiments.values()),
@@ -253,6 +257,9 @@ def merge_runs(run_dirs: list[Path], out_dir: Path, wall_seconds: float | None =
         r = json.loads(f.read_text())
         for k in ("profile", "seed", "versions"):
             merged.setdefault(k, r[k])
+        for k in ("device", "device_name"):  # where the parts ran (runs before devices were recorded have none)
+            if k in r:
+                merged.setdefault(k, r[k])
         if r["profile"] != merged["profile"] or r["seed"] != merged["seed"]:
             raise ValueError(f"cannot merge {d}: profile/seed {r['profile']}/{r['seed']} differ from "
                              f"{merged['profile']}/{merged['seed']}")
@@ -273,7 +280,7 @@ def merge_runs(run_dirs: list[Path], out_dir: Path, wall_seconds: float | None =
     return merged
 
 
-def _part_cost(name: str, attack_names: tuple[str, ...], part: Path, data) -> float:
+def _part_cost(name: str, attack_names: tuple[str, ...], part: Path, data, profile: str) -> float:
     """Scheduling weight of one defense: its last wall time if it ran before, else its planned cells
     weighted by how slow its client is."""
     f = part / "results.json"
@@ -282,7 +289,7 @@ def _part_cost(name: str, attack_names: tuple[str, ...], part: Path, data) -> fl
             return float(json.loads(f.read_text())["wall_seconds"])
         except (ValueError, KeyError):
             pass
-    plan = plan_cells([name], attack_names, data)
+    plan = plan_cells([name], attack_names, data, profile=profile)
     return 60.0 * len(plan) * (1 + max((st.build(data).protect_ms_hint for _, st, *_ in plan), default=0) / 100)
 
 
@@ -293,7 +300,7 @@ def _run_parallel(ctx: RunContext, names: list[str], attack_names: tuple[str, ..
     t_start = time.perf_counter()
     profile, data, out_dir = ctx.profile, ctx.data, Path(ctx.out_dir)
     parts = {n: out_dir / "parts" / n for n in names}
-    order = sorted(names, key=lambda n: -_part_cost(n, attack_names, parts[n], data))
+    order = sorted(names, key=lambda n: -_part_cost(n, attack_names, parts[n], data, profile))
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
     if data is not None:
         env["FACEVEIL_DATA"] = str(data)
@@ -303,9 +310,15 @@ def _run_parallel(ctx: RunContext, names: list[str], attack_names: tuple[str, ..
                 "--defenses", n, "--attacks", ",".join(attack_names), "--out", str(parts[n]), "--seed", str(ctx.seed),
                 *(["--force"] if ctx.force else []), *([] if experiments else ["--no-experiments"])]
 
+    if not all((parts[n] / "results.json").is_file() for n in names):  # a re-run of a finished run: caches are warm
+        _warm_up_apart(ctx, names, attack_names)
     running: dict[str, subprocess.Popen] = {}
     pending = list(order)
-    bar = tqdm(total=len(order), desc=f"bench ({profile}, {jobs} jobs)", disable=not ctx.progress, unit="defense")
+    # the whole run's cells (done / planned, rate and ETA) from the workers' progress files
+    planned = {n: len(plan_cells([n], attack_names, data, profile=profile)) for n in names}
+    bar = tqdm(total=sum(planned.values()), desc=f"bench ({profile}, {jobs} jobs)", disable=not ctx.progress,
+               unit="cell")
+    finished: set[str] = set()
     interrupted = False
     with _interruptible():
         try:
@@ -314,13 +327,18 @@ def _run_parallel(ctx: RunContext, names: list[str], attack_names: tuple[str, ..
                     n = pending.pop(0)
                     ensure_dir(parts[n])
                     (parts[n] / "results.json").unlink(missing_ok=True)  # a stale result must not pass for this run's
+                    (parts[n] / PROGRESS_FILE).unlink(missing_ok=True)
                     with (parts[n] / "log.txt").open("w") as log:
                         running[n] = subprocess.Popen(command(n), stdout=log, stderr=subprocess.STDOUT, env=env)
                 for n, p in list(running.items()):
                     if p.poll() is not None:
                         del running[n]
-                        bar.update(1)
-                bar.set_postfix_str(",".join(running))
+                        finished.add(n)
+                done = sum(planned[n] if n in finished else (read_progress(parts[n]) or (0, 0))[0] for n in names
+                           if n in finished or n in running)
+                if done != bar.n:
+                    bar.update(done - bar.n)
+                bar.set_postfix_str(f"{len(finished)}/{len(names)} defenses; running " + ",".join(running))
                 time.sleep(0.5)
         except KeyboardInterrupt:  # stop the workers; each writes the report of what it finished
             interrupted = True
@@ -331,6 +349,41 @@ def _run_parallel(ctx: RunContext, names: list[str], attack_names: tuple[str, ..
     bar.close()
     ran = [n for n in names if n not in pending]
     return merge_runs([parts[n] for n in ran], out_dir, time.perf_counter() - t_start, interrupted)
+
+
+def _warm_up_apart(ctx: RunContext, names: list[str], attack_names: tuple[str, ...]) -> None:
+    """:func:`_warm_shared_caches` in a process of its own (spawned: a fresh interpreter), so the models and data it
+    loads are freed before the workers start instead of staying resident in this parent for the whole run."""
+    import multiprocessing
+
+    # not a daemon: the warm-up's face alignment starts a process pool of its own
+    proc = multiprocessing.get_context("spawn").Process(target=_warm_shared_caches, args=(ctx, names, attack_names))
+    proc.start()
+    try:
+        proc.join()
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
+
+
+def _warm_shared_caches(ctx: RunContext, names: list[str], attack_names: tuple[str, ...]) -> None:
+    """Before the workers start: run one cheap setting's utility cell and its first attack cell here, on every core.
+    They fill the caches every cell reads (LFW alignment of the utility and evaluation pairs, the attackers' public
+    faces, the deployed recogniser's operating point and SAR thresholds, the judge's thresholds and centre), which
+    workers starting together from empty caches would otherwise each compute at once. The results are cached, so
+    the worker that owns the setting re-reads them in seconds; nothing of this warm-up is reported."""
+    bp = BENCH_PROFILES[ctx.profile]
+    first = "none" if "none" in names else names[0]
+    plan = plan_cells([first], attack_names, ctx.data, profile=ctx.profile)
+    warm = [it for it in plan if it[0] == "utility"][:1] + [it for it in plan if it[0] == "privacy"][:1]
+    wctx = ctx.replace(out_dir=Path(ctx.out_dir) / "parts" / "warm-up", progress=False)
+    ensure_dir(wctx.out_dir)
+    lfw = LFW(ctx.data)
+    for item in warm:
+        cell, _ = run_cell(item, bp, wctx, lfw)
+        if cell.status != "ok":  # the owning worker runs (and reports) it again
+            print(f"warm-up cell {cell.setting} {cell.kind} {cell.attack or ''}: {cell.error}", file=sys.stderr)
 
 
 @contextmanager
@@ -360,7 +413,7 @@ def _protection(system, lfw: LFW, seed: int, bp: BenchProfile, sz: Sizes) -> dic
 
     n = IMAGES.get(bp.name, 600)
     if sz.attack_images is not None:
-        n = max(100, min(n or sz.attack_images, sz.attack_images // 3))
+        n = max(bp.min_protection_images, min(n or sz.attack_images, sz.attack_images // 3))
     try:
         return template_protection(system, lfw, seed, n)
     except Exception as e:  # recorded in the report; the utility cell stands
@@ -375,6 +428,7 @@ def run_cell(item: PlanItem, bp: BenchProfile, ctx: RunContext, lfw: LFW | None 
     from faceveil.bench.privacy import run_attack
 
     kind, st, a, leakage, view = item
+    use_device(ctx.device)  # a Ray task is a process of its own
     data, seed, force, progress, out_dir = ctx.data, ctx.seed, ctx.force, ctx.progress, Path(ctx.out_dir)
     lfw = lfw or LFW(data)
     images: dict = {}
@@ -415,11 +469,30 @@ def run_cell(item: PlanItem, bp: BenchProfile, ctx: RunContext, lfw: LFW | None 
     return cell, images
 
 
+#: a run's count of finished and planned cells, rewritten after every cell (the parent of ``--jobs`` workers sums them)
+PROGRESS_FILE = "progress.json"
+
+
+def _write_progress(out_dir: Path, done: int, total: int) -> None:
+    write_json_atomic(Path(out_dir) / PROGRESS_FILE, {"done": done, "total": total})
+
+
+def read_progress(out_dir: Path) -> tuple[int, int] | None:
+    """``(done, planned)`` cells of the run writing into ``out_dir``, or None before its first report."""
+    try:
+        p = json.loads((Path(out_dir) / PROGRESS_FILE).read_text())
+        return int(p["done"]), int(p["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _run_cells(bar, cells: list, images: dict, bp: BenchProfile, ctx: RunContext, lfw: LFW) -> None:
     """Run the planned cells (``bar`` iterates over them) in this process, appending to ``cells`` and ``images``."""
+    _write_progress(ctx.out_dir, 0, len(bar))
     for item in bar:
         kind, st, a, leakage, view = item
         bar.set_postfix_str(f"{st.label} {kind} {a or ''} {leakage or ''} {view or ''}".strip())
         cell, imgs = run_cell(item, bp, ctx, lfw)
         cells.append(cell)
         images |= imgs
+        _write_progress(ctx.out_dir, len(cells), len(bar))

@@ -115,17 +115,18 @@ class Defense:
         return self.protect_ms_hint >= self.SLOW_CLIENT_MS
 
     def protected_set(self, path: Path, n: int, part: Callable[[int], Tensor], progress: bool = False,
-                      desc: str = "protecting", save: bool = True) -> Tensor:
+                      desc: str = "protecting", save: bool = True, cache: bool | None = None) -> Tensor:
         """``torch.cat`` of the batches ``part(0) .. part(n-1)`` of protected data (each seeding its own
         draws; same length but the last), made one batch at a time into one tensor
         (:func:`faceveil.config.cat_parts`: never twice the set in memory). A slow client's set (hours at
         the full profile) is cached at ``path`` batch by batch (:func:`faceveil.config.load_or_compute_parts`;
-        ``save=False``: the batches are the cache), so a stopped run resumes; a fast client's is computed."""
+        ``save=False``: the batches are the cache), so a stopped run resumes; a fast client's is computed
+        (``cache=True``: cached all the same, e.g. a small set several attackers train on)."""
         from tqdm import tqdm
 
         from faceveil.config import cat_parts, load_or_compute_parts
 
-        if not self.slow:
+        if not (self.slow if cache is None else cache):
             return cat_parts((part(i) for i in tqdm(range(n), disable=not progress, desc=desc, leave=False)), n)
         return load_or_compute_parts(path, n, part, lambda parts: cat_parts(parts, n), progress=progress, desc=desc,
                                      save=save, stream=True)

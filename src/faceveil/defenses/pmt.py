@@ -357,6 +357,8 @@ class PMT(Defense):
             raise ValueError(f"pmt: the deployed model {model!r} must be one of the authorised models {names}")
         self.upload, self.model, self.at, self.models = upload, model, at, models
         self.iterations, self.alpha, self.init = iterations, float(alpha), init
+        # the declared cost scales with K: 50 ms per signed-gradient step and face (5 s at the paper's K = 100)
+        self.protect_ms_hint = 50.0 * iterations
         self.augment, self.aug_noise, self.aggregate = augment, float(aug_noise), aggregate
         self.kernel, self.kernel_length = kernel, kernel_length
         self.authorised = [model] + [n for n in names if n != model]

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from faceveil.models.base import CropSpec, OperatingPoint, Recognizer
 from faceveil.registry import Registry
 
@@ -15,16 +17,23 @@ RECOGNIZERS: Registry[Recognizer] = Registry("recognizer", "faceveil.models")
 ATTRIBUTE_MODELS: Registry = Registry("attribute model", "faceveil.models")
 
 
-def get_recognizer(name: str = "dlib", **kwargs) -> Recognizer:
-    """Create a registered recogniser by name (weights are installed/loaded on first use)."""
-    return RECOGNIZERS.create(name, **kwargs)
+def get_recognizer(name: str = "dlib", device: str | torch.device | None = None, **kwargs) -> Recognizer:
+    """Create a registered recogniser by name (weights are installed/loaded on first use) on ``device``
+    (None: the CPU; the bench's training, attacks and judging pass :func:`faceveil.devices.current_device`)."""
+    m = RECOGNIZERS.create(name, **kwargs)
+    if device is not None:
+        from faceveil.devices import resolve_device
+
+        if (dev := resolve_device(device)).type != "cpu":
+            m = m.to(dev)
+    return m
 
 
-def deployed_recognizer() -> Recognizer:
-    """The deployed recogniser (:func:`faceveil.config.deployed_recognizer_name`)."""
+def deployed_recognizer(device: str | torch.device | None = None) -> Recognizer:
+    """The deployed recogniser (:func:`faceveil.config.deployed_recognizer_name`) on ``device`` (None: the CPU)."""
     from faceveil.config import deployed_recognizer_name
 
-    return get_recognizer(deployed_recognizer_name())
+    return get_recognizer(deployed_recognizer_name(), device)
 
 
 def recognizer_names() -> list[str]:

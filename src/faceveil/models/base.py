@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from faceveil.config import cache_dir
 from faceveil.data.crop import CropSpec
+from faceveil.devices import module_device
 from faceveil.errors import FaceveilDataError
 from faceveil.storage import load_cache, write_json_atomic
 
@@ -113,7 +114,8 @@ class Recognizer(nn.Module):
         check_images(x, f"{self.name}.embed() input", strict=True)
         check_batch_size(batch_size)
         self.eval()
-        out = [self(self.prepare(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        dev = module_device(self)  # the batch goes to the model's device, the embeddings come back to the CPU
+        out = [self(self.prepare(x[i : i + batch_size].to(dev))).cpu() for i in range(0, len(x), batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.embedding_dim)
 
     def distance(self, a: Tensor, b: Tensor) -> Tensor:

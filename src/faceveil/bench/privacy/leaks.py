@@ -53,11 +53,11 @@ def leak_part(leak, chips: np.ndarray, seed: int, salt: int, i: int) -> Tensor:
 
 
 def leak_set(defense: Defense, leak, chips: np.ndarray, seed: int, salt: int, path: Path, progress: bool = False,
-              desc: str = "protecting", save: bool = True) -> Tensor:
-    """What the attacker's client gives for ``chips`` (:func:`leak_part` batches); a slow client's set
-    is cached at ``path`` batch by batch (:meth:`Defense.protected_set`)."""
+              desc: str = "protecting", save: bool = True, cache: bool | None = None) -> Tensor:
+    """What the attacker's client gives for ``chips`` (:func:`leak_part` batches); a slow client's set (or any,
+    with ``cache``) is cached at ``path`` batch by batch (:meth:`Defense.protected_set`)."""
     return defense.protected_set(path, -(-len(chips) // LEAK_BATCH), lambda i: leak_part(leak, chips, seed, salt, i),
-                                 progress, desc, save)
+                                 progress, desc, save, cache)
 
 
 def held_targets(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray, idx: np.ndarray, seed: int, data,
@@ -147,6 +147,10 @@ def inverted(attack: Attack, defense: Defense, threat: ThreatModel, budget: Budg
 #: a fast deterministic client's attacker set larger than this is made batch by batch during
 #: training instead of held in memory (64 FaceObfuscator channels of 13,566 public faces: 43 GB)
 ATTACKER_SET_MAX_BYTES = 4 * 2**30
+#: a deterministic client whose output is at most this per face (embeddings, templates: 0.5-8 KB) has its attacker
+#: set cached on disk like a slow client's: every attacker of the setting (ridge, dn, cgan, ...) trains on the same
+#: set, and a recogniser forward per public face (~25 ms) is most of a cheap cell's time
+SMALL_LEAK_BYTES = 64 * 2**10
 
 
 def attacker_source(defense: Defense, threat: ThreatModel, leak, chips: np.ndarray, targets: Tensor, seed: int,
@@ -158,9 +162,11 @@ def attacker_source(defense: Defense, threat: ThreatModel, leak, chips: np.ndarr
     set is made once (:func:`leak_set`, cached on disk for slow clients; ``train_images`` keys it, and
     ``synthetic``, the description of GAN faces appended to ``chips`` (:meth:`Attack.synthetic_chips`))."""
     on_the_fly = defense.stochastic and not defense.needs_grad_to_protect
+    small = False
     if not (defense.stochastic or defense.needs_grad_to_protect or defense.slow):
         one = leak(to_tensor(chips[:1]), research_generator(seed, 0, 11))
         on_the_fly = one.numel() * 4 * len(chips) > max_bytes
+        small = one.numel() * 4 <= SMALL_LEAK_BYTES
     if on_the_fly:
         u8 = torch.from_numpy(chips)
 
@@ -172,5 +178,5 @@ def attacker_source(defense: Defense, threat: ThreatModel, leak, chips: np.ndarr
     key = config_hash(defense.config(), str(defense.recognizer.crop), asdict(threat), train_images, seed,
                       str(data_dir(data)), "attacker-set-v1", *(() if synthetic is None else (synthetic,)))
     protected = leak_set(defense, leak, chips, seed, 11, cache_dir("protected") / f"{defense.name}-attacker-{key}.pt",
-                          progress, "attacker protects public faces", save=False)
+                          progress, "attacker protects public faces", save=False, cache=defense.slow or small)
     return PairSource(targets, protected=protected, seed=seed)

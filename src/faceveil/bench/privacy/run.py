@@ -32,6 +32,7 @@ from faceveil.context import RunContext
 from faceveil.data.chips import chip_images
 from faceveil.data.datasets import LFW, public_chips
 from faceveil.defenses.base import Defense
+from faceveil.devices import device_record
 from faceveil.keys import research_generator
 from faceveil.models.base import pairwise_distance
 from faceveil.storage import load_cache, save_torch, torch_load, write_json_atomic
@@ -194,6 +195,7 @@ def judge_attack(attack, attacker_path: Path | None, defense: Defense, threat: T
     result, rows = json.loads(cached["result"]), list(cached["rows"])
     result["wall_seconds"] = time.perf_counter() - t_start
     result["eval_cache"] = ekey
+    result["run_on"] = device_record(ctx.device)  # where this run ran (a cached judgement may come from another)
     if ctx.out_dir is not None:
         out_dir = Path(ctx.out_dir)
         stem = stem or f"{defense.name}-{config_hash(defense.config(), length=6)}-{name}-{threat.leakage}" + \
