@@ -22,3 +22,12 @@ def test_paper_points_of_the_privacy_utility_plot():
     assert paper_point("advface", "AdvFace ε=0.2") == (97.78, 4.03)
     assert paper_point("pmt", "PMT") is None  # PMT reports SSIM, not a success rate
     assert paper_point("none", "none (res1 map)") is None and paper_point("blur", "blur") is None
+
+
+def test_verdict_table_quotes_the_paper_claim():
+    from faceveil.bench.verdicts import paper_claim
+
+    assert paper_claim("faceobfuscator", "FaceObfuscator") == ("acc 99.68 (FaceObfuscator Tab. 3); "
+                                                               "SRRA 0.00% (FaceObfuscator Tab. 4)")
+    assert paper_claim("pmt", "PMT").startswith("acc ≈99") and paper_claim("blur", "blur") == "—"
+    assert paper_claim("none", "none (res1 map)") == "—"

@@ -261,7 +261,7 @@ def test_large_deterministic_attacker_set_is_made_batch_by_batch(lfw_sample):
     (["--max-seconds", "0"], "--max-seconds must be a positive number"),
     (["--max-seconds", "-5"], "--max-seconds must be a positive number"),
     (["--eval-pairs", "0"], "--eval-pairs must be a positive integer"),
-    (["--profile", "fast"], "--profile must be one of"),
+    (["--profile", "fastest"], "--profile must be one of"),
     (["--leakage", "disk"], "--leakage must be one of channel, database"),
     (["--attack", "magic"], "--attack must be one of"),
     (["--view", "abs"], "--view 'abs': none has no such attacker view"),

@@ -48,10 +48,15 @@ def _number(text: str) -> float | None:
     return float(m.group()) if m else None
 
 
+def paper_accuracy(defense: str, setting: str) -> str | None:
+    """The LFW accuracy the paper claims with its best server (adapted / retrained first), formatted with its source."""
+    return next((v for server in ("adapted", "frozen") if (v := paper_value(defense, setting, "acc", server))), None)
+
+
 def paper_point(defense: str, setting: str) -> tuple[float, float] | None:
     """What the paper claims for a defense as a point of the privacy–utility plot: (LFW accuracy %, attack success
     % as the paper reports it: SRRA), when it reports both; the best server's accuracy it claims (adapted first)."""
-    acc = next((v for server in ("adapted", "frozen") if (v := paper_value(defense, setting, "acc", server))), None)
+    acc = paper_accuracy(defense, setting)
     srra = paper_value(defense, setting, "SRRA", "dn")  # the papers attack with DN-style decoders
     if acc is None or srra is None or defense == "none":
         return None

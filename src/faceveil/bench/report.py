@@ -372,7 +372,8 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
             if results.get("interrupted") else []),
           *(["## Verdicts: each defense at its weakest point", "",
              "The worst case over every attack run on the setting (the protection is as strong as the strongest attack "
-             "against it), beside the random-person baseline.", "", verdict_table(prows, acc), ""]
+             "against it), beside the random-person and mean-face baselines and what the paper claims.", "",
+             verdict_table(prows, acc), ""]
             if any(r.get("who") == "reconstruction" for r in prows) else []),
           *(["## What the numbers say, per defense setting", "",
              *[f"- **{w['setting']}**: {sentence(w, acc.get(w['setting']))}" for w in worst], ""] if worst else []),

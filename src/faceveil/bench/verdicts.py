@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from faceveil.bench.paper import paper_accuracy, paper_value
+
 #: the worst case is the reconstruction with the largest value of the first of these present (ties: the next)
 RISK_KEYS = ("SAR_II@1e-3", "SAR_I@1e-3", "SRRA_pair", "judge_SAR_II@1e-3")
 #: type-II success at or above this fraction: "broken"
@@ -92,27 +94,40 @@ def _pct(x: float | None) -> str:
 
 def verdict_table(prows: list[dict], best_utility: dict[str, float] | None = None) -> str:
     """Markdown: a row per defense setting with its best utility, the worst case over the attack suite (attack,
-    leakage, SAR type I / II, pair SRRA, judge COS and type-II SAR) beside the random-person baseline, and the
-    verdict; :data:`VERDICT_RULE` below it."""
+    leakage, SAR type I / II, pair SRRA, judge COS and type-II SAR) beside the random-person and mean-face baselines,
+    the paper's own claim where it makes one (:func:`paper_claim`), and the verdict; :data:`VERDICT_RULE` below it."""
     best_utility = best_utility or {}
     head = ("| defense setting | LFW acc % (best server) | worst-case attack (of those run) | SAR I / II @1e-3 % | "
-            "pair SRRA % | judge COS | judge SAR II @1e-3 % | random person: SAR II / judge SAR II % | verdict |")
+            "pair SRRA % | judge COS | judge SAR II @1e-3 % | random person / mean face: SAR II % | the paper's claim | "
+            "verdict |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for w in worst_cases(prows):
         acc = best_utility.get(w["setting"])
         acc_s = "—" if acc is None else f"{100 * acc:.1f}"
         r = w["worst"]
         if r is None:
-            out.append(f"| {w['setting']} | {acc_s} | (no judged attack; {w['failed']} failed) | | | | | | unjudged |")
+            out.append(f"| {w['setting']} | {acc_s} | (no judged attack; {w['failed']} failed) | | | | | | | unjudged |")
             continue
         rp = w["baselines"].get("random person") or {}
+        mf = w["baselines"].get("mean face") or {}
         failed = f"; {w['failed']} failed" if w["failed"] else ""
         out.append(
             f"| {w['setting']} | {acc_s} | {r['attack']} ({r['leakage']}; of {', '.join(w['attacks'])}{failed}) | "
             f"{_pct(r.get('SAR_I@1e-3'))} / {_pct(r.get('SAR_II@1e-3'))} | {_pct(r.get('SRRA_pair'))} | "
             f"{r['COS']:.3f} | {_pct(r.get('judge_SAR_II@1e-3'))} | "
-            f"{_pct(rp.get('SAR_II@1e-3'))} / {_pct(rp.get('judge_SAR_II@1e-3'))} | **{w['verdict']}** |")
+            f"{_pct(rp.get('SAR_II@1e-3'))} / {_pct(mf.get('SAR_II@1e-3'))} | "
+            f"{paper_claim(w['defense'], w['setting'])} | **{w['verdict']}** |")
     return "\n".join(out + ["", VERDICT_RULE])
+
+
+def paper_claim(defense: str, setting: str) -> str:
+    """What the defense's paper claims for the verdict table's quantities (LFW accuracy, its attack's SRRA), with
+    the table it comes from; "—" where it claims neither (its recogniser and attack, not ours)."""
+    if defense == "none":
+        return "—"
+    acc = paper_accuracy(defense, setting)
+    srra = paper_value(defense, setting, "SRRA", "dn")
+    return "; ".join(x for x in (acc and f"acc {acc}", srra and f"SRRA {srra}") if x) or "—"
 
 
 def sentence(w: dict, acc: float | None = None) -> str:
