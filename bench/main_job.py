@@ -24,8 +24,26 @@ from pathlib import Path
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def _worker_name(pid: int) -> str:
+    """The defense a bench worker runs (its ``--defenses NAME``), "warm-up" / "parent" / "other" otherwise."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "other"
+    args = [a.decode(errors="replace") for a in argv]
+    if "--defenses" in args:
+        return args[args.index("--defenses") + 1]
+    if any("multiprocessing" in a for a in args):
+        return "warm-up / pools"
+    return "parent" if "bench" in args else "other"
+
+
+PEAKS: dict[str, int] = defaultdict(int)
+
+
 def tree_rss(root: int) -> int:
-    """Summed resident bytes of ``root`` and all its descendants (from /proc)."""
+    """Summed resident bytes of ``root`` and all its descendants (from /proc); the peak of each bench worker (by
+    the defense it runs) is kept in :data:`PEAKS`."""
     children: dict[int, list[int]] = defaultdict(list)
     rss: dict[int, int] = {}
     for d in os.listdir("/proc"):
@@ -42,6 +60,9 @@ def tree_rss(root: int) -> int:
     while todo:
         p = todo.pop()
         total += rss.get(p, 0)
+        if p != root and p in rss:
+            name = _worker_name(p)
+            PEAKS[name] = max(PEAKS[name], rss[p])
         todo += children.get(p, [])
     return total
 
@@ -117,7 +138,10 @@ def main() -> None:
     for label in (["warm"] if args.warm_only else ["cold", "warm"]):
         wall, peak, rc = run(cmd, env, args.out.parent / f"{args.out.name}-{label}.log")
         print(f"{label}: {wall / 60:.1f} min, peak RSS of the process tree {peak / 2**30:.2f} GiB, exit {rc}")
-        record[label] = {"minutes": round(wall / 60, 2), "peak_gib": round(peak / 2**30, 2), "exit": rc}
+        record[label] = {"minutes": round(wall / 60, 2), "peak_gib": round(peak / 2**30, 2), "exit": rc,
+                         "peak_gib_per_process": {k: round(v / 2**30, 2) for k, v in sorted(PEAKS.items(), key=lambda kv: -kv[1])}}
+        print("peak RSS per process:", record[label]["peak_gib_per_process"])
+        PEAKS.clear()
         if (args.out / "results.json").is_file():
             print(breakdown(args.out / "results.json"))
             kinds, _ = seconds_by(json.loads((args.out / "results.json").read_text()))
