@@ -280,7 +280,7 @@ def merge_runs(run_dirs: list[Path], out_dir: Path, wall_seconds: float | None =
     return merged
 
 
-def _part_cost(name: str, attack_names: tuple[str, ...], part: Path, data, profile: str) -> float:
+def _part_cost(plan: list[PlanItem], part: Path, data) -> float:
     """Scheduling weight of one defense: its last wall time if it ran before, else its planned cells
     weighted by how slow its client is."""
     f = part / "results.json"
@@ -289,7 +289,6 @@ def _part_cost(name: str, attack_names: tuple[str, ...], part: Path, data, profi
             return float(json.loads(f.read_text())["wall_seconds"])
         except (ValueError, KeyError):
             pass
-    plan = plan_cells([name], attack_names, data, profile=profile)
     return 60.0 * len(plan) * (1 + max((st.build(data).protect_ms_hint for _, st, *_ in plan), default=0) / 100)
 
 
@@ -300,7 +299,8 @@ def _run_parallel(ctx: RunContext, names: list[str], attack_names: tuple[str, ..
     t_start = time.perf_counter()
     profile, data, out_dir = ctx.profile, ctx.data, Path(ctx.out_dir)
     parts = {n: out_dir / "parts" / n for n in names}
-    order = sorted(names, key=lambda n: -_part_cost(n, attack_names, parts[n], data, profile))
+    plans = {n: plan_cells([n], attack_names, data, profile=profile) for n in names}  # built once: cost and progress
+    order = sorted(names, key=lambda n: -_part_cost(plans[n], parts[n], data))
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
     if data is not None:
         env["FACEVEIL_DATA"] = str(data)
@@ -315,7 +315,7 @@ def _run_parallel(ctx: RunContext, names: list[str], attack_names: tuple[str, ..
     running: dict[str, subprocess.Popen] = {}
     pending = list(order)
     # the whole run's cells (done / planned, rate and ETA) from the workers' progress files
-    planned = {n: len(plan_cells([n], attack_names, data, profile=profile)) for n in names}
+    planned = {n: len(plans[n]) for n in names}
     bar = tqdm(total=sum(planned.values()), desc=f"bench ({profile}, {jobs} jobs)", disable=not ctx.progress,
                unit="cell")
     finished: set[str] = set()
