@@ -122,3 +122,89 @@ def test_students_follow_to_device(student):
             continue
         y = _meta_forward(make_student(sample, cfg, 128), torch.empty(2, *sample.shape))
         assert tuple(y.shape) == (2, 128)
+
+
+# --- --precision ------------------------------------------------------------------------------------------------
+
+def test_precision_names_refusals_and_cache_keys(monkeypatch):
+    from faceveil.config import config_hash
+    from faceveil.devices import PRECISION_ENV, current_precision, resolve_precision, use_precision
+
+    monkeypatch.setenv(PRECISION_ENV, "fp32")  # restored (removed) after the test: use_precision sets it directly
+    monkeypatch.delenv(PRECISION_ENV)
+    assert current_precision() == "fp32" and device_record()["precision"] == "fp32"
+    fp32_key = config_hash({"a": 1})
+    with pytest.raises(FaceveilDeviceError, match="unknown precision"):
+        resolve_precision("fp8")
+    assert use_precision("BF16") == "bf16" and current_precision() == "bf16" and device_record()["precision"] == "bf16"
+    assert config_hash({"a": 1}) != fp32_key  # a bf16 artefact never stands in for an fp32 one
+    from faceveil.defenses import get_defense
+    from faceveil.system.core import defense_digest
+
+    d = get_defense("noise")
+    bf16_ids = defense_digest(d), config_hash({"a": 1}, precision=False)
+    monkeypatch.setenv(PRECISION_ENV, "fp32")
+    assert config_hash({"a": 1}) == fp32_key  # and fp32 keys are those of runs before --precision existed
+    # identities no arithmetic changes (a payload's defense, model weights, aligned chips) are the same in both
+    assert bf16_ids == (defense_digest(d), config_hash({"a": 1}))
+
+
+def test_bf16_embeddings_of_real_faces_are_within_tolerance(lfw_sample, dlib_model, monkeypatch):
+    """The deployed recogniser under bf16 autocast: float32 embeddings within cosine 0.9999 of fp32's on real
+    LFW faces, every pairwise distance within 0.02 of fp32's (dlib's threshold is 0.6) — and not bit-equal, so
+    bf16 really ran."""
+    from faceveil.data.align import to_tensor
+    from faceveil.devices import PRECISION_ENV
+
+    x = to_tensor(lfw_sample[1])
+    monkeypatch.setenv(PRECISION_ENV, "fp32")
+    e32 = dlib_model.embed(x)
+    monkeypatch.setenv(PRECISION_ENV, "bf16")
+    e16 = dlib_model.embed(x)
+    assert e16.dtype == torch.float32 and (e16 - e32).abs().max() > 1e-5
+    assert torch.nn.functional.cosine_similarity(e16, e32).min() > 0.9999
+    assert (torch.cdist(e16, e16) - torch.cdist(e32, e32)).abs().max() < 0.02
+
+
+def test_bf16_attacker_training_follows_fp32(lfw_sample, dlib_model, monkeypatch):
+    """``dn`` trained 24 steps on real faces' embeddings, the same seed in fp32 and in bf16: the losses follow
+    the same curve (within 5 %) and both decoders learn (the loss falls)."""
+    from faceveil.attacks import Budget, PairSource, get_attack
+    from faceveil.data.align import to_tensor
+    from faceveil.data.chips import resize
+    from faceveil.devices import PRECISION_ENV
+
+    x = to_tensor(lfw_sample[1])
+    emb = dlib_model.embed(x)
+    x, emb = torch.cat([x, x.flip(-1)]), torch.cat([emb, dlib_model.embed(x.flip(-1))])
+    target = resize(x, 32)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        monkeypatch.setenv(PRECISION_ENV, precision)
+        a = get_attack("dn", target_size=32, seed=0).fit(PairSource(target, protected=emb, seed=1),
+                                                          Budget(epochs=100, max_steps=24, batch_size=16, target_size=32),
+                                                          progress=False)
+        losses[precision] = torch.tensor(a.log.losses)
+        assert a.attack(emb[:4]).dtype == torch.float32
+    l32, l16 = losses["fp32"], losses["bf16"]
+    assert l32[-6:].mean() < 0.8 * l32[:3].mean() and l16[-6:].mean() < 0.8 * l16[:3].mean()
+    assert abs(l16[-6:].mean() - l32[-6:].mean()) < 0.05 * l32[-6:].mean()
+
+
+def test_cli_precision_option_is_recorded(data_root, tmp_path, monkeypatch):
+    from faceveil.devices import PRECISION_ENV
+
+    accs = {}
+    monkeypatch.setenv(PRECISION_ENV, "fp32")  # restored after the test: the CLI's --precision sets it directly
+    for precision in ("fp32", "bf16"):
+        monkeypatch.delenv(PRECISION_ENV)
+        out = tmp_path / f"lfw-{precision}.json"
+        res = CliRunner().invoke(app, ["--precision", precision, "eval", "lfw", "--per-fold", "5", "--data-dir",
+                                       str(data_root), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        report = json.loads(out.read_text())
+        assert report["run_on"]["precision"] == precision
+        accs[precision] = max(r["acc_mean"] for r in report["results"])
+    assert abs(accs["bf16"] - accs["fp32"]) <= 0.02 and accs["bf16"] >= 0.9
+    res = CliRunner().invoke(app, ["--precision", "fp16", "models", "list"])
+    assert res.exit_code == 2 and "unknown precision 'fp16'" in res.output

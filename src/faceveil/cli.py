@@ -35,6 +35,10 @@ def global_options(
         "--device", envvar="FACEVEIL_DEVICE", show_envvar=True,
         help="auto | cpu | cuda[:N] | mps: where recognisers embed, students and attackers train and run, and judges "
              "score (default cpu; auto = CUDA, else MPS, else CPU). Client-side protection runs on the CPU.")] = None,
+    precision: Annotated[str | None, typer.Option(
+        "--precision", envvar="FACEVEIL_PRECISION", show_envvar=True,
+        help="fp32 | bf16: bf16 runs the networks' forward passes (embeddings, attackers, students) under bfloat16 "
+             "autocast, about 1.4x faster on a CPU with AVX512-BF16; caches are keyed by it (default fp32).")] = None,
 ) -> None:
     """Global options: resource bounds (faceveil.limits) and the deployed recogniser."""
     import os
@@ -47,6 +51,13 @@ def global_options(
 
         try:
             use_device(device)  # worker processes (bench --jobs) inherit FACEVEIL_DEVICE
+        except ValueError as e:
+            _fail(e)
+    if precision is not None:
+        from faceveil.devices import use_precision
+
+        try:
+            use_precision(precision)  # after --device: bf16 is checked against it
         except ValueError as e:
             _fail(e)
     if recognizer is not None:

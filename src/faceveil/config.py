@@ -185,8 +185,15 @@ def _canon(obj: Any) -> Any:
     return obj
 
 
-def config_hash(*parts: Any, length: int = 16) -> str:
-    """Stable hash of everything that determines a cached artefact's content."""
+def config_hash(*parts: Any, length: int = 16, precision: bool = True) -> str:
+    """Stable hash of everything that determines a cached artefact's content; under ``--precision bf16`` the
+    precision is one of the parts (an fp32 key is unchanged), so bf16 artefacts never stand in for fp32 ones.
+    ``precision=False`` for identities no arithmetic changes (a defense's public parameters, a model's weights,
+    aligned face chips): those must be the same in a bf16 and an fp32 process."""
+    from faceveil.devices import current_precision
+
+    if precision and (p := current_precision()) != "fp32":
+        parts = (*parts, {"precision": p})
     blob = json.dumps(_canon(list(parts)), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
 

@@ -6,12 +6,21 @@ worker processes): recognisers are created on it (:func:`faceveil.models.get_rec
 (:func:`module_device`); results come back to the CPU, where caches, metrics and reports live. Randomness
 that must reproduce across machines (seeded research draws, protection keys) is drawn on the CPU and moved,
 so a GPU run gives the same protected data as a CPU run.
+
+``--precision fp32|bf16`` (``FACEVEIL_PRECISION``): ``bf16`` runs the networks' forward passes (recognisers'
+embeddings, the attackers' and students' training and inference) under ``torch.autocast`` in bfloat16, on the
+CPU as on a GPU; weights, optimiser state, losses, metrics and the client's protection stay float32. Every cache
+key of a bf16 run carries the precision (:func:`faceveil.config.config_hash`), so bf16 and fp32 artefacts never
+mix. Tolerance (tests/test_devices.py, real LFW faces): the deployed recogniser's bf16 embeddings are within
+cosine 0.9999 of the fp32 ones and give the same verification decisions but for a handful of pairs at the
+threshold. fp32 is the default: the committed results are fp32.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
@@ -22,6 +31,10 @@ from faceveil.errors import FaceveilError
 DEVICE_ENV = "FACEVEIL_DEVICE"
 #: what ``--device`` accepts (``cuda:N`` too)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+#: environment variable holding the precision of this process's networks (inherited by bench workers)
+PRECISION_ENV = "FACEVEIL_PRECISION"
+#: what ``--precision`` accepts
+PRECISIONS = ("fp32", "bf16")
 
 
 class FaceveilDeviceError(FaceveilError, ValueError):
@@ -82,9 +95,44 @@ def device_name(dev: torch.device | str | None = None) -> str:
 
 
 def device_record(dev: torch.device | str | None = None) -> dict:
-    """What every result records about where it ran: ``{"device": "cpu", "device_name": ...}``."""
+    """What every result records about where it ran: ``{"device": "cpu", "device_name": ..., "precision":
+    "fp32"}``."""
     dev = resolve_device(dev) if dev is not None else current_device()
-    return {"device": str(dev), "device_name": device_name(dev)}
+    return {"device": str(dev), "device_name": device_name(dev), "precision": current_precision()}
+
+
+def resolve_precision(spec: str | None, dev: torch.device | str | None = None) -> str:
+    """``spec`` checked against :data:`PRECISIONS` and the device (bf16 needs a CPU, or a GPU that supports it)."""
+    p = (spec or "fp32").strip().lower()
+    if p not in PRECISIONS:
+        raise FaceveilDeviceError(f"unknown precision {spec!r}; use one of {', '.join(PRECISIONS)}")
+    dev = resolve_device(dev) if dev is not None else current_device()
+    if p == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise FaceveilDeviceError(f"--precision bf16: {torch.cuda.get_device_name(dev)} has no bfloat16 support")
+    if p == "bf16" and dev.type == "mps":
+        raise FaceveilDeviceError("--precision bf16 is not supported on MPS here; use fp32")
+    return p
+
+
+def use_precision(spec: str) -> str:
+    """Check ``spec`` and make it this process's precision (and its child processes')."""
+    p = resolve_precision(spec)
+    os.environ[PRECISION_ENV] = p
+    return p
+
+
+def current_precision() -> str:
+    """This process's precision (``FACEVEIL_PRECISION``; default fp32)."""
+    return resolve_precision(os.environ.get(PRECISION_ENV) or "fp32")
+
+
+def autocast(dev: torch.device | str | None = None) -> AbstractContextManager:
+    """The forward-pass context of this process's precision on ``dev`` (default: the current device):
+    ``torch.autocast(dev, bfloat16)`` under bf16, a no-op under fp32."""
+    if current_precision() == "fp32":
+        return nullcontext()
+    dev = torch.device(dev) if dev is not None else current_device()
+    return torch.autocast(dev.type, dtype=torch.bfloat16)
 
 
 def module_device(m: nn.Module) -> torch.device:

@@ -89,3 +89,51 @@ def test_bad_configuration_and_targets():
     with pytest.raises(FaceveilDataError, match="target_size"):
         get_attack("ridge", target_size=32).fit(PairSource(y, protected=x), Budget(epochs=1, target_size=32),
                                                 progress=False)
+
+
+def test_moments_solve_and_path_equal_the_textbook_ridge_solution():
+    """The accumulated moments (in chunks; the held-out rows added for the refit), the in-place centring and the closed-form
+    validation path agree with the direct formulas: ``W = (Xc^T Xc + lam I)^-1 Xc^T Yc`` (centred data,
+    intercept ``my - mx W``) and the validation MSE of that decoder, in float64."""
+    import numpy as np
+
+    from faceveil.attacks import ridge as R
+
+    x, y, _ = linear_data(700, 24, noise=0.2, seed=3)
+    x, y = x.double(), y.reshape(len(y), -1).double()
+    tr, va = moments_of(R, x[:600], y[:600]), R._Rows()
+    va.add(x[600:650], y[600:650])
+    va.add(x[650:], y[650:])  # two chunks of rows
+    cols = torch.arange(0, y.shape[1], 3)
+    xn, yn = x[:600].numpy(), y[:600].numpy()
+    mx, my = xn.mean(0), yn.mean(0)
+    xc, yc = xn - mx, yn - my
+    scale = np.trace(xc.T @ xc) / xc.shape[1]
+    grid = (1e-3, 1e-1, 10.0)
+    path = R.ridge_path(tr, va, grid, cols)
+    for r, got in zip(grid, path, strict=True):
+        w = np.linalg.solve(xc.T @ xc + r * scale * np.eye(24), xc.T @ yc)
+        pred = (x[600:].numpy() - mx) @ w + my
+        want = ((pred - y[600:].numpy())[:, cols.numpy()] ** 2).mean()
+        assert got == pytest.approx(want, rel=1e-9)
+    both = tr.add_rows(va)
+    w, b, lam = R.ridge_solve(both, 0.1)
+    xa, ya = x.numpy(), y.numpy()
+    xa_c, ya_c = xa - xa.mean(0), ya - ya.mean(0)
+    assert lam == pytest.approx(0.1 * np.trace(xa_c.T @ xa_c) / 24, rel=1e-12)
+    w_ref = np.linalg.solve(xa_c.T @ xa_c + lam * np.eye(24), xa_c.T @ ya_c)
+    np.testing.assert_allclose(w.numpy(), w_ref, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(b.numpy(), ya.mean(0) - xa.mean(0) @ w_ref, rtol=1e-8, atol=1e-12)
+    out = torch.zeros(24, y.shape[1], dtype=torch.float32)  # solved by blocks of columns into a float32 weight
+    w32, b2, _ = R.ridge_solve(moments_of(R, x, y), 0.1, weight=out, block=100)
+    assert w32 is out
+    np.testing.assert_allclose(out.numpy(), w_ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(b2.numpy(), b.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def moments_of(R, x: torch.Tensor, y: torch.Tensor):
+    m = R._Moments(x.shape[1], y.shape[1])
+    for i in range(0, len(x), 250):  # several chunks, the last one flushed by merge_/solve
+        m.add(x[i:i + 250], y[i:i + 250])
+    m.flush()
+    return m

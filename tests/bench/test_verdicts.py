@@ -29,6 +29,10 @@ def results() -> dict:
          "result": {"servers": {s: {"acc_mean": a, "acc_std": 0.01, "tpr_at_fpr_1e2": 0.5, "tpr_at_fpr_1e3": 0.2,
                                     "storage_bytes": 1024, "client_ms": 1.0, "server_ms": 2.0, "n_pairs": 100,
                                     "metric": "euclidean"} for s, a in (("frozen", 0.80), ("adapted", 0.91))}}},
+        {"kind": "utility", "setting": "none (image)", "defense": "none", "status": "ok", "error": None,
+         "result": {"servers": {s: {"acc_mean": a, "acc_std": 0.01, "tpr_at_fpr_1e2": 0.9, "tpr_at_fpr_1e3": 0.8,
+                                    "storage_bytes": 1024, "client_ms": 1.0, "server_ms": 2.0, "n_pairs": 100,
+                                    "metric": "euclidean"} for s, a in (("frozen", 0.99), ("adapted", 0.93))}}},
         cell("blur", "ridge", metrics(0.10, 0.05)),
         cell("blur", "nbnet", metrics(0.90, 0.62, 0.3)),  # the weakest point: broken
         cell("blur", "dn", metrics(0.95, 0.40), leakage="database"),  # more type-I, less type-II
@@ -65,7 +69,11 @@ def test_report_opens_with_the_verdict_table(tmp_path):
     first = md.index("## ")
     assert md[first:].startswith("## Verdicts")
     table = [line for line in md.splitlines() if line.startswith("| blur |")][0]
-    assert "| 91.0 |" in table and "nbnet (channel; of dn, nbnet, ridge)" in table and "**broken**" in table
+    assert "| 91.0 (adapted) |" in table and "nbnet (channel; of dn, nbnet, ridge)" in table and "**broken**" in table
+    # the adapted server is read against the unprotected system and the same-budget clean student, both above it
+    rows = md[first:].split("| defense setting |", 1)[1].splitlines()[2:4]
+    assert rows[0].startswith("| *unprotected images, deployed recogniser (for scale)* | 99.0 |")
+    assert rows[1].startswith("| *clean student: distilled on unprotected images") and "| 93.0 |" in rows[1]
     assert "90.0 / 62.0" in table
     assert "Verdict rule" in md and "| pmt | — | (no judged attack; 1 failed)" in md
 

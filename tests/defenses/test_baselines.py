@@ -96,6 +96,7 @@ BAD_PARAMS = [
     ("randperturb", {"iterations": 0}, "iterations"),
     ("randperturb", {"alpha": 0.0}, "alpha"),
     ("randperturb", {"eps": 0.0}, "eps"),
+    ("randperturb", {"bound": "ball"}, "bound"),
     ("instahide", {"k": 1}, "k must be"),
     ("instahide", {"upper": 0.4}, "upper"),
     ("instahide", {"pool_size": 0}, "pool_size"),
@@ -221,8 +222,21 @@ def test_feature_defense_on_split_layer(name, x, dlib_model):
         assert torch.allclose(d.frozen_server()(t), dlib_model(x), atol=1e-3)  # tiny noise: server recovers
 
 
-def test_randperturb_projection(x, dlib_model):
+def test_randperturb_per_step_bound_is_an_unclipped_walk(x, dlib_model):
+    """AdvFace's eqs. 5-6 reading (the default): ε bounds each of the 40 steps, not their sum, so with α = ε the
+    walk is never clipped: offsets are multiples of 2α (40 even steps) spread with std α√40 = 1.26, far outside
+    the ε-ball of the total reading."""
     d = get_defense("randperturb", recognizer=dlib_model)
+    assert d.config()["bound"] == "step" and "bound" not in get_defense("randperturb", bound="total").config()
+    with torch.no_grad():
+        delta = (d.protect(x, gen(0)) - dlib_model(x)).double()
+    assert delta.abs().max() > 0.2 * 4 and delta.abs().max() <= 8 + 1e-5
+    assert ((delta / 0.4 - (delta / 0.4).round()).abs() < 1e-4).all()  # an even number of ±α steps
+    assert 1.1 < delta.std() < 1.4  # α √40
+
+
+def test_randperturb_projection(x, dlib_model):
+    d = get_defense("randperturb", recognizer=dlib_model, bound="total")
     with torch.no_grad():
         delta = d.protect(x, gen(0)) - dlib_model(x)
     assert delta.abs().max() <= 0.2 + 1e-6

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from faceveil.config import EpochCheckpoint, cache_dir, config_hash
-from faceveil.devices import module_device, on_device
+from faceveil.devices import autocast, module_device, on_device
 from faceveil.errors import FaceveilDataError, FaceveilError
 from faceveil.registry import Registry
 from faceveil.storage import discard, load_cache, read_verified, save_torch, torch_load
@@ -421,7 +421,8 @@ class ReconstructionAttack(Attack):
                         frac = max(frac, (time.perf_counter() - t0) / timed)
                     for g in opt.param_groups:
                         g["lr"] = budget.lr * one_cycle(frac)
-                loss = self.train_step(p.to(dev, non_blocking=True), tgt.to(dev, non_blocking=True), opt)
+                with autocast(dev):  # --precision bf16 (the steps' losses are float32 reductions)
+                    loss = self.train_step(p.to(dev, non_blocking=True), tgt.to(dev, non_blocking=True), opt)
                 self.log.steps += 1
                 self.log.losses.append(loss)
                 bar.update()
@@ -488,8 +489,9 @@ class ReconstructionAttack(Attack):
         assert self.net is not None
         self.net.eval()
         dev = module_device(self.net)
-        with torch.no_grad():
-            out = [self.net(protected[s : s + batch_size].float().to(dev)).cpu() for s in range(0, len(protected), batch_size)]
+        with torch.no_grad(), autocast(dev):
+            out = [self.net(protected[s : s + batch_size].float().to(dev)).float().cpu()
+                   for s in range(0, len(protected), batch_size)]
         return torch.cat(out).clamp(0, 1)
 
     def check_protected(self, protected: Tensor) -> None:

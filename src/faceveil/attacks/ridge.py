@@ -118,28 +118,53 @@ class _Moments:
         self.sxx.addmm_(x.T, x)
         self.sxy.addmm_(x.T, y)
 
-    def plus(self, other: _Moments) -> _Moments:
-        out = _Moments.__new__(_Moments)
-        out.n = self.n + other.n
-        for k in ("sx", "sy", "syy", "sxx", "sxy"):
-            setattr(out, k, getattr(self, k) + getattr(other, k))
-        out._x, out._y, out._rows = [], [], 0
-        return out
+    def add_rows(self, rows: _Rows) -> _Moments:
+        """Add the held-out ``rows`` to these sums (the refit on training + validation pairs)."""
+        for x, y in zip(rows.x, rows.y, strict=True):
+            self.add(x, y)
+        self.flush()
+        return self
 
 
-def _covariances(st: _Moments, mx: Tensor, my: Tensor, cols: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Sums over ``st``'s rows of ``(x-mx)(x-mx)^T``, ``(x-mx)(y-my)^T`` and ``|y-my|^2`` (per pixel),
-    on the pixel columns ``cols`` (all if None)."""
-    sy, syy, sxy, my_ = st.sy, st.syy, st.sxy, my
-    if cols is not None:
-        sy, syy, sxy, my_ = sy[cols], syy[cols], sxy[:, cols], my[cols]
-    cxx = st.sxx - torch.outer(st.sx, mx) - torch.outer(mx, st.sx) + st.n * torch.outer(mx, mx)
-    cxy = sxy - torch.outer(st.sx, my_) - torch.outer(mx, sy) + st.n * torch.outer(mx, my_)
-    cyy = syy - 2 * my_ * sy + st.n * my_ * my_
+class _Rows:
+    """The held-out validation pairs kept as rows (features in float64, targets as given): a tenth of the
+    samples, far smaller than a second ``d x m`` float64 accumulator (200 MB for a 2,048-D input and 64-px
+    targets), and the validation path needs their moments on a subset of the pixels only."""
+
+    def __init__(self) -> None:
+        self.x: list[Tensor] = []
+        self.y: list[Tensor] = []
+        self.n = 0
+
+    def add(self, x: Tensor, y: Tensor) -> None:
+        if len(x):
+            self.x.append(x)
+            self.y.append(y)
+            self.n += len(x)
+
+    def centred(self, mx: Tensor, my: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+        """The rows minus the training means, targets on the pixel columns ``cols``, in float64."""
+        return torch.cat(self.x).double() - mx, torch.cat([y[:, cols] for y in self.y]).double() - my[cols]
+
+
+def _centre_(sxy: Tensor, sx: Tensor, sy: Tensor, mx: Tensor, my: Tensor, n: int) -> Tensor:
+    """``sxy - sx my^T - mx sy^T + n mx my^T`` (a sum of ``x y^T`` over ``n`` rows, centred by the means ``mx``,
+    ``my``) in place on ``sxy``: three rank-one updates, where the expression form allocates a ``d x m``
+    float64 temporary per term (200 MB each for a 2,048-D input and 64-px targets)."""
+    return sxy.addr_(sx, my, alpha=-1).addr_(mx, sy, alpha=-1).addr_(mx, my, alpha=n)
+
+
+def _covariances(st: _Moments, mx: Tensor, my: Tensor, cols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sums over ``st``'s rows of ``(x-mx)(x-mx)^T``, ``(x-mx)(y-my)^T`` and ``|y-my|^2`` (per pixel), on the
+    pixel columns ``cols`` (index tensor)."""
+    cxx = _centre_(st.sxx.clone(), st.sx, st.sx, mx, mx, st.n)
+    cxy = _centre_(st.sxy[:, cols], st.sx, st.sy[cols], mx, my[cols], st.n)  # indexing copies: st is unchanged
+    sy, my_ = st.sy[cols], my[cols]
+    cyy = st.syy[cols] - 2 * my_ * sy + st.n * my_ * my_
     return cxx, cxy, cyy
 
 
-def ridge_path(train: _Moments, val: _Moments, grid: tuple[float, ...], cols: Tensor) -> list[float]:
+def ridge_path(train: _Moments, val: _Rows, grid: tuple[float, ...], cols: Tensor) -> list[float]:
     """Validation MSE (per pixel value, on ``cols``) of the ridge decoder fitted on ``train`` for each
     relative penalty of ``grid``, from one eigendecomposition (see the module docstring)."""
     mx, my = train.sx / train.n, train.sy / train.n
@@ -147,7 +172,8 @@ def ridge_path(train: _Moments, val: _Moments, grid: tuple[float, ...], cols: Te
     s, v = torch.linalg.eigh(cxx)
     s = s.clamp_min(0)
     q = v.T @ cxy
-    axx, axy, ayy = _covariances(val, mx, my, cols)  # the validation rows, centred by the training means
+    xv, yv = val.centred(mx, my, cols)  # the validation rows, centred by the training means
+    axx, axy, ayy = xv.T @ xv, xv.T @ yv, (yv * yv).sum(0)
     a, b = v.T @ axx @ v, v.T @ axy
     qb = (q * b).sum(1)
     big = a * (q @ q.T)
@@ -160,14 +186,28 @@ def ridge_path(train: _Moments, val: _Moments, grid: tuple[float, ...], cols: Te
     return out
 
 
-def ridge_solve(st: _Moments, rel: float) -> tuple[Tensor, Tensor, float]:
-    """``(W, b, lam)`` of the ridge decoder on all of ``st``'s rows at relative penalty ``rel``."""
+def ridge_solve(st: _Moments, rel: float, weight: Tensor | None = None,
+                block: int = 1024) -> tuple[Tensor, Tensor, float]:
+    """``(W, b, lam)`` of the ridge decoder on all of ``st``'s rows at relative penalty ``rel``, written into
+    ``weight`` (``[d, m]``, any float dtype; a new float64 tensor if None). ``st`` is consumed: its ``d x m``
+    cross-moment is centred in place and solved ``block`` pixel columns at a time, so the solve allocates no
+    second ``d x m`` float64 array (at 64 px and a 2,048-D input each is 200 MB; the whole-matrix form needed
+    three of them beside the accumulator)."""
     mx, my = st.sx / st.n, st.sy / st.n
-    cxx, cxy, _ = _covariances(st, mx, my)
+    cxx = _centre_(st.sxx.clone(), st.sx, st.sx, mx, mx, st.n)
     lam = max(rel * float(torch.diagonal(cxx).sum()) / len(cxx), 1e-300)
     s, v = torch.linalg.eigh(cxx)  # not Cholesky: stable for a rank-deficient C and a tiny penalty alike
-    w = v @ ((v.T @ cxy) / (s.clamp_min(0) + lam)[:, None])
-    return w, my - mx @ w, lam
+    g = (1.0 / (s.clamp_min(0) + lam))[:, None]
+    m = st.sxy.shape[1]
+    w = torch.empty(len(cxx), m, dtype=torch.float64) if weight is None else weight
+    b = torch.empty(m, dtype=torch.float64)
+    for j in range(0, m, block):
+        cols = slice(j, j + block)
+        cxy = _centre_(st.sxy[:, cols], st.sx, st.sy[cols], mx, my[cols], st.n)  # a view: centred in place
+        wj = v @ ((v.T @ cxy) * g)
+        w[:, cols] = wj
+        b[cols] = my[cols] - mx @ wj
+    return w, b, lam
 
 
 @register_attack("ridge")
@@ -213,7 +253,7 @@ class Ridge(ReconstructionAttack):
         total = epochs * per_epoch
         if budget.max_steps:
             total = min(total, budget.max_steps)
-        train, val = _Moments(net.dim, m), _Moments(net.dim, m)
+        train, val = _Moments(net.dim, m), _Rows()
         self.log = TrainLog(planned_steps=total, stopped_by="epochs")
         bar = tqdm(total=total, desc="fitting ridge", disable=not progress, unit="batch", leave=False)
         with torch.no_grad():
@@ -237,7 +277,6 @@ class Ridge(ReconstructionAttack):
                     break
         bar.close()
         train.flush()
-        val.flush()
         if train.n < 2 or val.n < 1:
             raise FaceveilDataError(f"ridge: {train.n} training and {val.n} validation samples after "
                                     f"{self.log.steps} batch(es); need at least 2 and 1")
@@ -246,8 +285,9 @@ class Ridge(ReconstructionAttack):
         best = int(np.argmin(path))
         if best in (0, len(LAM_GRID) - 1):
             log.info("ridge: the chosen penalty %.0e is at the edge of the grid", LAM_GRID[best])
-        w, b, lam = ridge_solve(train.plus(val), LAM_GRID[best])
-        net.weight.copy_(w.float())
+        n_train, n_val = train.n, val.n
+        _, b, lam = ridge_solve(train.add_rows(val), LAM_GRID[best], weight=net.weight)  # consumes train
+        del train, val
         net.bias.copy_(b.float())
         net.eval()
         self.net = net
@@ -256,5 +296,5 @@ class Ridge(ReconstructionAttack):
         self.log.extra = {"lam_relative": LAM_GRID[best], "lam": lam, "lam_grid": list(LAM_GRID), "val_mse": path,
                           "input_dim": net.in_dim, "dim": net.dim,
                           "reduction": f"CountSketch {net.in_dim} -> {net.dim}" if net.sketched else "none",
-                          "train_samples": train.n, "val_samples": val.n}
+                          "train_samples": n_train, "val_samples": n_val}
         return self

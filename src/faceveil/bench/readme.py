@@ -104,12 +104,12 @@ def _verdicts_block(folder: str) -> Callable[[Path], str]:
     """The verdict table of a committed bench run (worst case over its attacks, utility beside it)."""
     def render(results_dir: Path) -> str:
         from faceveil.bench.plan import profile_coverage
-        from faceveil.bench.report import best_utility, utility_rows
+        from faceveil.bench.report import utility_rows
 
         r = _load(results_dir, folder)
         cmd = _command(results_dir, folder)
         cov = profile_coverage(r["profile"])
-        return (verdict_table(privacy_rows(r), best_utility(utility_rows(r))) + (f"\n\n{cov}" if cov else "")
+        return (verdict_table(privacy_rows(r), utility_rows(r)) + (f"\n\n{cov}" if cov else "")
                 + f"\n\n{r['profile']} profile, seed "
                 f"{r['seed']}; attacks: {', '.join(r.get('attacks', []))}; {len(r['cells'])} cells, {r['failed']} failed."
                 + (f" Command: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/` (report: `results/{folder}/report.md`).")
@@ -139,13 +139,13 @@ def _keyed_block(results_dir: Path) -> str:
     template-protection measures, and its experiment along the template length."""
     from faceveil.bench.experiments.keyed_projection import markdown as keyed_markdown
     from faceveil.bench.protection import protection_table
-    from faceveil.bench.report import best_utility, utility_rows
+    from faceveil.bench.report import utility_rows
 
     folder = "keyed-projection"
     r = _load(results_dir, folder)
     cmd = _command(results_dir, folder)
     prows = privacy_rows(r)
-    parts = [verdict_table(prows, best_utility(utility_rows(r)))]
+    parts = [verdict_table(prows, utility_rows(r))]
     if table := protection_table(r, prows):
         parts.append(table)
     es = [(lab, json.loads((results_dir / folder / "ganinv-es" / f"{f}.json").read_text()))

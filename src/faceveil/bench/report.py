@@ -15,7 +15,7 @@ import torch
 from faceveil.bench.paper import paper_point, paper_value
 from faceveil.bench.plan import profile_coverage
 from faceveil.bench.protection import protection_table
-from faceveil.bench.verdicts import sentence, verdict_table, worst_cases
+from faceveil.bench.verdicts import best_servers, sentence, verdict_table, worst_cases
 from faceveil.storage import save_figure_atomic, write_atomically, write_text_atomic
 
 BASELINES = ("mean face", "random person")
@@ -101,11 +101,7 @@ def below_floor(rows: list[dict]) -> list[dict]:
 
 def best_utility(urows: list[dict]) -> dict[str, float]:
     """The best LFW accuracy over the servers measured for each setting."""
-    best: dict[str, float] = {}
-    for r in urows:
-        if "acc" in r:
-            best[r["setting"]] = max(best.get(r["setting"], 0.0), r["acc"])
-    return best
+    return {s: acc for s, (acc, _) in best_servers(urows).items()}
 
 
 def utility_table(rows: list[dict]) -> str:
@@ -362,7 +358,8 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
     md = [f"# faceveil benchmark ({results['profile']} profile)", "",
           f"Seed {results['seed']}; wall time {results['wall_seconds'] / 60:.1f} min; failed cells: {results['failed']}; "
           f"versions: {results['versions']}; ran on {results.get('device', 'cpu')}"
-          + (f" ({results['device_name']})" if results.get("device_name") else "") + ".", "",
+          + (f" ({results['device_name']})" if results.get("device_name") else "")
+          + (f", precision {p}" if (p := results.get("precision", "fp32")) != "fp32" else "") + ".", "",
           *([f"**What this run covers.** {cov}", ""] if (cov := profile_coverage(results['profile'])) else []),
           *([f"Merged from {len(results['parts'])} runs (`--jobs` workers or separate runs): " + "; ".join(
               f"{Path(p['dir']).name} {p['wall_seconds'] / 60:.1f} min" if "wall_seconds" in p else f"{Path(p['dir']).name} FAILED"
@@ -373,7 +370,7 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
           *(["## Verdicts: each defense at its weakest point", "",
              "The worst case over every attack run on the setting (the protection is as strong as the strongest attack "
              "against it), beside the random-person and mean-face baselines and what the paper claims.", "",
-             verdict_table(prows, acc), ""]
+             verdict_table(prows, urows), ""]
             if any(r.get("who") == "reconstruction" for r in prows) else []),
           *(["## What the numbers say, per defense setting", "",
              *[f"- **{w['setting']}**: {sentence(w, acc.get(w['setting']))}" for w in worst], ""] if worst else []),

@@ -61,9 +61,16 @@ def utility_servers(d: Defense, setting: Setting, profile: BenchProfile) -> tupl
     if setting.utility_servers is not None:
         return setting.utility_servers
     servers = () if d.needs_adapted_server else ("frozen",)
-    if profile.adapted and (d.needs_adapted_server or d.domain == "image" and not profile.adapted_only_needed):
+    if profile.adapted and (d.needs_adapted_server
+                            or d.domain == "image" and (clean_reference(d) or not profile.adapted_only_needed)):
         servers += ("adapted",)
     return servers
+
+
+def clean_reference(d: Defense) -> bool:
+    """The unprotected images: where a profile trains students, they get one too — the same-budget clean student
+    every adapted server is read against (its system stays the deployed recogniser)."""
+    return d.name == "none" and d.domain == "image"
 
 
 @dataclass
@@ -257,9 +264,12 @@ def merge_runs(run_dirs: list[Path], out_dir: Path, wall_seconds: float | None =
         r = json.loads(f.read_text())
         for k in ("profile", "seed", "versions"):
             merged.setdefault(k, r[k])
-        for k in ("device", "device_name"):  # where the parts ran (runs before devices were recorded have none)
+        for k in ("device", "device_name", "precision"):  # where the parts ran (runs before devices were recorded have none)
             if k in r:
                 merged.setdefault(k, r[k])
+        if r.get("precision", "fp32") != merged.get("precision", "fp32"):
+            raise ValueError(f"cannot merge {d}: precision {r.get('precision', 'fp32')} differs from "
+                             f"{merged.get('precision', 'fp32')}")
         if r["profile"] != merged["profile"] or r["seed"] != merged["seed"]:
             raise ValueError(f"cannot merge {d}: profile/seed {r['profile']}/{r['seed']} differ from "
                              f"{merged['profile']}/{merged['seed']}")
@@ -444,15 +454,17 @@ def run_cell(item: PlanItem, bp: BenchProfile, ctx: RunContext, lfw: LFW | None 
             if not servers:  # e.g. a feature-domain defense at a profile that trains no students
                 cell.result["skipped"] = (f"needs an adapted server; the {bp.name} profile trains none "
                                           "(its experiment, if any, measures accuracy)")
-            sysm = None
+            measured = None  # the system the template-protection measures use
             for server in servers:
                 sysm = bench_system(d, server, bp.attack_profile, seed, data,
                                     **({"train_images": sz.student_images} if sz.student_images else {}))
                 cell.result["servers"][server] = lfw_utility(sysm, lfw, per_fold=sz.utility_per_fold, seed=seed)
                 if server == "adapted":
                     cell.result["servers"][server]["train_log"] = getattr(sysm.model, "train_log", None)
-            if sysm is not None:  # the last server is the best one (adapted where trained)
-                cell.result["protection"] = _protection(sysm, lfw, seed, bp, sz)
+                if measured is None or not clean_reference(d):  # the last server is the best (adapted where trained)
+                    measured = sysm
+            if measured is not None:
+                cell.result["protection"] = _protection(measured, lfw, seed, bp, sz)
         else:
             optimises = attack_class(a).per_target  # seconds per face: the white-box number of targets
             threat = ThreatModel(leakage=leakage, knowledge=attack_class(a).knowledge(), adaptive=view is not None, view=view)

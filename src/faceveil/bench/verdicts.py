@@ -92,18 +92,46 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def verdict_table(prows: list[dict], best_utility: dict[str, float] | None = None) -> str:
-    """Markdown: a row per defense setting with its best utility, the worst case over the attack suite (attack,
-    leakage, SAR type I / II, pair SRRA, judge COS and type-II SAR) beside the random-person and mean-face baselines,
-    the paper's own claim where it makes one (:func:`paper_claim`), and the verdict; :data:`VERDICT_RULE` below it."""
-    best_utility = best_utility or {}
+def best_servers(urows: Iterable[dict]) -> dict[str, tuple[float, str]]:
+    """Per setting, the best LFW accuracy over the servers measured and the server that reached it."""
+    best: dict[str, tuple[float, str]] = {}
+    for r in urows:
+        if "acc" in r and r["acc"] > best.get(r["setting"], (-1.0, ""))[0]:
+            best[r["setting"]] = (r["acc"], r["server"])
+    return best
+
+
+#: the utility rows a reader compares protected accuracy with (setting label, server) -> what the row is
+SCALE_ROWS = {
+    ("none (image)", "frozen"): "unprotected images, deployed recogniser (for scale)",
+    ("none (image)", "adapted"): "clean student: distilled on unprotected images with the adapted servers' budget "
+                                 "(for scale)",
+}
+
+
+def scale_rows(urows: Iterable[dict]) -> list[tuple[str, float]]:
+    """(label, accuracy) of the unprotected system and of the same-budget clean student (:data:`SCALE_ROWS`), where
+    the run measured them: an adapted server's accuracy is read against the clean student's, not the deployed
+    recogniser's (the student's budget, not the protection, may cost the difference)."""
+    got = {(r["setting"], r.get("server")): r["acc"] for r in urows if "acc" in r}
+    return [(label, got[key]) for key, label in SCALE_ROWS.items() if key in got]
+
+
+def verdict_table(prows: list[dict], urows: list[dict] | None = None) -> str:
+    """Markdown: a row per defense setting with its best utility (and the server that reached it), the worst case
+    over the attack suite (attack, leakage, SAR type I / II, pair SRRA, judge COS and type-II SAR) beside the
+    random-person and mean-face baselines, the paper's own claim where it makes one (:func:`paper_claim`), and the
+    verdict; the unprotected and same-budget clean-student utility rows (:func:`scale_rows`) open it for scale and
+    :data:`VERDICT_RULE` closes it."""
+    best = best_servers(urows or [])
     head = ("| defense setting | LFW acc % (best server) | worst-case attack (of those run) | SAR I / II @1e-3 % | "
             "pair SRRA % | judge COS | judge SAR II @1e-3 % | random person / mean face: SAR II % | the paper's claim | "
             "verdict |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
+    out += [f"| *{label}* | {100 * acc:.1f} | | | | | | | | |" for label, acc in scale_rows(urows or [])]
     for w in worst_cases(prows):
-        acc = best_utility.get(w["setting"])
-        acc_s = "—" if acc is None else f"{100 * acc:.1f}"
+        acc, server = best.get(w["setting"], (None, ""))
+        acc_s = "—" if acc is None else f"{100 * acc:.1f} ({server})"
         r = w["worst"]
         if r is None:
             out.append(f"| {w['setting']} | {acc_s} | (no judged attack; {w['failed']} failed) | | | | | | | unjudged |")

@@ -476,7 +476,7 @@ class _RowStore:
 
 
 def _store_stem(name: str, root: Path, *extra: str) -> str:
-    return "-".join([name, config_hash(str(Path(root).resolve()), ALIGN_VERSION, length=8), *extra])
+    return "-".join([name, config_hash(str(Path(root).resolve()), ALIGN_VERSION, length=8, precision=False), *extra])
 
 
 def dataset_landmarks(

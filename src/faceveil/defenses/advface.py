@@ -24,9 +24,13 @@ Server step (Section 4, :meth:`AdvFace.protect_stored`):
    config hash);
 2. eq. 4: ``x̃ = S(z)``, ``z̃ = E(x̃)`` (x̃ is resized to the recogniser's input for E);
 3. eqs. 5-6: PGD from ``z₀ = z̃`` *away* from the shadow reconstruction,
-   ``z_{t+1} = Clip_{z₀,ε}(z_t + α · sign(∇_z ‖S(z_t) − x̃‖₁))``, for ``iterations`` steps (paper: 40,
-   α = 0.2, ε = 0.2); the perturbation stays in the L∞ ball of radius ε around the starting point
-   z̃, as the issue asks; ``precision="bf16"`` runs S's forward and backward under CPU bfloat16
+   ``z_{t+1} = z_t + α · sign(∇_z ‖S(z_t) − x̃‖₁)``, for ``iterations`` steps (paper: 40, α = 0.2, ε = 0.2),
+   with the noise bound ε read one of two ways (``bound``): ``"step"`` — the paper's text, which bounds the
+   change of each iteration, ``‖z_{t+1} − z_t‖∞ ≤ ε`` (``Clip_{z_t,ε}``; with α ≤ ε a sign step is never
+   clipped, so after 40 iterations a feature may have moved by up to 40 α = 8 in total); ``"total"`` —
+   faceveil's first reading, ``Clip_{z₀,ε}``: the whole perturbation stays in the L∞ ball of radius ε around
+   z̃. The two move accuracy and privacy in opposite directions (the per-step reading perturbs far more);
+   the AdvFace experiment reports both. ``precision="bf16"`` runs S's forward and backward under CPU bfloat16
    autocast (the step, the clip and the stored features stay float32): 2.1x faster per PGD
    iteration on an AVX512-BF16 CPU (8.3 vs 17.6 ms per face and iteration, 112-px resrec shadow,
    one core), with the same protection (see ``bench/advface.py --precision``);
@@ -75,6 +79,8 @@ from faceveil.models.base import Recognizer
 
 SHADOWS = ("transrec", "resrec", "urec")
 MODES = ("online", "offline")
+#: how ε bounds the PGD of eqs. 5-6: per iteration (the paper's text) or in total around z̃ (faceveil's first reading)
+BOUNDS = ("step", "total")
 PRECISIONS = ("fp32", "bf16")
 #: elements std of dlib ``res1`` features on 256 public faces (see the module docstring)
 RES1_FEATURE_STD = 0.874
@@ -160,7 +166,9 @@ class AdvFace(Defense):
         "shadow_images": "public faces S is trained on (0 = the profile's number)",
         "shadow_seed": "seed of S's training (distinct from attackers' seeds)",
         "alpha": "PGD step α of eq. 5 (paper 0.2)",
-        "eps": "noise bound ε: L-inf radius around the starting point z̃ (paper 0.2; 0 = store z̃ = E(S(z)))",
+        "eps": "noise bound ε (paper 0.2; 0 = store z̃ = E(S(z))): per iteration or in total, see bound",
+        "bound": "step: ε bounds each iteration's change (the paper's eqs. 5-6) | total: the L-inf ball of radius ε "
+                 "around z̃",
         "iterations": "PGD iterations (paper 40)",
         "eps_relative": "multiply α and ε by the feature std at the cut (res1: 0.874) instead of absolute units",
         "mode": "online (deployed Ψ, plain probes) | offline (retrained server, probes converted too)",
@@ -171,7 +179,8 @@ class AdvFace(Defense):
     def __init__(self, shadow_model: nn.Module | None = None, data: str | os.PathLike | None = None, *, at: str = "res1",
                  shadow: str = "resrec", profile: str = "quick", shadow_images: int = 0, shadow_seed: int = 1,
                  alpha: float = 0.2, eps: float = 0.2, iterations: int = 40, eps_relative: bool = False,
-                 mode: str = "online", bn_batch_stats: bool = True, precision: str = "fp32", recognizer: Recognizer | None = None) -> None:
+                 mode: str = "online", bn_batch_stats: bool = True, precision: str = "fp32", bound: str = "step",
+                 recognizer: Recognizer | None = None) -> None:
         super().__init__(recognizer)
         from faceveil.attacks.base import PROFILES
 
@@ -183,6 +192,8 @@ class AdvFace(Defense):
             raise ValueError(f"advface: profile must be one of {', '.join(sorted(PROFILES))}, got {profile!r}")
         if mode not in MODES:
             raise ValueError(f"advface: mode must be online or offline, got {mode!r}")
+        if bound not in BOUNDS:
+            raise ValueError(f"advface: bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"advface: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         for name, v in (("alpha", alpha), ("eps", eps)):
@@ -197,7 +208,7 @@ class AdvFace(Defense):
         self.shadow_images, self.shadow_seed = shadow_images, shadow_seed
         self.alpha, self.eps, self.iterations = float(alpha), float(eps), iterations
         self.eps_relative, self.mode, self.bn_batch_stats = bool(eps_relative), mode, bool(bn_batch_stats)
-        self.precision = precision
+        self.precision, self.bound = precision, bound
         self.data = data
         self._parts: tuple[nn.Module, nn.Module] = self.recognizer.split(at)  # validates the layer name
         self._feature_shape: tuple[int, ...] | None = None
@@ -218,8 +229,9 @@ class AdvFace(Defense):
         c = super().config()
         if self._injected:
             c["shadow_model"] = self._injected
-        if c.get("precision") == "fp32":  # the default is left out: keys of results cached before it existed stay valid
-            del c["precision"]
+        for k, first in (("precision", "fp32"), ("bound", "total")):
+            if c.get(k) == first:  # left out: keys of results cached before the option existed stay valid
+                del c[k]
         return c
 
     def describe(self) -> dict:
@@ -328,7 +340,8 @@ class AdvFace(Defense):
         return x_rec, z0
 
     def adversarial_features(self, z: Tensor) -> Tensor:
-        """Eqs. 4-6: PGD from ``z̃`` maximising ``‖S(z_t) − x̃‖₁``, clipped to ``[z̃ − ε, z̃ + ε]``."""
+        """Eqs. 4-6: PGD from ``z̃`` maximising ``‖S(z_t) − x̃‖₁``, each step clipped to ``[z_t − ε, z_t + ε]``
+        (``bound="step"``) or the iterate to ``[z̃ − ε, z̃ + ε]`` (``bound="total"``)."""
         S = self.shadow_network()
         x_rec, z0 = self.reconstruct_and_reencode(z)
         eps, alpha = self.eps_abs, self.step_abs
@@ -343,7 +356,10 @@ class AdvFace(Defense):
                     out = S(zt)
                 loss = (out.float() - x_rec).abs().sum()
                 (g,) = torch.autograd.grad(loss, zt)
-                zt = torch.minimum(torch.maximum(zt.detach() + alpha * g.sign(), lo), hi)
+                zt = zt.detach()
+                if self.bound == "step":
+                    lo, hi = zt - eps, zt + eps
+                zt = torch.minimum(torch.maximum(zt + alpha * g.sign(), lo), hi)
         return zt.detach()
 
     def protect_stored(self, t: Tensor, rng: torch.Generator | None = None) -> Tensor:

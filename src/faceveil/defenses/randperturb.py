@@ -4,6 +4,7 @@ PGD-like steps in *random* directions instead of adversarial ones."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from functools import lru_cache
 from typing import ClassVar
@@ -11,6 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from faceveil.defenses.advface import BOUNDS
 from faceveil.defenses.base import register_defense
 from faceveil.defenses.laplace import FeatureDefense, _positive
 from faceveil.models.base import Recognizer
@@ -56,24 +58,30 @@ def random_sign_walk(shape: torch.Size | tuple[int, ...], iterations: int, alpha
 @register_defense("randperturb")
 class RandomPerturbation(FeatureDefense):
     """``iterations`` steps (default 40) each adding ``α·sign(random direction)`` (α = 0.2) to the
-    feature, each followed by projection onto the L∞ ball of radius ε (0.2) around the original
-    feature: AdvFace's settings. The ball is L∞ (sign steps, as in PGD); with α = ε every
-    coordinate ends at −ε, 0 or +ε from the original. No formal privacy guarantee."""
+    feature: AdvFace's baseline settings. ε (0.2) is read as AdvFace's own bound is (``bound``): ``"step"``
+    (the paper's eqs. 5-6: each iteration changes a coordinate by at most ε, so with α ≤ ε the walk is never
+    clipped and ends up to 40 α = 8 from the original, standard deviation α√40 = 1.26) or ``"total"``
+    (faceveil's first reading: every step is followed by projection onto the L∞ ball of radius ε around the
+    original feature; with α = ε every coordinate ends at −ε, 0 or +ε). No formal privacy guarantee."""
 
     stochastic = True
     differentiable = True
     HELP: ClassVar[dict[str, str]] = {
         "iterations": "number of random sign steps, >= 1 (AdvFace: 40)",
         "alpha": "step size per iteration, > 0 (AdvFace: 0.2)",
-        "eps": "L-infinity radius of the projection ball around the original feature, > 0 (AdvFace: 0.2)",
+        "eps": "noise bound ε, > 0 (AdvFace: 0.2): per step or in total around the original feature, see bound",
+        "bound": "step: ε bounds each step's change (AdvFace's eqs. 5-6) | total: the L-inf ball of radius ε around "
+                 "the original feature",
         "at": "embedding | a layer name of the recogniser (e.g. res1)",
     }
 
     def __init__(self, *, iterations: int = 40, alpha: float = 0.2, eps: float = 0.2, at: str = "embedding",
-                 recognizer: Recognizer | None = None) -> None:
+                 bound: str = "step", recognizer: Recognizer | None = None) -> None:
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"randperturb: iterations must be an integer >= 1, got {iterations!r}")
-        self.iterations = iterations
+        if bound not in BOUNDS:
+            raise ValueError(f"randperturb: bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
+        self.iterations, self.bound = iterations, bound
         self.alpha = _positive("alpha", alpha, "randperturb")
         self.eps = _positive("eps", eps, "randperturb")
         super().__init__(at, recognizer)
@@ -81,4 +89,14 @@ class RandomPerturbation(FeatureDefense):
     def protect(self, x: Tensor, rng: torch.Generator | None = None) -> Tensor:
         rng = self._check_rng(rng)
         f = self.clean_features(x)
-        return f + random_sign_walk(f.shape, self.iterations, self.alpha, self.eps, rng, f.dtype)
+        if self.bound == "step":  # each step's change clipped to ε, the walk itself never
+            step, ball = min(self.alpha, self.eps), math.inf
+        else:
+            step, ball = self.alpha, self.eps
+        return f + random_sign_walk(f.shape, self.iterations, step, ball, rng, f.dtype)
+
+    def config(self) -> dict:
+        c = super().config()
+        if c.get("bound") == "total":  # left out: keys of results cached before the option existed stay valid
+            del c["bound"]
+        return c

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from faceveil.config import cache_dir
 from faceveil.data.crop import CropSpec
-from faceveil.devices import module_device
+from faceveil.devices import autocast, module_device
 from faceveil.errors import FaceveilDataError
 from faceveil.storage import load_cache, write_json_atomic
 
@@ -115,7 +115,8 @@ class Recognizer(nn.Module):
         check_batch_size(batch_size)
         self.eval()
         dev = module_device(self)  # the batch goes to the model's device, the embeddings come back to the CPU
-        out = [self(self.prepare(x[i : i + batch_size].to(dev))).cpu() for i in range(0, len(x), batch_size)]
+        with autocast(dev):  # --precision bf16: the forward pass in bfloat16, the embeddings back in float32
+            out = [self(self.prepare(x[i : i + batch_size].to(dev))).float().cpu() for i in range(0, len(x), batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.embedding_dim)
 
     def distance(self, a: Tensor, b: Tensor) -> Tensor:

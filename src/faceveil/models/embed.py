@@ -26,7 +26,7 @@ def model_fingerprint(model: Recognizer) -> str:
         # threads (torch's parallel sums were not: a process with OMP_NUM_THREADS=1 got another fingerprint)
         a = v.detach().contiguous().cpu().double().numpy()
         h.append((k, float(a.sum()), float(np.abs(a).sum()), list(v.shape)))
-    return config_hash(h)
+    return config_hash(h, precision=False)
 
 
 def module_digest(m: torch.nn.Module, length: int = 16) -> str:

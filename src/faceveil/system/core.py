@@ -45,7 +45,7 @@ class SystemNotReadyError(FaceveilError):
 
 def defense_digest(defense: Defense) -> str:
     """Identifies a defense's public parameters and its recogniser: a payload made for another one is refused."""
-    return config_hash(defense.name, defense.public_params(), defense.recognizer.name)
+    return config_hash(defense.name, defense.public_params(), defense.recognizer.name, precision=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from faceveil.config import EpochCheckpoint, cache_dir, config_hash, write_atomi
 from faceveil.data.align import to_tensor
 from faceveil.data.datasets import public_chips
 from faceveil.defenses.base import Defense
-from faceveil.devices import module_device, on_device
+from faceveil.devices import autocast, module_device, on_device
 from faceveil.models.base import Recognizer
 from faceveil.models.embed import embed_chips, load_npz, model_fingerprint
 from faceveil.models.students import FinetuneStudent, StudentNet, VectorStudent
@@ -217,7 +217,9 @@ def train_student(defense: Defense, cfg: DistillConfig, data=None, progress: boo
             target = torch.where(flip[:, None], t_flip[idx], t_orig[idx])
             for grp, lr in zip(opt.param_groups, peak, strict=True):
                 grp["lr"] = lr * _lr_factor(step, total, time.perf_counter() - t0, cfg.max_seconds)
-            loss = distill_loss(student(p.to(dev, non_blocking=True)), target.to(dev, non_blocking=True), cfg.mse_weight)
+            with autocast(dev):  # --precision bf16: the student's forward pass
+                out = student(p.to(dev, non_blocking=True))
+            loss = distill_loss(out.float(), target.to(dev, non_blocking=True), cfg.mse_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

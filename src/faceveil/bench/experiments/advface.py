@@ -36,7 +36,7 @@ from faceveil.bench.build import bench_system, lfw_utility
 from faceveil.bench.experiments.common import ExperimentContext, attempt, md_table, pct
 from faceveil.bench.plan import EXPERIMENTS, SETTINGS, Setting
 from faceveil.defenses import Defense, get_defense
-from faceveil.defenses.advface import SHADOWS, AdvFace
+from faceveil.defenses.advface import BOUNDS, SHADOWS, AdvFace
 from faceveil.storage import ensure_dir, save_figure_atomic, write_json_atomic, write_text_atomic
 
 #: Generic bench cells only in the first report (`make run`, the fast profile: the capped sets of a slow client,
@@ -48,7 +48,15 @@ SETTINGS["advface"] = [Setting("AdvFace ε=0.2 (stored features; S trained 150 s
 AT = "res1"
 #: Laplace clip bound for res1 features (99th percentile over public faces, see defenses.laplace)
 LAPLACE_C_RES1 = 3.8
-#: the paper's ε grid (Fig. 3/4); the quick profile uses every other point
+#: Table 2 compares every row by this one metric (the retrained servers' embeddings are compared by cosine)
+T2_METRIC = "cosine"
+READINGS = ("ε per step = the paper's eqs. 5-6 (each PGD iteration changes a feature by at most ε; with α = ε the 40 "
+            "sign steps are never clipped, so a feature may move by up to 8 in total) — the default; ε in total = "
+            "faceveil's first reading (the whole perturbation within the L-inf ball of radius ε around z̃).")
+DP_CALIBRATION = ("Laplace DP: privacy budget 1.0 per coordinate as the paper states (\"to ensure the same noise bound "
+                  f"as our method\"), features clipped to ±{LAPLACE_C_RES1} (the 99th percentile of res1 values on public "
+                  "faces) so the sensitivity and the Laplace scale are finite: scale 2c/ε = 7.6.")
+#: the paper's ε grid (Fig. 3/4), every point at every profile but ci
 EPS_SWEEP = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 MEMO_MB = 1500.0
 #: the experiment's parts, in run order; ``FACEVEIL_ADVFACE_SECTIONS=t1,sweep`` runs a subset (e.g. to
@@ -92,7 +100,7 @@ class AdvBudget:
 #: 1,000 pairs per point (the two other shadows' grid on all of LFW would add ≈20,000 PGD runs, ≈4 h).
 ADV_BUDGETS: dict[str, AdvBudget] = {
     "ci": AdvBudget(64, 64, 1, 30.0, 2, 1, 16, 16, 2, (0.0, 0.2), 16),
-    "quick": AdvBudget(300, 500, 12, 150.0, 10, 3, 30, 30, 3, (0.0, 0.1, 0.2, 0.3), 100),
+    "quick": AdvBudget(300, 500, 12, 150.0, 10, 3, 30, 30, 3, EPS_SWEEP, 100),
     "full": AdvBudget(None, 3000, 3, 3600.0, None, 50, 1000, 1000, 50, precision="bf16"),
 }
 
@@ -167,10 +175,12 @@ def adaptive(defense: AdvFace, attack: str, ctx: ExperimentContext, ab: AdvBudge
 # ---------------------------------------------------------------------------------------------
 
 
-def utility_at(defense: Defense, ctx: ExperimentContext, per_fold: int | None, server: str = "frozen", model=None) -> dict:
-    """LFW utility with ``per_fold`` pairs per fold and class; ``model`` replaces the server model."""
+def utility_at(defense: Defense, ctx: ExperimentContext, per_fold: int | None, server: str = "frozen", model=None,
+               metric: str | None = None) -> dict:
+    """LFW utility with ``per_fold`` pairs per fold and class; ``model`` replaces the server model; ``metric``
+    overrides the server's own (Table 2 compares every row with one metric)."""
     bp = ctx.bench_profile
-    system = bench_system(defense, server, bp.attack_profile, ctx.seed, ctx.data, model=model)
+    system = bench_system(defense, server, bp.attack_profile, ctx.seed, ctx.data, model=model, metric=metric)
     out = lfw_utility(system, ctx.lfw, per_fold=per_fold, seed=ctx.seed)
     if model is not None:
         out["train_log"] = getattr(model, "train_log", None)
@@ -230,9 +240,11 @@ def run(ctx: ExperimentContext) -> dict:
         return name in sections
 
     t1, t2, fig = data["table1"], data["table2"], None
-    adv = advface(ctx)
+    # ε read as the paper's eqs. 5-6 do (each iteration's change bounded; the default) and, beside it, as the
+    # L-inf ball around the start that faceveil first implemented: they move accuracy and privacy apart
+    adv, adv_total = advface(ctx), advface(ctx, bound="total")
     plain = get_defense("none", transmit=AT)
-    rand = get_defense("randperturb", at=AT)
+    rand, rand_total = get_defense("randperturb", at=AT), get_defense("randperturb", at=AT, bound="total")
     dp = get_defense("laplace", at=AT, eps=1.0, c=LAPLACE_C_RES1)
 
     # ---- Table 1 ---------------------------------------------------------------------------
@@ -244,7 +256,9 @@ def run(ctx: ExperimentContext) -> dict:
         t1["unprotected"] = r["metrics"] if r else None
         rows.append(["unprotected (plain z)", "channel = database", *_row_metrics(r and r["metrics"]["reconstruction"]),
                      "0.93 / 27.87 / 97.40"])
-        for label, d in (("random perturbation", rand), ("Laplace DP (ε=1/coord.)", dp)):
+        for label, d in (("random perturbation (40 steps, α = 0.2, each step ≤ ε = 0.2)", rand),
+                         ("random perturbation, total-ball reading (|δ| ≤ ε = 0.2)", rand_total),
+                         ("Laplace DP (ε=1/coord.)", dp)):
             r, err = attempt(capped_privacy, d, "resrec", ctx)
             note(f"t1/{label}", err)
             t1[label] = r["metrics"] if r else None
@@ -255,15 +269,16 @@ def run(ctx: ExperimentContext) -> dict:
         note("t1/advface channel", err)
         t1["advface channel"] = r["metrics"] if r else None
         rows.append(["AdvFace", "channel (plain z, by design)", *_row_metrics(r and r["metrics"]["reconstruction"]), ""])
-        r, err = attempt(nonadaptive, adv, "resrec", ctx)
-        note("t1/advface database non-adaptive", err)
-        t1["advface database non-adaptive"] = r
-        rows.append(["AdvFace", "database, NON-ADAPTIVE (paper)", *_row_metrics(r and r["metrics"]["reconstruction"]),
-                     "0.28 / 6.97 / 4.03"])
-        r, err = attempt(adaptive, adv, "resrec", ctx, ab)
-        note("t1/advface database adaptive", err)
-        t1["advface database adaptive"] = r["metrics"] if r else None
-        rows.append(["AdvFace", "database, ADAPTIVE", *_row_metrics(r and r["metrics"]["reconstruction"]), ""])
+        for d, reading, key in ((adv, "", ""), (adv_total, ", total-ball reading", " (total ball)")):
+            r, err = attempt(nonadaptive, d, "resrec", ctx)
+            note(f"t1/advface database non-adaptive{key}", err)
+            t1[f"advface database non-adaptive{key}"] = r
+            rows.append([f"AdvFace{reading}", "database, NON-ADAPTIVE (paper)",
+                         *_row_metrics(r and r["metrics"]["reconstruction"]), "0.28 / 6.97 / 4.03" if not key else ""])
+            r, err = attempt(adaptive, d, "resrec", ctx, ab)
+            note(f"t1/advface database adaptive{key}", err)
+            t1[f"advface database adaptive{key}"] = r["metrics"] if r else None
+            rows.append([f"AdvFace{reading}", "database, ADAPTIVE", *_row_metrics(r and r["metrics"]["reconstruction"]), ""])
         base = t1.get("unprotected")
         if base:
             for who in ("mean face", "random person"):
@@ -273,7 +288,8 @@ def run(ctx: ExperimentContext) -> dict:
                "Non-adaptive = the paper's attacker: trained on plain z of the unprotected split system, tested on the "
                "stored adversarial features. Adaptive = trained on (stored adversarial feature, face) pairs that he builds "
                f"by running public faces through the same AdvFace ({ab.adaptive_images or 'all'} public faces). "
-               "Random perturbation and Laplace act on the client, so channel and database hold the same data.", ""]
+               "Random perturbation and Laplace act on the client, so channel and database hold the same data. "
+               + READINGS + " " + DP_CALIBRATION, ""]
         checkpoint()
 
     # ---- Table 2 ---------------------------------------------------------------------------
@@ -283,27 +299,30 @@ def run(ctx: ExperimentContext) -> dict:
         rows = []
         adv_off = adv.with_mode("offline")
         for label, d, paper in (("unprotected (= dlib ResNet)", plain, "98.13"), ("random perturbation", rand, ""),
+                                ("random perturbation, total-ball reading", rand_total, ""),
                                 ("Laplace DP", dp, ""), ("AdvFace online (deployed Ψ)", adv, "96.43"),
+                                ("AdvFace online, total-ball reading", adv_total, ""),
                                 ("AdvFace offline, frozen Ψ (no retraining)", adv_off, "")):
-            u, err = attempt(utility_at, d, ctx, pf)
+            u, err = attempt(utility_at, d, ctx, pf, metric=T2_METRIC)
             note(f"t2/{label}", err)
             t2[label] = u
-            rows.append([label, _acc(u), "euclidean", paper])
+            rows.append([label, _acc(u), T2_METRIC, paper])
         for label, d, paper in (("AdvFace offline, Ψ retrained on adversarial features", adv_off, "97.78"),
                                 ("same-budget Ψ retrained on plain z (reference)", plain, "")):
             model, err = attempt(offline_server, d, ctx, ab)
             u = None
             if model is not None:
-                u, err = attempt(utility_at, d, ctx, pf, "adapted", model)
+                u, err = attempt(utility_at, d, ctx, pf, "adapted", model, T2_METRIC)
             note(f"t2/{label}", err)
             t2[label] = u
-            rows.append([label, _acc(u), "cosine", paper])
+            rows.append([label, _acc(u), T2_METRIC, paper])
         md += ["### Table 2 analogue: LFW accuracy", "",
                md_table(["system", "LFW acc % (± std)", "metric", "paper"], rows), "",
                f"{'all' if pf is None else 20 * pf} LFW pairs (10 folds). Online: stored adversarial features vs probes' plain z "
                "through the deployed Ψ. Offline: probes are converted too; the retrained server is a copy of Ψ distilled "
                f"toward the frozen dlib embeddings of the clean faces ({ab.student_images or 'profile'} public faces x 2 flips, "
-               f"≤{ab.student_epochs} epochs / {ab.student_seconds:.0f} s).", ""]
+               f"≤{ab.student_epochs} epochs / {ab.student_seconds:.0f} s). Every row compares embeddings by the one "
+               f"metric ({T2_METRIC}), as the paper's table does. " + READINGS, ""]
         checkpoint()
 
     # ---- Fig. 3/4: ε sweep -----------------------------------------------------------------
@@ -315,21 +334,28 @@ def run(ctx: ExperimentContext) -> dict:
         sw["unprotected"] = {"psnr": r and r["metrics"]["reconstruction"]["PSNR"], "ssim": r and r["metrics"]["reconstruction"]["SSIM"],
                              "acc": u and u["acc_mean"], "errors": [e for e in (err, err2) if e]}
         for eps in ab.sweep_eps:
-            d = advface(ctx, eps=eps)
-            r, err = attempt(nonadaptive, d, "resrec", ctx, ab.sweep_eval_pairs)
-            u, err2 = attempt(utility_at, d, ctx, ab.sweep_per_fold)
-            m = r["metrics"]["reconstruction"] if r else None
-            sw[f"{eps:g}"] = {"psnr": m and m["PSNR"], "ssim": m and m["SSIM"], "acc": u and u["acc_mean"],
-                              "errors": [e for e in (err, err2) if e]}
-            rows.append([f"{eps:g}", "—" if m is None else f"{m['PSNR']:.2f}", "—" if m is None else f"{m['SSIM']:.3f}", _acc(u)])
+            cells: list[str] = [f"{eps:g}"]
+            for bound in BOUNDS:  # "step" (the paper's reading) first
+                d = advface(ctx, eps=eps, bound=bound)
+                r, err = attempt(nonadaptive, d, "resrec", ctx, ab.sweep_eval_pairs)
+                u, err2 = attempt(utility_at, d, ctx, ab.sweep_per_fold)
+                m = r["metrics"]["reconstruction"] if r else None
+                sw[f"{eps:g}" + ("" if bound == "step" else " total")] = {
+                    "psnr": m and m["PSNR"], "ssim": m and m["SSIM"], "acc": u and u["acc_mean"],
+                    "errors": [e for e in (err, err2) if e]}
+                cells += ["—" if m is None else f"{m['PSNR']:.2f}", "—" if m is None else f"{m['SSIM']:.3f}", _acc(u)]
+            rows.append(cells)
         fig = _plot_sweep(sw, Path(ctx.out_dir))
         un = sw["unprotected"]
-        rows.append(["unprotected", "—" if un["psnr"] is None else f"{un['psnr']:.2f}",
-                     "—" if un["ssim"] is None else f"{un['ssim']:.3f}", "—" if un["acc"] is None else pct(un["acc"])])
+        un_cells = ["—" if un["psnr"] is None else f"{un['psnr']:.2f}", "—" if un["ssim"] is None else f"{un['ssim']:.3f}",
+                    "—" if un["acc"] is None else pct(un["acc"])]
+        rows.append(["unprotected", *un_cells, *un_cells])
         md += ["### Fig. 3/4 analogue: noise bound ε (online, shadow resrec, non-adaptive resrec attacker)", "",
-               md_table(["ε (absolute; feature std 0.874)", "PSNR↓", "SSIM↓", "LFW acc %"], rows), "",
+               md_table(["ε (absolute; feature std 0.874)", "PSNR↓ (ε per step)", "SSIM↓ (ε per step)",
+                         "LFW acc % (ε per step)", "PSNR↓ (ε in total)", "SSIM↓ (ε in total)", "LFW acc % (ε in total)"],
+                        rows), "",
                f"{ab.sweep_eval_pairs or 'all'} LFW targets judged, {'all' if ab.sweep_per_fold is None else 20 * ab.sweep_per_fold} "
-               "pairs for accuracy. ε = 0 stores z̃ = E(S(z)) itself.", ""]
+               "pairs for accuracy. ε = 0 stores z̃ = E(S(z)) itself (both readings). " + READINGS, ""]
         if fig:
             md += [f"![Fig. 3/4 analogue]({fig.name})", ""]
         checkpoint()
@@ -394,13 +420,21 @@ def _plot_sweep(sw: dict, out_dir: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(k, v["psnr"], v["acc"]) for k, v in sw.items() if k != "unprotected" and v["psnr"] is not None and v["acc"] is not None]
-    if not pts:
-        return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.plot([p[1] for p in pts], [100 * p[2] for p in pts], "o-", label="AdvFace (online)")
-    for k, x, y in pts:
-        ax.annotate(f"ε={k}", (x, 100 * y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    drawn = False
+    for total, style, label in ((False, "o-", "AdvFace online, ε per step (paper)"),
+                                (True, "s--", "AdvFace online, ε in total")):
+        pts = [(k.split()[0], v["psnr"], v["acc"]) for k, v in sw.items()
+               if k != "unprotected" and k.endswith(" total") == total and v["psnr"] is not None and v["acc"] is not None]
+        if not pts:
+            continue
+        drawn = True
+        ax.plot([p[1] for p in pts], [100 * p[2] for p in pts], style, label=label, ms=4)
+        for k, x, y in pts:
+            ax.annotate(f"ε={k}", (x, 100 * y), textcoords="offset points", xytext=(4, -10 if total else 4), fontsize=7)
+    if not drawn:
+        plt.close(fig)
+        return None
     un = sw.get("unprotected", {})
     if un.get("psnr") is not None and un.get("acc") is not None:
         ax.plot([un["psnr"]], [100 * un["acc"]], "s", color="C3", label="unprotected")
