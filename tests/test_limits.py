@@ -138,6 +138,31 @@ def test_memory_error_classification():
     assert not limits.is_memory_error(ValueError("bad"))
 
 
+def test_a_time_error_wrapped_by_an_extension_import_is_the_time_bound():
+    """The alarm landing inside ``import dlib`` surfaces as pybind11's ``ImportError: initialization failed``
+    raised from the time error: still the time bound's line and exit code, not a traceback."""
+    import typer
+
+    b = limits.Bounds(None, 2.0, "faceveil protect")
+    try:
+        try:
+            raise limits.TimeBoundError(b.time_message())
+        except limits.TimeBoundError as t:
+            raise ImportError("initialization failed") from t
+    except ImportError as e:
+        msg, code = b.outcome(e)
+    assert code == limits.EXIT_TIME and msg.startswith("out of the 2 s time bound while running `faceveil protect`")
+    assert b.outcome(ImportError("initialization failed")) is None  # an unrelated import error is not
+    b.timed_out = True
+    try:  # a command that printed the time error itself and exited 2: no second line
+        try:
+            raise limits.TimeBoundError(b.time_message())
+        except limits.TimeBoundError:
+            raise typer.Exit(2) from None
+    except typer.Exit as x:
+        assert x.__context__ is not None and b.outcome(x) == ("", limits.EXIT_TIME)
+
+
 def test_exit_after_a_caught_time_error_is_remapped():
     import typer
 

@@ -131,7 +131,10 @@ class Bounds:
         os._exit(EXIT_TIME)
 
     def outcome(self, e: BaseException) -> tuple[str, int] | None:
-        """(error line, exit code) if ``e`` means a bound ran out, else None."""
+        """(error line, exit code) if ``e`` means a bound ran out, else None. The alarm's
+        :class:`TimeBoundError` may reach here wrapped: raised while a C extension initialises it becomes
+        ``ImportError: initialization failed`` with the time error as its cause (seen on a loaded machine,
+        the alarm landing inside ``import dlib``)."""
         if isinstance(e, TimeBoundError):
             return str(e), EXIT_TIME
         if isinstance(e, typer.Exit | SystemExit):
@@ -141,9 +144,23 @@ class Bounds:
             # a command caught the TimeBoundError (a FaceveilError) and failed: the CLI's commands print
             # such errors and exit 2 (cli._fail), so only other exits still need the line
             return ("" if code == 2 else self.time_message()), EXIT_TIME
+        if (t := _in_chain(e, TimeBoundError)) is not None:  # wrapped (an exit's context is checked above)
+            return str(t), EXIT_TIME
         if self.memory_gb and is_memory_error(e):
             return self.memory_message(_where(e.__traceback__)), EXIT_MEMORY
         return None
+
+
+def _in_chain(e: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``e`` or the first exception of type ``kind`` among its causes / contexts."""
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        if isinstance(x, kind):
+            return x
+        x = x.__cause__ or x.__context__
+    return None
 
 
 def _where(tb: TracebackType | None = None, frame: FrameType | None = None) -> str:

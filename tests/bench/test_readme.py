@@ -53,3 +53,21 @@ def test_missing_results_or_unknown_block_fail_clearly(tmp_path):
         render_readme("<!-- results:verdicts -->\n<!-- /results:verdicts -->", tmp_path)
     with pytest.raises(KeyError, match="no renderer"):
         render_readme("<!-- results:nope -->\n<!-- /results:nope -->", tmp_path)
+
+
+def test_an_experiment_block_is_its_markdown_under_the_readme_section(tmp_path):
+    folder = tmp_path / "advface-quick"
+    folder.mkdir()
+    md = "### Table 1 analogue\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![Fig. 3/4 analogue](advface_fig3_eps.png)\n"
+    r = {"profile": "quick", "seed": 0, "cells": [],
+         "experiments": {"advface": {"markdown": md, "status": "ok", "seconds": 1800.0, "data": {}, "figures": []}}}
+    (folder / "results.json").write_text(json.dumps(r))
+    (folder / "COMMAND").write_text("faceveil bench --profile quick --defenses advface --out results/advface-quick\n")
+    text = render_readme("<!-- results:advface -->\n<!-- /results:advface -->", tmp_path)
+    assert "#### Table 1 analogue" in text and "| 1 | 2 |" in text  # one heading level down
+    assert "![Fig. 3/4 analogue](results/advface-quick/advface_fig3_eps.png)" in text  # links into the folder
+    assert "Command: `faceveil bench --profile quick --defenses advface --out results/advface-quick` (30 min)" in text
+    r["experiments"]["advface"]["status"] = "failed"
+    (folder / "results.json").write_text(json.dumps(r))
+    with pytest.raises(ValueError, match="no finished 'advface' experiment"):
+        render_readme("<!-- results:advface -->\n<!-- /results:advface -->", tmp_path)

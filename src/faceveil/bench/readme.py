@@ -168,6 +168,24 @@ def _keyed_block(results_dir: Path) -> str:
                                   + (f" Command: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/`.")
 
 
+def _experiment_block(folder: str, name: str) -> Callable[[Path], str]:
+    """A paper experiment's own markdown from ``results/<folder>`` (its tables, one heading level down so they sit
+    under README's section; image links pointed at the committed folder), with its command and wall time."""
+    def render(results_dir: Path) -> str:
+        r = _load(results_dir, folder)
+        exp = r.get("experiments", {}).get(name)
+        if not exp or exp.get("status", "ok") != "ok" or not exp.get("markdown"):
+            raise ValueError(f"results/{folder}/results.json has no finished {name!r} experiment "
+                             f"({(exp or {}).get('status', 'missing')})")
+        md = re.sub(r"^(#{2,5}) ", lambda m: "#" + m.group(1) + " ", exp["markdown"].strip(), flags=re.M)
+        md = re.sub(r"\]\((?!https?:|/|results/)([^)]+\.png)\)", rf"](results/{folder}/\1)", md)
+        cmd = _command(results_dir, folder)
+        took = f" ({exp['seconds'] / 60:.0f} min)" if exp.get("seconds") else ""
+        return (md + f"\n\n{r['profile']} profile, seed {r['seed']}." + (f" Command: `{cmd}`{took}." if cmd else "")
+                + f" Data: `results/{folder}/`.")
+    return render
+
+
 #: README block name -> renderer(results_dir) -> markdown
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "template-inversion": _inversion_block,
@@ -175,6 +193,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "main-job": _main_job_block,
     "mixing": _per_setting_block("mixing-ci"),
     "keyed-projection": _keyed_block,
+    "advface": _experiment_block("advface-quick", "advface"),
 }
 
 

@@ -381,7 +381,8 @@ def write_report(results: dict, images: dict, out_dir: Path) -> Path:
           "adapted = a student distilled on protected inputs (see README: a CPU stand-in for the papers' retrained "
           "servers).", "",
           "Privacy (attacks trained as a real attacker would, judged on LFW pair images): "
-          "COS: cosine of an independent recogniser's embeddings (reconstruction vs original); SRRA: replay to the deployed "
+          "COS: cosine of an independent recogniser's mean-centred embeddings (reconstruction vs original; its mean "
+          "embedding of 1,000 public faces subtracted, so an unrelated face scores about 0); SRRA: replay to the deployed "
           "recogniser at its operating threshold, against the same image's template and against the other image of a "
           "same-pair; closer-to-own: the reconstruction is closer (deployed recogniser) to its source than to a random "
           "other target (50 % = no identity); SAR (successful attack rate, as the template-inversion literature reports "
