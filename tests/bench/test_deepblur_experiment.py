@@ -58,10 +58,14 @@ def test_ci_profile_end_to_end(tmp_path, monkeypatch):
     cfg = EXPERIMENT_PROFILES["ci"]
     r = run_experiment(cfg, out_dir=tmp_path, progress=False)
     t2 = r["data"]["table2"]
-    assert set(t2) == {"original", *cfg.baselines, *(f"deepblur σ={s:g}" for s in cfg.sigmas)}
+    assert set(t2) == {"original", *cfg.baselines, *(f"deepblur σ={s:g}" for s in cfg.sigmas),
+                       *(f"deepblur reflect σ={s:g}" for s in cfg.reflect_sigmas)}
     assert t2["original"]["dlib/centroid"]["T1"]["top1"] >= 0.8  # the strong attacker identifies originals
     assert set(r["data"]["table1"]) == set(t2) - {"original"}
-    assert len(r["figures"]) == 2 and all((tmp_path / p).exists() for p in r["figures"])
+    assert len(r["figures"]) == 3 and all((tmp_path / p).exists() for p in r["figures"])
+    # the literal eq. 2 shares the latents: at the same sigma its output differs from the average border's
+    assert r["data"]["methods"]["deepblur reflect σ=2"]["config"]["border"] == "reflect"
+    assert r["data"]["table1"]["deepblur reflect σ=2"]["SSIM"] != r["data"]["table1"]["deepblur σ=2"]["SSIM"]
     # a re-run takes every trained classifier's row from the cache (none is trained again)
     from faceveil.bench.experiments import deepblur as exp
 
