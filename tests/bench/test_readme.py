@@ -71,3 +71,15 @@ def test_an_experiment_block_is_its_markdown_under_the_readme_section(tmp_path):
     (folder / "results.json").write_text(json.dumps(r))
     with pytest.raises(ValueError, match="no finished 'advface' experiment"):
         render_readme("<!-- results:advface -->\n<!-- /results:advface -->", tmp_path)
+
+
+def test_a_markdown_file_block_embeds_the_committed_file(tmp_path):
+    folder = tmp_path / "deepblur-quick"
+    with pytest.raises(FileNotFoundError, match="deepblur_experiment_50x10.md is missing"):
+        render_readme("<!-- results:deepblur -->\n<!-- /results:deepblur -->", tmp_path)
+    folder.mkdir()
+    (folder / "deepblur_experiment_50x10.md").write_text("### Table 1 analogue\n\n| m | SSIM |\n|---|---|\n| blur | 0.6 |\n")
+    (folder / "COMMAND").write_text("python bench/deepblur.py tables --profile quick --out results/deepblur-quick\n")
+    text = render_readme("<!-- results:deepblur -->\n<!-- /results:deepblur -->", tmp_path)
+    assert "#### Table 1 analogue" in text and "| blur | 0.6 |" in text
+    assert "Command: `python bench/deepblur.py tables --profile quick --out results/deepblur-quick`." in text

@@ -177,12 +177,29 @@ def _experiment_block(folder: str, name: str) -> Callable[[Path], str]:
         if not exp or exp.get("status", "ok") != "ok" or not exp.get("markdown"):
             raise ValueError(f"results/{folder}/results.json has no finished {name!r} experiment "
                              f"({(exp or {}).get('status', 'missing')})")
-        md = re.sub(r"^(#{2,5}) ", lambda m: "#" + m.group(1) + " ", exp["markdown"].strip(), flags=re.M)
-        md = re.sub(r"\]\((?!https?:|/|results/)([^)]+\.png)\)", rf"](results/{folder}/\1)", md)
         cmd = _command(results_dir, folder)
         took = f" ({exp['seconds'] / 60:.0f} min)" if exp.get("seconds") else ""
-        return (md + f"\n\n{r['profile']} profile, seed {r['seed']}." + (f" Command: `{cmd}`{took}." if cmd else "")
-                + f" Data: `results/{folder}/`.")
+        return (_nested(exp["markdown"], folder) + f"\n\n{r['profile']} profile, seed {r['seed']}."
+                + (f" Command: `{cmd}`{took}." if cmd else "") + f" Data: `results/{folder}/`.")
+    return render
+
+
+def _nested(md: str, folder: str) -> str:
+    """Markdown written for its own report, placed under a README section: headings one level down, image links
+    pointed at the committed folder."""
+    md = re.sub(r"^(#{2,5}) ", lambda m: "#" + m.group(1) + " ", md.strip(), flags=re.M)
+    return re.sub(r"\]\((?!https?:|/|results/)([^)]+\.png)\)", rf"](results/{folder}/\1)", md)
+
+
+def _markdown_file_block(folder: str, name: str) -> Callable[[Path], str]:
+    """A committed markdown file of ``results/<folder>`` (a paper script's own tables, e.g. bench/deepblur.py's)."""
+    def render(results_dir: Path) -> str:
+        path = results_dir / folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: README's block is generated from it "
+                                    f"(see the command in {results_dir / folder / 'COMMAND'})")
+        cmd = _command(results_dir, folder)
+        return _nested(path.read_text(), folder) + (f"\n\nCommand: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/`."
     return render
 
 
@@ -194,6 +211,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "mixing": _per_setting_block("mixing-ci"),
     "keyed-projection": _keyed_block,
     "advface": _experiment_block("advface-quick", "advface"),
+    "deepblur": _markdown_file_block("deepblur-quick", "deepblur_experiment_50x10.md"),
 }
 
 
