@@ -88,3 +88,21 @@ def test_student_training_resumes_from_its_checkpoint_exactly(data_root, monkeyp
     resumed, log = distill.train_student(d, cfg, data_root, progress=False, checkpoint=ckpt)
     assert log["steps"] == ref_log["steps"] == 9 and log["final_loss"] == ref_log["final_loss"]
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), resumed.state_dict().values(), strict=True))
+
+
+def test_plain_split_maps_get_the_server_part_student(lfw_sample, dlib_model):
+    """AdvFace's Table 2 reference ("Ψ retrained on plain z"): the named server-part student is made for the plain
+    res1 maps too, and starts as the deployed Ψ (same embeddings as the unsplit recogniser)."""
+    from faceveil.defenses import get_defense
+    from faceveil.train.advface_student import STUDENT_NAME, ServerPartStudent
+    from faceveil.train.distill import DistillConfig, make_student
+
+    plain = get_defense("none", transmit="res1", recognizer=dlib_model)
+    x = to_tensor(lfw_sample[1][:4])
+    z = plain.protect(x)
+    student = make_student(z[0], DistillConfig(student=STUDENT_NAME), defense=plain)
+    assert isinstance(student, ServerPartStudent)
+    with torch.no_grad():
+        torch.testing.assert_close(student.eval()(z), dlib_model(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="server-part student needs split maps"):
+        make_student(torch.zeros(128), DistillConfig(student=STUDENT_NAME), defense=get_defense("none"))

@@ -55,6 +55,16 @@ class NoDefense(Defense):
             return nn.Identity()
         return self._split()[1]
 
+    def make_student(self, sample: Tensor, cfg) -> nn.Module:
+        """The named server-part student for plain split maps: a trainable copy of the recogniser's layers after
+        the cut (:class:`~faceveil.models.students.ServerPartStudent`), the same-budget reference of AdvFace's
+        offline server (its Table 2 row "Ψ retrained on plain z")."""
+        if self.input_kind != "map":
+            raise ValueError(f"none: a server-part student needs split maps (transmit=<layer>), not {self.transmit!r}")
+        from faceveil.models.students import ServerPartStudent
+
+        return ServerPartStudent(self.transmit, self.recognizer.name)
+
     def stored_shape(self) -> tuple[int, ...]:
         if self.transmit == "image":
             return super().stored_shape()
