@@ -66,7 +66,7 @@ def test_an_experiment_block_is_its_markdown_under_the_readme_section(tmp_path):
     text = render_readme("<!-- results:advface -->\n<!-- /results:advface -->", tmp_path)
     assert "#### Table 1 analogue" in text and "| 1 | 2 |" in text  # one heading level down
     assert "![Fig. 3/4 analogue](results/advface-quick/advface_fig3_eps.png)" in text  # links into the folder
-    assert "Command: `faceveil bench --profile quick --defenses advface --out results/advface-quick` (30 min)" in text
+    assert "Command: `faceveil bench --profile quick --defenses advface --out results/advface-quick`." in text
     r["experiments"]["advface"]["status"] = "failed"
     (folder / "results.json").write_text(json.dumps(r))
     with pytest.raises(ValueError, match="no finished 'advface' experiment"):

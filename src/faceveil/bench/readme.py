@@ -178,9 +178,8 @@ def _experiment_block(folder: str, name: str) -> Callable[[Path], str]:
             raise ValueError(f"results/{folder}/results.json has no finished {name!r} experiment "
                              f"({(exp or {}).get('status', 'missing')})")
         cmd = _command(results_dir, folder)
-        took = f" ({exp['seconds'] / 60:.0f} min)" if exp.get("seconds") else ""
         return (_nested(exp["markdown"], folder) + f"\n\n{r['profile']} profile, seed {r['seed']}."
-                + (f" Command: `{cmd}`{took}." if cmd else "") + f" Data: `results/{folder}/`.")
+                + (f" Command: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/`.")
     return render
 
 

@@ -257,7 +257,7 @@ def run(ctx: ExperimentContext) -> dict:
         rows.append(["unprotected (plain z)", "channel = database", *_row_metrics(r and r["metrics"]["reconstruction"]),
                      "0.93 / 27.87 / 97.40"])
         for label, d in (("random perturbation (40 steps, α = 0.2, each step ≤ ε = 0.2)", rand),
-                         ("random perturbation, total-ball reading (|δ| ≤ ε = 0.2)", rand_total),
+                         ("random perturbation, total-ball reading (δ within ±ε = 0.2)", rand_total),
                          ("Laplace DP (ε=1/coord.)", dp)):
             r, err = attempt(capped_privacy, d, "resrec", ctx)
             note(f"t1/{label}", err)

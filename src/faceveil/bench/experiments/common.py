@@ -33,12 +33,13 @@ def privacy(defense: Defense, attack: str, ctx: ExperimentContext, view: str | N
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:
+    """A markdown table; a ``|`` inside a cell is escaped (it would start a new column)."""
     def fmt(v) -> str:
         if isinstance(v, float):
             return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
-        return str(v)
+        return str(v).replace("|", "\\|")
 
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out = ["| " + " | ".join(str(h).replace("|", "\\|") for h in headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(out)
 
