@@ -122,8 +122,13 @@ def use_precision(spec: str) -> str:
 
 
 def current_precision() -> str:
-    """This process's precision (``FACEVEIL_PRECISION``; default fp32)."""
-    return resolve_precision(os.environ.get(PRECISION_ENV) or "fp32")
+    """This process's precision (``FACEVEIL_PRECISION``; default fp32). Only the name is checked here: it is read
+    by every cache key (:func:`faceveil.config.config_hash`), and :func:`use_precision` has checked it against the
+    device when it was set."""
+    p = (os.environ.get(PRECISION_ENV) or "fp32").strip().lower()
+    if p not in PRECISIONS:
+        raise FaceveilDeviceError(f"{PRECISION_ENV}={p!r}: unknown precision; use one of {', '.join(PRECISIONS)}")
+    return p
 
 
 def autocast(dev: torch.device | str | None = None) -> AbstractContextManager:

@@ -151,16 +151,19 @@ class Bounds:
         return None
 
 
-def _in_chain(e: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """``e`` or the first exception of type ``kind`` among its causes / contexts."""
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    """``e``, then its causes / contexts (each once)."""
     seen: set[int] = set()
     x: BaseException | None = e
     while x is not None and id(x) not in seen:
         seen.add(id(x))
-        if isinstance(x, kind):
-            return x
+        yield x
         x = x.__cause__ or x.__context__
-    return None
+
+
+def _in_chain(e: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``e`` or the first exception of type ``kind`` among its causes / contexts."""
+    return next((x for x in _chain(e) if isinstance(x, kind)), None)
 
 
 def _where(tb: TracebackType | None = None, frame: FrameType | None = None) -> str:
@@ -183,16 +186,8 @@ def _where(tb: TracebackType | None = None, frame: FrameType | None = None) -> s
 def is_memory_error(e: BaseException) -> bool:
     """True for an allocation failure: ``MemoryError`` or torch's/dlib's native equivalents,
     also when wrapped (``raise ... from``) in another exception."""
-    seen: set[int] = set()
-    x: BaseException | None = e
-    while x is not None and id(x) not in seen:
-        seen.add(id(x))
-        if isinstance(x, MemoryError):
-            return True
-        if isinstance(x, RuntimeError | OSError) and any(m in str(x).lower() for m in _MEMORY_MESSAGES):
-            return True
-        x = x.__cause__ or x.__context__
-    return False
+    return any(isinstance(x, MemoryError) or isinstance(x, RuntimeError | OSError)
+               and any(m in str(x).lower() for m in _MEMORY_MESSAGES) for x in _chain(e))
 
 
 def resolve(memory_gb: float | None, seconds: float | None) -> tuple[float | None, float | None]:

@@ -85,51 +85,10 @@ class RidgeDecoder(nn.Module):
         return y.reshape(len(x), 3, self.target_size, self.target_size)
 
 
-class _Moments:
-    """Float64 sums ``n, sum x, sum y, sum y^2 (per pixel), X^T X, X^T Y``, updated by chunks of rows."""
-
-    def __init__(self, d: int, m: int) -> None:
-        self.n = 0
-        self.sx, self.sy, self.syy = torch.zeros(d, dtype=torch.float64), torch.zeros(m, dtype=torch.float64), \
-            torch.zeros(m, dtype=torch.float64)
-        self.sxx = torch.zeros(d, d, dtype=torch.float64)
-        self.sxy = torch.zeros(d, m, dtype=torch.float64)
-        self._x: list[Tensor] = []
-        self._y: list[Tensor] = []
-        self._rows = 0
-
-    def add(self, x: Tensor, y: Tensor) -> None:
-        if len(x):
-            self._x.append(x)
-            self._y.append(y)
-            self._rows += len(x)
-        if self._rows >= CHUNK_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._rows:
-            return
-        x, y = torch.cat(self._x).double(), torch.cat(self._y).double()
-        self._x, self._y, self._rows = [], [], 0
-        self.n += len(x)
-        self.sx += x.sum(0)
-        self.sy += y.sum(0)
-        self.syy += (y * y).sum(0)
-        self.sxx.addmm_(x.T, x)
-        self.sxy.addmm_(x.T, y)
-
-    def add_rows(self, rows: _Rows) -> _Moments:
-        """Add the held-out ``rows`` to these sums (the refit on training + validation pairs)."""
-        for x, y in zip(rows.x, rows.y, strict=True):
-            self.add(x, y)
-        self.flush()
-        return self
-
-
 class _Rows:
-    """The held-out validation pairs kept as rows (features in float64, targets as given): a tenth of the
-    samples, far smaller than a second ``d x m`` float64 accumulator (200 MB for a 2,048-D input and 64-px
-    targets), and the validation path needs their moments on a subset of the pixels only."""
+    """Pairs kept as rows (features and targets as given): the chunk buffer of :class:`_Moments`, and the held-out
+    validation pairs — a tenth of the samples, far smaller than a second ``d x m`` float64 accumulator (200 MB for
+    a 2,048-D input and 64-px targets); the validation path needs their moments on a subset of the pixels only."""
 
     def __init__(self) -> None:
         self.x: list[Tensor] = []
@@ -145,6 +104,42 @@ class _Rows:
     def centred(self, mx: Tensor, my: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
         """The rows minus the training means, targets on the pixel columns ``cols``, in float64."""
         return torch.cat(self.x).double() - mx, torch.cat([y[:, cols] for y in self.y]).double() - my[cols]
+
+
+class _Moments:
+    """Float64 sums ``n, sum x, sum y, sum y^2 (per pixel), X^T X, X^T Y``, updated by chunks of rows."""
+
+    def __init__(self, d: int, m: int) -> None:
+        self.n = 0
+        self.sx, self.sy, self.syy = torch.zeros(d, dtype=torch.float64), torch.zeros(m, dtype=torch.float64), \
+            torch.zeros(m, dtype=torch.float64)
+        self.sxx = torch.zeros(d, d, dtype=torch.float64)
+        self.sxy = torch.zeros(d, m, dtype=torch.float64)
+        self._chunk = _Rows()
+
+    def add(self, x: Tensor, y: Tensor) -> None:
+        self._chunk.add(x, y)
+        if self._chunk.n >= CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._chunk.n:
+            return
+        x, y = torch.cat(self._chunk.x).double(), torch.cat(self._chunk.y).double()
+        self._chunk = _Rows()
+        self.n += len(x)
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.syy += (y * y).sum(0)
+        self.sxx.addmm_(x.T, x)
+        self.sxy.addmm_(x.T, y)
+
+    def add_rows(self, rows: _Rows) -> _Moments:
+        """Add the held-out ``rows`` to these sums (the refit on training + validation pairs)."""
+        for x, y in zip(rows.x, rows.y, strict=True):
+            self.add(x, y)
+        self.flush()
+        return self
 
 
 def _centre_(sxy: Tensor, sx: Tensor, sy: Tensor, mx: Tensor, my: Tensor, n: int) -> Tensor:

@@ -232,22 +232,18 @@ def obfuscations(cfg: DeepBlurExperiment, x: Tensor, blocks: Blocks, progress: b
         out[name], info[name] = t, {"config": d.config(), "ms_per_face": ms, "key": config_hash(d.config(), cfg.seed)}
     db = get_defense("deepblur", **cfg.deepblur)
     w, ms, loss = deepblur_latents(db, x, blocks, progress)
-    for s in cfg.sigmas:
-        label = f"deepblur σ={s:g}"
-        out[label] = torch.cat([_u8(db.protect_sigmas(_f(x[i : i + 64]), [s], w[i : i + 64])[float(s)])
-                                for i in range(0, len(x), 64)])
-        conf = db.config() | {"sigma": float(s)}
-        info[label] = {"config": conf, "ms_per_face": ms, "key": config_hash(conf, db.gen.source),
-                       "note": "one latent search shared by every sigma"}
-    # the literal eq. 2 (mirrored borders) from the same latents: the inversion does not depend on the border
+    # one latent search for every sigma and both borders (the inversion does not depend on either): the default
+    # average border, and the literal eq. 2 with mirrored borders
     dbr = get_defense("deepblur", **{**cfg.deepblur, "border": "reflect"})
-    for s in cfg.reflect_sigmas:
-        label = f"{REFLECT_PREFIX}{s:g}"
-        out[label] = torch.cat([_u8(dbr.protect_sigmas(_f(x[i : i + 64]), [s], w[i : i + 64])[float(s)])
-                                for i in range(0, len(x), 64)])
-        conf = dbr.config() | {"sigma": float(s)}
-        info[label] = {"config": conf, "ms_per_face": ms, "key": config_hash(conf, db.gen.source),
-                       "note": "the literal eq. 2 (border reflect); latents shared with the average border"}
+    for d, sigmas, prefix, note in (
+            (db, cfg.sigmas, "deepblur σ=", "one latent search shared by every sigma"),
+            (dbr, cfg.reflect_sigmas, REFLECT_PREFIX, "the literal eq. 2 (border reflect); latents shared with the average border")):
+        for s in sigmas:
+            label = f"{prefix}{s:g}"
+            out[label] = torch.cat([_u8(d.protect_sigmas(_f(x[i : i + 64]), [s], w[i : i + 64])[float(s)])
+                                    for i in range(0, len(x), 64)])
+            conf = d.config() | {"sigma": float(s)}
+            info[label] = {"config": conf, "ms_per_face": ms, "key": config_hash(conf, db.gen.source), "note": note}
     with torch.no_grad():
         loss0 = db.inversion_loss(_f(x[:16]), db.average_latent().expand(min(16, len(x)), *w.shape[1:]))
     info["deepblur inversion"] = {"loss_mean": float(loss.mean()), "loss_at_average_face_first16": float(loss0.mean()),
