@@ -7,7 +7,16 @@ import dataclasses
 import pytest
 import torch
 
-from faceveil.bench.experiments.pmt import DEPTH_CUTS, PMT_BUDGETS, Evaluator, cut_depth, cut_depth_md
+from faceveil.bench.experiments.pmt import (
+    ABLATIONS,
+    DEPTH_CUTS,
+    PMT_BUDGETS,
+    Evaluator,
+    cut_depth,
+    cut_depth_md,
+    pmt,
+    strict_accuracy,
+)
 from faceveil.bench.plan import ExperimentContext
 from faceveil.data.datasets import LFW
 from faceveil.defenses.pmt import DEFAULT_CUTS, _shared_recognizer
@@ -36,3 +45,27 @@ def test_cut_depth_rows(data_root, tmp_path):
     assert a == (32, 35, 35) and b[1] < a[1]
     assert all(0 <= r["strict"]["dlib"] <= 1 and -1 <= r["ssim"] <= 1 for r in res["rows"])
     assert "res4" in "\n".join(cut_depth_md(res, ["dlib"]))
+
+
+def test_strict_accuracy_of_eq_10_on_a_constructed_case():
+    """Eq. 10 on five probes with a known answer: only a probe whose upload stays its own (cos > κ), is accepted
+    against its genuine reference and rejected against its impostor counts — 1 of 5 here, 3 of 5 without the
+    own-cosine term (the pair decisions alone)."""
+    cos_own = torch.tensor([0.9, 0.1, 0.9, 0.9, 0.19])
+    genuine = torch.tensor([True, True, True, False, True])
+    impostor = torch.tensor([False, False, True, False, False])
+    assert strict_accuracy(cos_own, genuine, impostor, kappa=0.2) == pytest.approx(1 / 5)
+    assert strict_accuracy(None, genuine, impostor) == pytest.approx(3 / 5)
+    assert strict_accuracy(cos_own, genuine, impostor, kappa=0.05) == pytest.approx(3 / 5)
+
+
+def test_table_10_is_every_combination_of_algorithm_2s_enhancements():
+    """Table 10: augmentation, layer aggregation and the TI kernel on and off, 2^3 distinct PMT configurations, the
+    default among them; Table 5 is the TI kernel's."""
+    title = next(t for t in ABLATIONS if t.startswith("Table 10"))
+    budget = PMT_BUDGETS["ci"]
+    cfgs = [pmt(budget, **kw).config() for _, kw in ABLATIONS[title]]
+    keys = {(c["augment"] != "none", c["aggregate"] != "", c["kernel"] != "none") for c in cfgs}
+    assert len(cfgs) == 8 and len(keys) == 8
+    assert pmt(budget).config() in cfgs
+    assert any(t.startswith("Table 5") and "TI kernel" in t for t in ABLATIONS)

@@ -127,3 +127,18 @@ def test_each_defense_has_its_own_section_with_its_rows_and_experiment(tmp_path)
     assert "Utility:" not in laplace and "| laplace | dn |" in laplace
     assert "#### Experiments: laplace" in laplace and "LAPLACE TABLE 1" in laplace
     assert "| laplace | dn |" not in blur
+
+
+def test_rejudged_table_puts_the_old_verdict_beside_the_new():
+    from faceveil.bench.report import utility_rows
+    from faceveil.bench.verdicts import rejudged_table
+
+    r = results()
+    md = rejudged_table(privacy_rows(r), ("nbnet",), utility_rows(r))
+    row = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ") and " | " in line}
+    # blur: dn (database) was the worst case without nbnet (40 % type II: leaks); nbnet breaks it
+    assert "| dn (database) | 40.0 | leaks | nbnet (channel): 90.0 / 62.0 | 30.0 |" in row["blur"]
+    assert row["blur"].endswith("| nbnet (channel): 62.0 | **broken** (was leaks) |")
+    # laplace: nbnet never ran there; the verdict stands
+    assert "| not run | — |" in row["laplace"] and row["laplace"].endswith("**holds** |")
+    assert "| (none judged) | — | unjudged | not run |" in row["pmt"]

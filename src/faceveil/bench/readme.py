@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from faceveil.bench.report import BASELINES, FLOOR_ATTACK, privacy_rows
-from faceveil.bench.verdicts import verdict_table
+from faceveil.bench.verdicts import rejudged_table, verdict_table
 from faceveil.storage import write_text_atomic
 
 BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
@@ -116,6 +116,51 @@ def _verdicts_block(folder: str) -> Callable[[Path], str]:
     return render
 
 
+def _rejudged_block(folder: str) -> Callable[[Path], str]:
+    """Every defense re-judged: a bench run whose attack list extends its profile's suite (``--attacks``), each
+    setting's verdict before and after the attacks it added (:func:`rejudged_table`)."""
+    def render(results_dir: Path) -> str:
+        from faceveil.bench.plan import attack_suite
+        from faceveil.bench.report import utility_rows
+
+        r = _load(results_dir, folder)
+        suite = attack_suite(r["profile"])
+        added = [a for a in r.get("attacks", []) if a not in suite]
+        if not added:
+            raise ValueError(f"results/{folder} ran only its profile's suite ({', '.join(suite)}): nothing was re-judged")
+        cmd = _command(results_dir, folder)
+        return (rejudged_table(privacy_rows(r), added, utility_rows(r))
+                + f"\n\n{r['profile']} profile, seed {r['seed']}; the profile's suite: {', '.join(suite)}; added: "
+                f"{', '.join(added)}; {len(r['cells'])} cells, {r['failed']} failed." + (f" Command: `{cmd}`." if cmd else "")
+                + f" Data: `results/{folder}/` (report: `results/{folder}/report.md`).")
+    return render
+
+
+def _verdicts_and_measures(r: dict) -> list[str]:
+    """A run's verdict table and, where its utility cells measured them, its ISO/IEC 24745 table."""
+    from faceveil.bench.protection import protection_table
+    from faceveil.bench.report import utility_rows
+
+    prows = privacy_rows(r)
+    return [verdict_table(prows, utility_rows(r))] + [t for t in (protection_table(r, prows),) if t]
+
+
+def _protection_block(folder: str) -> Callable[[Path], str]:
+    """faceveil's protection beside the seed defenses from one run: the verdict table (worst case over the suite),
+    the ISO/IEC 24745 table and the privacy-utility plot (accuracy vs worst-case type-II SAR, the protection's
+    curve along its strength parameter overlaid)."""
+    def render(results_dir: Path) -> str:
+        r = _load(results_dir, folder)
+        parts = _verdicts_and_measures(r)
+        if (results_dir / folder / "privacy_utility.png").is_file():
+            parts.append(f"![privacy-utility: accuracy vs worst-case type-II SAR](results/{folder}/privacy_utility.png)")
+        cmd = _command(results_dir, folder)
+        return "\n\n".join(parts) + (f"\n\n{r['profile']} profile, seed {r['seed']}; attacks: {', '.join(r.get('attacks', []))}; "
+                                      f"{len(r['cells'])} cells, {r['failed']} failed." + (f" Command: `{cmd}`." if cmd else "")
+                                      + f" Data: `results/{folder}/` (report: `results/{folder}/report.md`).")
+    return render
+
+
 def _main_job_block(results_dir: Path) -> str:
     """How long the main job takes from empty caches and re-run, and its peak memory (``bench/main_job.py
     --record results/bench/timing.json``), with where the cold run's cell time went."""
@@ -138,16 +183,11 @@ def _keyed_block(results_dir: Path) -> str:
     """faceveil's own protection: the verdicts of its bench settings (worst case over the suite run), its
     template-protection measures, and its experiment along the template length."""
     from faceveil.bench.experiments.keyed_projection import markdown as keyed_markdown
-    from faceveil.bench.protection import protection_table
-    from faceveil.bench.report import utility_rows
 
     folder = "keyed-projection"
     r = _load(results_dir, folder)
     cmd = _command(results_dir, folder)
-    prows = privacy_rows(r)
-    parts = [verdict_table(prows, utility_rows(r))]
-    if table := protection_table(r, prows):
-        parts.append(table)
+    parts = _verdicts_and_measures(r)
     es = [(lab, json.loads((results_dir / folder / "ganinv-es" / f"{f}.json").read_text()))
           for lab, f in (("(a) key secret", "a-key-secret"), ("(b) key known", "b-key-known"))
           if (results_dir / folder / "ganinv-es" / f"{f}.json").is_file()]
@@ -206,10 +246,12 @@ def _markdown_file_block(folder: str, name: str) -> Callable[[Path], str]:
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "template-inversion": _inversion_block,
     "verdicts": _verdicts_block("bench"),
+    "rejudged": _rejudged_block("rejudged-fast"),
     "main-job": _main_job_block,
     "mixing": _per_setting_block("mixing-ci"),
     "keyed-projection": _keyed_block,
     "advface": _experiment_block("advface-quick", "advface"),
+    "facemix": _experiment_block("facemix-ci", "facemix"),
     "deepblur": _markdown_file_block("deepblur-quick", "deepblur_experiment_50x10.md"),
 }
 

@@ -148,6 +148,36 @@ def verdict_table(prows: list[dict], urows: list[dict] | None = None) -> str:
     return "\n".join(out + ["", VERDICT_RULE])
 
 
+def rejudged_table(prows: list[dict], added: Iterable[str], urows: list[dict] | None = None) -> str:
+    """Markdown: every defense setting judged twice from one run, before and after the ``added`` attacks joined the
+    suite (issue 32's re-judging: the old verdict is the worst case over the other attacks, the new one over all),
+    with the added attacks' own best type-II SAR, so a verdict that moved shows which attack moved it."""
+    added = tuple(added)
+    best = best_servers(urows or [])
+    before = {w["setting"]: w for w in worst_cases(r for r in prows if r["attack"] not in added)}
+    only = {w["setting"]: w for w in worst_cases(r for r in prows if r["attack"] in added)}
+    head = ("| defense setting | LFW acc % (best server) | before: worst case | SAR II % | verdict before | "
+            f"best of {' / '.join(added)}: SAR I / II % | judge SAR II % | after: worst case | verdict after |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def worst_s(w: dict | None) -> str:
+        r = w and w["worst"]
+        return "(none judged)" if not r else f"{r['attack']} ({r['leakage']})"
+
+    for w in worst_cases(prows):
+        acc, server = best.get(w["setting"], (None, ""))
+        b, a = before.get(w["setting"]), only.get(w["setting"])
+        rb, ra = b and b["worst"], a and a["worst"]
+        new = f"{ra['attack']} ({ra['leakage']}): {_pct(ra.get('SAR_I@1e-3'))} / {_pct(ra.get('SAR_II@1e-3'))}" if ra else "not run"
+        vb, va = (b or {}).get("verdict", "unjudged"), w["verdict"]
+        out.append(
+            f"| {w['setting']} | {'—' if acc is None else f'{100 * acc:.1f} ({server})'} | {worst_s(b)} | "
+            f"{_pct(type_two(rb)) if rb else '—'} | {vb} | {new} | {_pct(ra.get('judge_SAR_II@1e-3')) if ra else '—'} | "
+            f"{worst_s(w)}: {_pct(type_two(w['worst'])) if w['worst'] else '—'} | "
+            f"**{va}**{'' if va == vb else f' (was {vb})'} |")
+    return "\n".join(out + ["", VERDICT_RULE])
+
+
 def paper_claim(defense: str, setting: str) -> str:
     """What the defense's paper claims for the verdict table's quantities (LFW accuracy, its attack's SRRA), with
     the table it comes from; "—" where it claims neither (its recogniser and attack, not ours)."""

@@ -26,8 +26,13 @@ Algorithm 2 (perturbation enhancement, Section 5.3), each switchable:
   ``aug_noise``, the default; ``affine`` — rotation ±10°, scale 0.9..1.1, shift ±5 %; ``mix`` — the
   affine map followed by the noise). ``T`` simulates the preprocessing a server may apply.
 - layer aggregation (``aggregate``): the matched representation concatenates the cut layer with
-  the listed earlier layers of ``E_c``, each average-pooled (adaptive average pooling) to the cut
-  layer's spatial size.
+  earlier layers of ``E_c``, each average-pooled (adaptive average pooling) to the cut layer's
+  spatial size. On by default, the paper's chosen setting: ``aggregate="default"`` matches three
+  earlier layers of every authorised model (:data:`DEFAULT_AGGREGATE`: dlib's conv1, relu1 and
+  pool1; faceres's conv1+bn, its ReLU6 and the first depthwise convolution; mobilefacenet's first
+  convolution, its PReLU and the separable block's output); ``""`` matches the cut alone; a
+  comma-separated list names layers of ``model`` (the other authorised models then match their cut
+  alone).
 - translation-invariant perturbation (``kernel``, ``kernel_length`` = k): the gradient is
   convolved, per channel, with a normalised kernel ``W`` of support ``[-k, k]^2`` before its sign
   is taken — ``gaussian``: ``exp(-i^2 / 2 s^2)`` with ``s = k / sqrt(3)`` (the std of a uniform
@@ -43,8 +48,9 @@ per-sample positive factor, which signed steps ignore — Algorithm 1 is unchang
 the relative error ``||f - z||^2 / ||z||^2`` (:func:`block_errors`).
 
 Defaults (a CPU budget, not the paper's): K = 100 iterations of alpha = 0.01 (2.55 grey levels),
-Gaussian-noise start, noise augmentation (std 0.02), Gaussian TI kernel of length 1 (3x3) — the
-enhanced PMT of Algorithm 2; ``augment="none", kernel="none"`` is Algorithm 1 exactly.
+Gaussian-noise start, noise augmentation (std 0.02), layer aggregation, Gaussian TI kernel of length
+1 (3x3) — the enhanced PMT of Algorithm 2; ``augment="none", aggregate="", kernel="none"`` is
+Algorithm 1 exactly.
 
 Shallow models (:data:`DEFAULT_CUTS`, "the first five layers" of each recogniser):
 
@@ -92,6 +98,14 @@ DEFAULT_CUTS: dict[str, str] = {
     "dlib": "res1",
     "mobilefacenet": "MobileFaceNet/MobileFaceNet/Conv/BatchNorm/FusedBatchNorm",
     "faceres": "conv_dw_1_bn/batchnorm_1/add_1",
+}
+#: Algorithm 2's layer aggregation by default (``aggregate="default"``): three layers of ``E_c`` before the
+#: default cut of each authorised model, earliest first
+DEFAULT_AGGREGATE: dict[str, tuple[str, ...]] = {
+    "dlib": ("conv1", "relu1", "pool1"),
+    "mobilefacenet": ("MobileFaceNet/MobileFaceNet/Conv2d_0/BatchNorm/FusedBatchNorm", "MobileFaceNet/MobileFaceNet/Conv2d_0/add",
+                      "MobileFaceNet/MobileFaceNet/SeparableConv2d/add"),
+    "faceres": ("conv1_bn/batchnorm_1/add_1", "conv1_relu/clip_by_value", "conv_dw_1/depthwise"),
 }
 UPLOADS = ("image", "features")
 INITS = ("noise", "shuffle", "blur")
@@ -237,6 +251,13 @@ def resolve_cut(recognizer: Recognizer, at: str | int | None) -> str:
     return at
 
 
+def default_aggregate(recognizer: Recognizer, cut: str) -> list[str]:
+    """The layers :data:`DEFAULT_AGGREGATE` lists for ``recognizer`` that lie before ``cut`` (none for a recogniser
+    it does not list)."""
+    order = recognizer.layer_names()
+    return [a for a in DEFAULT_AGGREGATE.get(recognizer.name, ()) if a in order and order.index(a) < order.index(cut)]
+
+
 class ShallowModel(nn.Module):
     """``E_c`` of one authorised recogniser as PMT matches it: images in the ``crop`` geometry (any
     size) -> re-cropped/resized to the recogniser's input -> the cut layer's features, concatenated
@@ -324,14 +345,15 @@ class PMT(Defense):
         "init": "x~_0: noise (Gaussian) | shuffle (random pixel order) | blur (heavy Gaussian blur)",
         "augment": "Algorithm 2 augmentation T applied to x and x~: none | noise | affine | mix",
         "aug_noise": "std of the Gaussian-noise augmentation (pixel units)",
-        "aggregate": "Algorithm 2 layer aggregation: comma-separated earlier layers of `model` to match too",
+        "aggregate": ("Algorithm 2 layer aggregation: default (three layers of each authorised E_c, the paper's "
+                      "setting) | empty (the cut alone) | comma-separated earlier layers of `model`"),
         "kernel": "translation-invariant step: gaussian | linear | none",
         "kernel_length": "kernel half-width k (support [-k,k]; gaussian sigma = k/sqrt(3)); 0 = off",
     }
 
     def __init__(self, *, upload: str = "image", model: str = "dlib", at: str = "", models: str = "",
                  iterations: int = 100, alpha: float = 0.01, init: str = "noise", augment: str = "noise",
-                 aug_noise: float = 0.02, aggregate: str = "", kernel: str = "gaussian", kernel_length: int = 1,
+                 aug_noise: float = 0.02, aggregate: str = "default", kernel: str = "gaussian", kernel_length: int = 1,
                  recognizer: Recognizer | None = None) -> None:
         if upload not in UPLOADS:
             raise ValueError(f"pmt: upload must be one of {UPLOADS}, got {upload!r}")
@@ -363,7 +385,10 @@ class PMT(Defense):
         self.kernel, self.kernel_length = kernel, kernel_length
         self.authorised = [model] + [n for n in names if n != model]
         self.cut = resolve_cut(self.recognizer, at)
-        agg = [a.strip() for a in aggregate.split(",") if a.strip()]
+        if not isinstance(aggregate, str):
+            raise ValueError(f"pmt: aggregate must be 'default', '' or comma-separated layer names, got {aggregate!r}")
+        default = aggregate.strip() == "default"
+        agg = default_aggregate(self.recognizer, self.cut) if default else [a.strip() for a in aggregate.split(",") if a.strip()]
         order = self.recognizer.layer_names()
         for a in agg:
             if a not in order or order.index(a) >= order.index(self.cut):
@@ -372,7 +397,8 @@ class PMT(Defense):
         shallow = [ShallowModel(self.recognizer, self.cut, agg, crop)]
         for n in self.authorised[1:]:
             rec = _shared_recognizer(n)
-            shallow.append(ShallowModel(rec, resolve_cut(rec, None), (), crop))
+            cut = resolve_cut(rec, None)
+            shallow.append(ShallowModel(rec, cut, default_aggregate(rec, cut) if default else (), crop))
         self.shallow = shallow
         self._parts: tuple[nn.Module, nn.Module] | None = None
 

@@ -26,10 +26,12 @@ def table7_md(res: dict, models: list[str], evaluated: list[str]) -> list[str]:
                 cells = [res[kind][a][b][rule] for b in evaluated]
                 unauth = [res[kind][a][b][rule]["strict"] for b in models if b != a]
                 label = f"PMT for **{a}**" if kind == "pmt" else f"*clean, {a} crop*"
-                rows.append([label] + [f"{_pct(c['strict'])} ({_pct(c['tar'])}/{_pct(c['far'])})" for c in cells]
+                rows.append([label] + [f"{_pct(c['strict'])} [{_pct(c.get('strict_pairs'))}] ({_pct(c['tar'])}/{_pct(c['far'])})"
+                                       for c in cells]
                             + [_pct(float(np.mean(unauth))) if unauth else "—",
                                "≈99 / <10" if kind == "pmt" else ""])
-        md += [f"**Rule: {title}.** Cells: strict % (TAR % / FAR %); diagonal = authorised.", "",
+        md += [f"**Rule: {title}.** Cells: strict % of eq. 10 [the pair decisions alone, without its "
+               "cos(f(x~), f(x)) > κ term] (TAR % / FAR %); diagonal = authorised.", "",
                md_table(["upload"] + [f"eval {b}" for b in evaluated] + [f"unauthorised mean ({', '.join(models)})",
                                                                         "paper (auth / unauth avg)"], rows), ""]
     rows = [[f"PMT for {a}"] + [f"{res['pmt'][a][b]['cos_own']:.3f}" for b in evaluated] for a in models]
@@ -40,7 +42,6 @@ def table7_md(res: dict, models: list[str], evaluated: list[str]) -> list[str]:
         md += [f"Evaluated only (not in the unauthorised mean): {', '.join(extra)} — faceres-bgr has the same weights as "
                "faceres (BGR input, cosine): for PMT authorised on faceres it is an unauthorised model whose first layers "
                "share E_c's weights but see the colour channels swapped.", ""]
-    return md
     return md
 
 
