@@ -116,3 +116,13 @@ def test_grid_rows_carry_their_labels_in_the_image(tmp_path):
     assert (row[2] < 128).sum() == 0  # an empty label draws nothing
     with pytest.raises(ValueError, match="2 labels for 3"):
         image_grid(rows, tmp_path / "h.png", labels=["a", "b"])
+
+
+def test_grid_labels_draw_greek_letters():
+    """Setting labels carry ε, σ, α (AdvFace ε=0.2, DeepBlur σ=2, PMT α=0.02): the label font has their glyphs
+    (PIL's built-in font drew them as the same missing-glyph box)."""
+    from faceveil.bench.privacy.figures import _label_font
+
+    font = _label_font(12)
+    glyphs = {ch: bytes(font.getmask(ch)) for ch in "εσα\uffff"}  # the last: a code point no font draws
+    assert len(set(glyphs.values())) == 4

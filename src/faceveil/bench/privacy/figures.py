@@ -49,11 +49,24 @@ def _wrap(text: str, font, width: int) -> list[str]:
     return lines + ([cur] if cur else [])
 
 
+def _label_font(size: int):
+    """DejaVu Sans as matplotlib ships it (labels carry Greek letters: ε, σ, α, which PIL's built-in font draws as
+    boxes); PIL's built-in font if matplotlib's cannot be found."""
+    from PIL import ImageFont
+
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=False), size)
+    except (ImportError, ValueError, OSError):
+        return ImageFont.load_default(size=size)
+
+
 def image_grid(rows: list[Tensor], path: Path, pad: int = 2, labels: list[str] | None = None,
                label_width: int = 230) -> Path:
     """Save rows of equally sized images ``[N,3,S,S]`` as one PNG (atomically); ``labels``: one text per row,
     drawn in a left margin ``label_width`` pixels wide (so a reader need not count rows)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     from faceveil.data.io import write_image
 
@@ -71,7 +84,7 @@ def image_grid(rows: list[Tensor], path: Path, pad: int = 2, labels: list[str] |
         img = Image.fromarray(arr)
         draw = ImageDraw.Draw(img)
         size = max(9, min(13, s // 5))
-        font = ImageFont.load_default(size=size)
+        font = _label_font(size)
         for r, text in enumerate(labels):
             lines = _wrap(text, font, margin - 8)
             max_lines = max(1, (s - 2) // (size + 2))
