@@ -83,3 +83,16 @@ def test_a_markdown_file_block_embeds_the_committed_file(tmp_path):
     text = render_readme("<!-- results:deepblur -->\n<!-- /results:deepblur -->", tmp_path)
     assert "#### Table 1 analogue" in text and "| blur | 0.6 |" in text
     assert "Command: `python bench/deepblur.py tables --profile quick --out results/deepblur-quick`." in text
+
+
+def test_advface_table2_block_puts_the_readings_side_by_side(tmp_path):
+    d = tmp_path / "advface-table2"
+    d.mkdir()
+    for bound, acc in (("step", 0.61), ("total", 0.97)):
+        row = {"paper": "96.43", "acc_mean": acc, "acc_std": 0.01, "n_pairs": 6000}
+        (d / f"table2-{bound}-quick.json").write_text(json.dumps(
+            {"profile": "quick", "bound": bound, "command": f"python bench/advface.py --table2 --bound {bound}",
+             "rows": {"AdvFace online (deployed Ψ)": row}}))
+    md = render_readme("<!-- results:advface-table2 -->\n<!-- /results:advface-table2 -->", tmp_path)
+    assert "| AdvFace online (deployed Ψ) | 61.00 ± 1.00 (6000 pairs) | 97.00 ± 1.00 (6000 pairs) | 96.43 |" in md
+    assert "ε per PGD iteration (the paper's), quick shadow | ε as a total ball, quick shadow" in md

@@ -87,7 +87,8 @@ BENCH_PROFILES = {
                 "(10 pairs, 60 steps) where the defense is differentiable, and the defense-specific attacks; judged on "
                 "50 LFW same-pairs; slow clients (DeepBlur, AdvNoise, AdvFace, PMT) protect a fixed number of faces "
                 "per set. Not covered: `cgan`, `nbnet` and the GAN-prior inversions, adapted students for image "
-                "defenses, the paper experiments (`faceveil bench --defenses NAME`); every number is a lower bound "
+                "defenses, the frequency-domain baselines DuetFace and PPFR-FD (megabytes per face), "
+                "the paper experiments (`faceveil bench --defenses NAME`); every number is a lower bound "
                 "on what an attacker can do.")),
     "ci": BenchProfile("ci", utility_per_fold=5, adapted=False, attack_profile="ci", protect_seconds=60, whitebox_pairs=20,
                        covers="the test suite's smoke profile: tiny time-bounded budgets, numbers not meant to be read."),
@@ -128,6 +129,11 @@ SETTINGS: dict[str, list[Setting]] = {
              Setting("none (res1 map)", "none", {"transmit": "res1"}),
              # the attacker who holds the unprotected image holds the face: no attack to train
              Setting("none (image)", "none", {"transmit": "image"}, attacks=())],
+    # the FaceObfuscator and AdvFace papers' frequency-domain baselines send 162 / 105 maps of 112x112 (8.3 / 5.3 MB
+    # per face) and their attackers re-protect every batch: not in the first report (fast); named runs at ci,
+    # quick and full, and rows of FaceObfuscator's Table 3 and AdvFace's Table 2
+    "duetface": [Setting("duetface", "duetface", {}, profiles=("ci", "quick", "full"))],
+    "ppfr-fd": [Setting("ppfr-fd", "ppfr-fd", {}, profiles=("ci", "quick", "full"))],
 }
 
 #: per-defense experiments (paper tables/figures), run when that defense is named in --defenses:

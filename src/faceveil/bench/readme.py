@@ -161,6 +161,25 @@ def _protection_block(folder: str) -> Callable[[Path], str]:
     return render
 
 
+def _advface_table2_block(results_dir: Path) -> str:
+    """AdvFace's Table 2 rows on all 6,000 LFW pairs (``bench/advface.py --table2``), one column per reading of ε
+    measured (``results/advface-table2/table2-<bound>-<profile>.json``)."""
+    runs = [json.loads(p.read_text()) for p in sorted((results_dir / "advface-table2").glob("table2-*.json"))]
+    if not runs:
+        raise FileNotFoundError(f"{results_dir / 'advface-table2'} has no table2-*.json: run "
+                                "`OMP_NUM_THREADS=1 python bench/advface.py --table2 --profile quick --bound step`")
+    reading = {"step": "ε per PGD iteration (the paper's)", "total": "ε as a total ball"}
+    labels = list(dict.fromkeys(label for r in runs for label in r["rows"]))
+    head = "| system | " + " | ".join(f"{reading[r['bound']]}, {r['profile']} shadow" for r in runs) + " | paper |"
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for label in labels:
+        cells = [r["rows"].get(label) for r in runs]
+        paper = next((c["paper"] for c in cells if c and c.get("paper")), "")
+        out.append(f"| {label} | " + " | ".join("—" if c is None else f"{100 * c['acc_mean']:.2f} ± {100 * c['acc_std']:.2f} "
+                                              f"({c['n_pairs']} pairs)" for c in cells) + f" | {paper} |")
+    return "\n".join(out) + "\n\nCommands: " + "; ".join(f"`{r['command']}`" for r in runs) + ". Data: `results/advface-table2/`."
+
+
 def _main_job_block(results_dir: Path) -> str:
     """How long the main job takes from empty caches and re-run, and its peak memory (``bench/main_job.py
     --record results/bench/timing.json``), with where the cold run's cell time went."""
@@ -252,6 +271,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "keyed-projection": _keyed_block,
     "advface": _experiment_block("advface-quick", "advface"),
     "facemix": _experiment_block("facemix-ci", "facemix"),
+    "advface-table2": _advface_table2_block,
     "deepblur": _markdown_file_block("deepblur-quick", "deepblur_experiment_50x10.md"),
 }
 

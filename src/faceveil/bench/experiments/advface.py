@@ -316,6 +316,12 @@ def run(ctx: ExperimentContext) -> dict:
             note(f"t2/{label}", err)
             t2[label] = u
             rows.append([label, _acc(u), T2_METRIC, paper])
+        # the frequency-domain baseline the paper compares with, its server an adapted student (the bench's)
+        for label, name in (("DuetFace (adapted student)", "duetface"),):
+            u, err = attempt(utility_at, get_defense(name), ctx, pf, "adapted", None, T2_METRIC)
+            note(f"t2/{label}", err)
+            t2[label] = u
+            rows.append([label, _acc(u), T2_METRIC, ""])
         md += ["### Table 2 analogue: LFW accuracy", "",
                md_table(["system", "LFW acc % (± std)", "metric", "paper"], rows), "",
                f"{'all' if pf is None else 20 * pf} LFW pairs (10 folds). Online: stored adversarial features vs probes' plain z "

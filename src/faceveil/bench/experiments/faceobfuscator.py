@@ -108,6 +108,9 @@ def _table3(ctx: ExperimentContext, data: dict) -> list[str]:
         ("student, 64 clean BDCT channels (Arcface-FD)", _fo(channels="all", obfuscate=False), None),
         ("student, 2 clean channels (deletion only)", _fo(obfuscate=False), None),
         ("FaceObfuscator (deletion + obfuscation + recovery)", _fo(), "99.68"),
+        # the paper's frequency-domain baselines (Table 3 compares with them), each with its adapted student
+        ("DuetFace (high-frequency YCbCr channels + client masks)", get_defense("duetface"), ""),
+        ("PPFR-FD (DC removed, shuffle-and-mix)", get_defense("ppfr-fd"), ""),
     ]
     for label, d, paper in variants:
         u, err = attempt(utility, d, "adapted", ctx)
