@@ -89,10 +89,11 @@ def test_advface_table2_block_puts_the_readings_side_by_side(tmp_path):
     d = tmp_path / "advface-table2"
     d.mkdir()
     for bound, acc in (("step", 0.61), ("total", 0.97)):
-        row = {"paper": "96.43", "acc_mean": acc, "acc_std": 0.01, "n_pairs": 6000}
+        row = {"paper": "96.43", "acc_mean": acc, "acc_std": 0.01, "n_pairs": 6000, "metric": "cosine"}
         (d / f"table2-{bound}-quick.json").write_text(json.dumps(
             {"profile": "quick", "bound": bound, "command": f"python bench/advface.py --table2 --bound {bound}",
              "rows": {"AdvFace online (deployed Ψ)": row}}))
     md = render_readme("<!-- results:advface-table2 -->\n<!-- /results:advface-table2 -->", tmp_path)
-    assert "| AdvFace online (deployed Ψ) | 61.00 ± 1.00 (6000 pairs) | 97.00 ± 1.00 (6000 pairs) | 96.43 |" in md
+    assert ("| AdvFace online (deployed Ψ) | 61.00 ± 1.00 (6000 pairs, cosine) | 97.00 ± 1.00 (6000 pairs, cosine) | 96.43 |"
+            in md)
     assert "ε per PGD iteration (the paper's), quick shadow | ε as a total ball, quick shadow" in md

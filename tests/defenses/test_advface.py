@@ -242,8 +242,7 @@ def test_shadow_is_trained_once_and_cached(faces, dlib_model):
     assert time.perf_counter() - t0 < 80
 
 
-@pytest.fixture(scope="module")
-def offline_measured(lfw, dlib_model) -> dict:
+def _offline_measured(lfw, dlib_model, bound: str) -> dict:
     """Online vs offline on 200 LFW pairs with the quick-profile shadow (600 steps), the offline server
     retrained as in the quick bench (500 public faces x 2 flips, 12 epochs; step budgets only, so the
     result does not depend on the machine's load), plus what the retraining optimises, on held-out faces
@@ -255,9 +254,7 @@ def offline_measured(lfw, dlib_model) -> dict:
     from faceveil.bench.lfw import subset_pairs, verification
     from faceveil.train.advface_student import adapted_server_part
 
-    # measured (5 Dec) with the total-ball reading of ε; the paper's per-iteration reading (now the default) is
-    # measured by the AdvFace experiment's Table 2
-    on = get_defense("advface", profile="quick", bound="total").enable_memo(2000)
+    on = get_defense("advface", profile="quick", bound=bound).enable_memo(2000)
     off = on.with_mode("offline")
     student = adapted_server_part(off, "res1", profile="ci", train_images=500, epochs=12, max_seconds=None, progress=False)
     pairs = subset_pairs(lfw.pairs("pairs"), 10)
@@ -280,6 +277,12 @@ def offline_measured(lfw, dlib_model) -> dict:
     return {"acc": accs, "cos": cos}
 
 
+@pytest.fixture(scope="module")
+def offline_measured(lfw, dlib_model) -> dict:
+    """:func:`_offline_measured` with ε read as a total ball (measured 5 Dec)."""
+    return _offline_measured(lfw, dlib_model, "total")
+
+
 @pytest.mark.slow
 def test_offline_retraining_brings_adversarial_embeddings_closer_to_clean(offline_measured):
     """Section 4.4's mechanism: the server part retrained on stored adversarial features maps held-out
@@ -291,12 +294,26 @@ def test_offline_retraining_brings_adversarial_embeddings_closer_to_clean(offlin
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "the paper's offline > online (97.78 vs 96.43) is not reproduced with CPU-budget retraining: both sides of an "
+    "with ε read as a total ball, the paper's offline > online (97.78 vs 96.43) is not reproduced with CPU-budget "
+    "retraining (on all 6,000 pairs: offline 95.22, online 96.63): both sides of an "
     "offline comparison carry the adversarial perturbation, and retraining on hundreds of public faces moves held-out "
     "adversarial embeddings only from cos 0.962 to 0.964-0.968 of the clean ones. Measured 5 Dec on 600 LFW pairs "
     "(quick shadow, cosine): online 96.5 %, offline frozen 94.0 %, offline retrained on 500 / 1,500 faces 93.3-95.7 % "
     "(README, AdvFace). Strict: a pass means the finding changed."))
 def test_offline_beats_online_on_lfw_subset(offline_measured):
     """The paper's Section 4.4 claim, measured: offline (Ψ retrained on stored adversarial features, probes
-    converted) vs online (deployed Ψ, adversarial enrolment, plain probes) on 200 LFW pairs."""
+    converted) vs online (deployed Ψ, adversarial enrolment, plain probes) on 200 LFW pairs, with ε read as a total
+    ball (on all 6,000 pairs: offline 95.22 %, online 96.63 %, 5 Dec)."""
     assert offline_measured["acc"]["offline"] > offline_measured["acc"]["online"]
+
+
+@pytest.mark.slow
+def test_offline_beats_online_with_the_papers_reading_of_eps(lfw, dlib_model):
+    """With ε bounding each PGD iteration (eqs. 5-6, the default) the paper's ordering holds — at a far lower
+    level: on all 6,000 LFW pairs offline (Ψ retrained) 67.12 ± 1.87 % vs online 59.83 ± 2.48 %, frozen offline
+    55.40 % (6 Dec, `python bench/advface.py --table2 --bound step`, results/advface-table2; the experiment's 200
+    pairs, one metric: 63.5 vs 60.5). Both sides of an offline comparison carry the perturbation, so the retrained
+    server only has to map adversarial features onto each other; online must match them to plain probes."""
+    m = _offline_measured(lfw, dlib_model, "step")
+    assert m["acc"]["offline"] > m["acc"]["online"]
+    assert m["acc"]["offline"] < 0.9  # far from the paper's 97.78: the per-iteration drift costs the accuracy

@@ -176,7 +176,7 @@ def _advface_table2_block(results_dir: Path) -> str:
         cells = [r["rows"].get(label) for r in runs]
         paper = next((c["paper"] for c in cells if c and c.get("paper")), "")
         out.append(f"| {label} | " + " | ".join("—" if c is None else f"{100 * c['acc_mean']:.2f} ± {100 * c['acc_std']:.2f} "
-                                              f"({c['n_pairs']} pairs)" for c in cells) + f" | {paper} |")
+                                              f"({c['n_pairs']} pairs, {c['metric']})" for c in cells) + f" | {paper} |")
     return "\n".join(out) + "\n\nCommands: " + "; ".join(f"`{r['command']}`" for r in runs) + ". Data: `results/advface-table2/`."
 
 
