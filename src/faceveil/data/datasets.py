@@ -271,23 +271,28 @@ def public_training_faces(data: str | os.PathLike | None = None) -> list[FaceDat
     return out
 
 
+def seeded_subsets(sets: list, limit: int | None, seed: int) -> list:
+    """The datasets ``sets`` cut to a seeded random ``limit`` images drawn over their concatenation (all without
+    ``limit``), in order; a set none of whose images is drawn is left out."""
+    sizes = [len(ds) for ds in sets]
+    total = sum(sizes)
+    pick = np.arange(total)
+    if limit is not None and limit < total:
+        pick = np.sort(np.random.default_rng(seed).choice(total, limit, replace=False))
+    out, start = [], 0
+    for ds, n in zip(sets, sizes, strict=True):
+        local = pick[(pick >= start) & (pick < start + n)] - start
+        if len(local):
+            out.append(ds if len(local) == n else ds.subset(local))
+        start += n
+    return out
+
+
 def public_chips(data=None, crop=None, limit: int | None = None, seed: int = 0, progress: bool = True) -> np.ndarray:
     """uint8 chips of the public (attacker / student) faces, identity-disjoint from LFW pairs.
 
     With ``limit``, a seeded random subset of that size (the same for every consumer), chosen
     before alignment so only those images are ever aligned."""
     crop = crop or CropSpec(150, 0.25)
-    sets = public_training_faces(data)
-    sizes = [len(ds) for ds in sets]
-    total = sum(sizes)
-    pick = np.arange(total)
-    if limit is not None and limit < total:
-        pick = np.sort(np.random.default_rng(seed).choice(total, limit, replace=False))
-    parts, start = [], 0
-    for ds, n in zip(sets, sizes, strict=True):
-        local = pick[(pick >= start) & (pick < start + n)] - start
-        if len(local):
-            sub = ds if len(local) == n else ds.subset(local)
-            parts.append(sub.chips(crop, progress=progress)[0])
-        start += n
+    parts = [sub.chips(crop, progress=progress)[0] for sub in seeded_subsets(public_training_faces(data), limit, seed)]
     return np.concatenate(parts)

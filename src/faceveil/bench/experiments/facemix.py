@@ -179,24 +179,13 @@ def public_faces_excluding(data, limit: int | None, seed: int, exclude: set[str]
     of the CelebA identities ``exclude`` (by CelebA identity number, in either CelebA folder); with ``limit``, a
     seeded random subset of that size as :func:`faceveil.data.datasets.public_chips` draws it. A list of
     dataset subsets."""
-    from faceveil.data.datasets import public_training_faces
+    from faceveil.data.datasets import public_training_faces, seeded_subsets
 
     sets = []
     for ds in public_training_faces(data):
         keep = [i for i, f in enumerate(ds.files) if not (ds.name.startswith("celeba") and f.split("/")[0] in exclude)]
         sets.append(ds.subset(keep))
-    sizes = [len(s) for s in sets]
-    total = sum(sizes)
-    pick = np.arange(total)
-    if limit is not None and limit < total:
-        pick = np.sort(np.random.default_rng(seed).choice(total, limit, replace=False))
-    out, start = [], 0
-    for ds, n in zip(sets, sizes, strict=True):
-        local = pick[(pick >= start) & (pick < start + n)] - start
-        if len(local):
-            out.append(ds.subset(local))
-        start += n
-    return out
+    return seeded_subsets(sets, limit, seed)
 
 
 def celeba_attacker(defense: Defense, budget, ctx: ExperimentContext, exclude: list[str]):
@@ -283,26 +272,13 @@ def judge_celeba(attack, attacker_path: Path, defense: Defense, budget, ev: Cele
     (keyed by the attacker file, the pairs and everything that picks the thresholds)."""
     import json
 
-    from faceveil.bench.lfw import SAR_FMRS, fmr_thresholds, operating_point
     from faceveil.bench.privacy.figures import visualise_held
-    from faceveil.bench.privacy.judging import (
-        EVAL_VERSION,
-        JUDGE_SAR_FMR,
-        SAR_IMAGES,
-        cos_judge,
-        embed_images,
-        judge_centre,
-        sar_config,
-        sar_metrics,
-        target_embeddings,
-    )
+    from faceveil.bench.privacy.judging import EVAL_VERSION, sar_config, score_reconstructions
     from faceveil.bench.privacy.leaks import HELD_SALT, LEAK_BATCH, file_stamp, leak_fn, leak_part
     from faceveil.config import cache_dir, config_hash, data_dir, load_or_compute
     from faceveil.data.align import to_tensor
-    from faceveil.data.chips import chip_images, resize
-    from faceveil.data.datasets import LFW, public_chips
-    from faceveil.metrics.identity import closer_to_own, cosine, srra
-    from faceveil.metrics.image import mse, psnr, ssim
+    from faceveil.data.chips import resize
+    from faceveil.data.datasets import LFW
 
     tm = threat()
     profile = ctx.bench_profile.attack_profile
@@ -324,52 +300,12 @@ def judge_celeba(attack, attacker_path: Path, defense: Defense, budget, ev: Cele
             recon.append(attack.attack(h, batch_size=LEAK_BATCH))
             held |= {int(k): h[int(k) - i * LEAK_BATCH].clone() for k in grid if 0 <= int(k) - i * LEAK_BATCH < len(h)}
         recon = torch.cat(recon)
-        pub = public_chips(data, crop, min(budget.train_images or 2000, 2000), seed, False)
-        mean_face = chip_images(pub, budget.target_size).mean(0)
-        who = np.array(ev.identity)
-        g = np.random.default_rng(seed)
-        perm = g.permutation(len(who))
-        for _ in range(10):  # re-draw positions that picked the same person
-            bad = who[perm] == who
-            if not bad.any():
-                break
-            perm[bad] = g.permutation(len(who))[: bad.sum()]
-        candidates = {"reconstruction": recon, "mean face": mean_face.expand_as(targets), "random person": targets[perm]}
-        deployed = defense.recognizer
-        lfw = LFW(data)
-        op = operating_point(deployed, lfw, progress=False)
-        judge, independent = cos_judge()
-        centre = judge_centre(judge, data)
-        n_sar = SAR_IMAGES.get(profile)
-        sar_dep = fmr_thresholds(deployed, lfw, SAR_FMRS, seed=0, align=crop, progress=ctx.progress, images=n_sar)
-        sar_judge = fmr_thresholds(judge, lfw, (JUDGE_SAR_FMR,), seed=0, align=crop, progress=ctx.progress, images=n_sar)
         # the targets' embeddings are the same for every protection's cell (memoised and cached on disk)
         tkey = ("facemix-celeba", str(data_dir(data)), crop, budget.target_size, ev.a, ev.b, VERSION)
-        x_b = to_tensor(chips_b)
-        e_a = target_embeddings(("a", tkey), deployed, lambda: embed_images(deployed, x_a, crop))
-        e_b = target_embeddings(("b", tkey), deployed, lambda: embed_images(deployed, x_b, crop))
-        j_a = target_embeddings(("a", tkey), judge, lambda: embed_images(judge, x_a, crop))
-        j_b = target_embeddings(("b", tkey), judge, lambda: embed_images(judge, x_b, crop))
-        up_t = resize(targets, crop.size)
-        emb = {"reconstruction": lambda m: embed_images(m, resize(recon, crop.size), crop),
-               "mean face": lambda m: embed_images(m, resize(mean_face[None], crop.size), crop).expand(len(x_a), -1),
-               "random person": lambda m: target_embeddings(("t", tkey), m, lambda: embed_images(m, up_t, crop))[perm]}
-        metrics = {}
-        for name, imgs in candidates.items():
-            e, ej = emb[name](deployed), emb[name](judge)
-            metrics[name] = {
-                "MSE": float(mse(imgs, targets).mean()),
-                "PSNR": float(psnr(imgs, targets, 1.0).mean()),
-                "SSIM": float(ssim(imgs, targets, 1.0).mean()),
-                "COS": float(cosine(ej - centre, j_a - centre).mean()),
-                "SRRA_same_image": float(srra(e, e_a, op).float().mean()),
-                "SRRA_pair": float(srra(e, e_b, op).float().mean()),
-                "closer_to_own": float(closer_to_own(e, e_a, deployed.metric, seed).float().mean()),
-                **sar_metrics(e, e_a, e_b, sar_dep, SAR_FMRS, deployed.metric),
-                **sar_metrics(ej, j_a, j_b, sar_judge, (JUDGE_SAR_FMR,), judge.metric, "judge_"),
-            }
+        metrics, how = score_reconstructions(recon, x_a, to_tensor(chips_b), ev.identity, defense.recognizer, crop,
+                                             budget, LFW(data), data, profile, seed, tkey, ctx.progress)
         result = {"metrics": metrics, "n": len(ev.a), "identities": len(set(ev.identity)),
-                  "judge": {"cos": judge.name, "independent": independent}}
+                  "judge": {"cos": how["judge"], "independent": how["independent"]}}
         held_grid = torch.stack([held[int(k)] for k in grid])
         rows = [targets[grid], visualise_held(held_grid, budget.target_size), recon[grid]]
         return {"result": json.dumps(result), "rows": rows}

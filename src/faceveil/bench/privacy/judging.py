@@ -151,6 +151,69 @@ def sar_metrics(e: Tensor, e_a: Tensor, e_b: Tensor, fit: dict, fmrs: tuple[floa
     return out
 
 
+def score_reconstructions(recon: Tensor, x_a: Tensor, x_b: Tensor, people, deployed: Recognizer, crop: CropSpec,
+                          budget: Budget, lfw: LFW, data, profile: str, seed: int, key: tuple,
+                          progress: bool = False) -> tuple[dict, dict]:
+    """The harness's metrics of reconstructions ``recon`` (at ``budget.target_size``) of target chips ``x_a`` whose
+    pair partners (another image of the same person, ``people[i]``) are ``x_b``, beside the attacker's mean face and
+    a random other person: image metrics, the judge's centred COS, SRRA at the deployed model's operating point,
+    closer-to-own, SAR type I / II at the deployed model's and the judge's FMR thresholds (fitted on LFW impostor
+    pairs in ``crop``'s geometry). ``key`` names the target set (its embeddings are memoised and cached). Returns
+    ``(metrics per candidate, {"operating_point", "judge", "independent", "sar"})``."""
+    targets = resize(x_a, budget.target_size)
+    # baselines: the attacker's mean face, and a random other person
+    pub = public_chips(data, crop, min(budget.train_images or 2000, 2000), seed, False)
+    mean_face = chip_images(pub, budget.target_size).mean(0)
+    names = np.asarray(people)
+    g = np.random.default_rng(seed)
+    perm = g.permutation(len(names))
+    for _ in range(10):  # re-draw positions that picked the same person
+        bad = names[perm] == names
+        if not bad.any():
+            break
+        perm[bad] = g.permutation(len(names))[: bad.sum()]
+    candidates = {"reconstruction": recon, "mean face": mean_face.expand_as(targets), "random person": targets[perm]}
+
+    op = operating_point(deployed, lfw, progress=False)
+    judge, independent = cos_judge()
+    centre = judge_centre(judge, data)
+    # SAR thresholds: the deployed recogniser's at FMR 1e-3 and 1e-4, the judge's at 1e-3, both fitted on LFW
+    # impostor pairs of images in the geometry this harness gives them (the judge: dlib chips re-cropped)
+    n_sar = SAR_IMAGES.get(profile)
+    sar_dep = fmr_thresholds(deployed, lfw, SAR_FMRS, seed=0, align=crop, progress=progress, images=n_sar)
+    sar_judge = fmr_thresholds(judge, lfw, (JUDGE_SAR_FMR,), seed=0, align=crop, progress=progress, images=n_sar)
+    # the targets' embeddings are the same for every attack on this evaluation set (a bench run
+    # judges dozens of cells; the 224-px judge dominates their cost)
+    e_a = target_embeddings(("a", key), deployed, lambda: embed_images(deployed, x_a, crop))
+    e_b = target_embeddings(("b", key), deployed, lambda: embed_images(deployed, x_b, crop))
+    j_a = target_embeddings(("a", key), judge, lambda: embed_images(judge, x_a, crop))
+    j_b = target_embeddings(("b", key), judge, lambda: embed_images(judge, x_b, crop))
+    # baselines: the mean face is one image, the random person a permutation of the resized targets
+    up_t = resize(targets, crop.size)
+    up_m = resize(mean_face[None], crop.size)
+    emb = {
+        "reconstruction": (lambda m: embed_images(m, resize(recon, crop.size), crop)),
+        "mean face": (lambda m: embed_images(m, up_m, crop).expand(len(x_a), -1)),
+        "random person": (lambda m: target_embeddings(("t", key), m, lambda: embed_images(m, up_t, crop))[perm]),
+    }
+    metrics = {}
+    for name, imgs in candidates.items():
+        e, ej = emb[name](deployed), emb[name](judge)
+        metrics[name] = {
+            "MSE": float(mse(imgs, targets).mean()),
+            "PSNR": float(psnr(imgs, targets, 1.0).mean()),
+            "SSIM": float(ssim(imgs, targets, 1.0).mean()),
+            "COS": float(cosine(ej - centre, j_a - centre).mean()),
+            "SRRA_same_image": float(srra(e, e_a, op).float().mean()),
+            "SRRA_pair": float(srra(e, e_b, op).float().mean()),
+            "closer_to_own": float(closer_to_own(e, e_a, deployed.metric, seed).float().mean()),
+            **sar_metrics(e, e_a, e_b, sar_dep, SAR_FMRS, deployed.metric),
+            **sar_metrics(ej, j_a, j_b, sar_judge, (JUDGE_SAR_FMR,), judge.metric, "judge_"),
+        }
+    return metrics, {"operating_point": op, "judge": judge.name, "independent": independent,
+                     "sar": {"deployed": sar_dep, "judge": sar_judge}}
+
+
 def judged(attack, defense: Defense, threat: ThreatModel, budget: Budget, lfw: LFW, ia: np.ndarray, ib: np.ndarray,
            ctx: RunContext, cache_path: Path | None) -> dict:
     """Reconstruct the held data of LFW pair images ``ia`` with a trained ``attack`` and judge it:
@@ -184,57 +247,11 @@ def judged(attack, defense: Defense, threat: ThreatModel, budget: Budget, lfw: L
             recon = attack.attack(held, batch_size=LEAK_BATCH)
             attack_ms = 1000 * (time.perf_counter() - t0) / len(held)
 
-    # baselines: the attacker's mean face, and a random other person
-    pub = public_chips(data, crop, min(budget.train_images or 2000, 2000), seed, False)
-    mean_face = chip_images(pub, budget.target_size).mean(0)
-    names = np.array([ds.files[i].split("/")[0] for i in ia])
-    g = np.random.default_rng(seed)
-    perm = g.permutation(len(ia))
-    for _ in range(10):  # re-draw positions that picked the same person
-        bad = names[perm] == names
-        if not bad.any():
-            break
-        perm[bad] = g.permutation(len(ia))[: bad.sum()]
-    candidates = {"reconstruction": recon, "mean face": mean_face.expand_as(targets), "random person": targets[perm]}
-
-    deployed = defense.recognizer
-    op = operating_point(deployed, lfw, progress=False)
-    judge, independent = cos_judge()
-    centre = judge_centre(judge, data)
-    # SAR thresholds: the deployed recogniser's at FMR 1e-3 and 1e-4, the judge's at 1e-3, both fitted on LFW
-    # impostor pairs of images in the geometry this harness gives them (the judge: dlib chips re-cropped)
-    n_sar = SAR_IMAGES.get(profile)
-    sar_dep = fmr_thresholds(deployed, lfw, SAR_FMRS, seed=0, align=crop, progress=progress, images=n_sar)
-    sar_judge = fmr_thresholds(judge, lfw, (JUDGE_SAR_FMR,), seed=0, align=crop, progress=progress, images=n_sar)
-    # the targets' embeddings are the same for every attack on this evaluation set (a bench run
-    # judges dozens of cells; the 224-px judge dominates their cost)
     key = (str(data_dir(data)), crop, budget.target_size, [int(i) for i in ia], [int(i) for i in ib])
-    e_a = target_embeddings(("a", key), deployed, lambda: embed_images(deployed, x_a, crop))
-    e_b = target_embeddings(("b", key), deployed, lambda: embed_images(deployed, to_tensor(chips_b), crop))
-    j_a = target_embeddings(("a", key), judge, lambda: embed_images(judge, x_a, crop))
-    j_b = target_embeddings(("b", key), judge, lambda: embed_images(judge, to_tensor(chips_b), crop))
-    # baselines: the mean face is one image, the random person a permutation of the resized targets
-    up_t = resize(targets, crop.size)
-    up_m = resize(mean_face[None], crop.size)
-    emb = {
-        "reconstruction": (lambda m: embed_images(m, resize(recon, crop.size), crop)),
-        "mean face": (lambda m: embed_images(m, up_m, crop).expand(len(ia), -1)),
-        "random person": (lambda m: target_embeddings(("t", key), m, lambda: embed_images(m, up_t, crop))[perm]),
-    }
-    metrics = {}
-    for name, imgs in candidates.items():
-        e, ej = emb[name](deployed), emb[name](judge)
-        metrics[name] = {
-            "MSE": float(mse(imgs, targets).mean()),
-            "PSNR": float(psnr(imgs, targets, 1.0).mean()),
-            "SSIM": float(ssim(imgs, targets, 1.0).mean()),
-            "COS": float(cosine(ej - centre, j_a - centre).mean()),
-            "SRRA_same_image": float(srra(e, e_a, op).float().mean()),
-            "SRRA_pair": float(srra(e, e_b, op).float().mean()),
-            "closer_to_own": float(closer_to_own(e, e_a, deployed.metric, seed).float().mean()),
-            **sar_metrics(e, e_a, e_b, sar_dep, SAR_FMRS, deployed.metric),
-            **sar_metrics(ej, j_a, j_b, sar_judge, (JUDGE_SAR_FMR,), judge.metric, "judge_"),
-        }
+    names = [ds.files[i].split("/")[0] for i in ia]
+    metrics, how = score_reconstructions(recon, x_a, to_tensor(chips_b), names, defense.recognizer, crop, budget, lfw,
+                                         data, profile, seed, key, progress)
+    deployed, op = defense.recognizer, how["operating_point"]
     result = {
         "defense": defense.describe(),
         "attack": attack.config(),
@@ -243,8 +260,8 @@ def judged(attack, defense: Defense, threat: ThreatModel, budget: Budget, lfw: L
         "budget": asdict(budget),
         "seed": seed,
         "eval": {"dataset": "LFW pairs.txt same-pairs", "n": len(ia)},
-        "judge": {"cos": judge.name, "independent": independent, "srra": deployed.name, "operating_point": asdict(op),
-                  "sar": {"deployed": sar_dep, "judge": sar_judge}},
+        "judge": {"cos": how["judge"], "independent": how["independent"], "srra": deployed.name,
+                  "operating_point": asdict(op), "sar": how["sar"]},
         "metrics": metrics,
         "train_log": ({k: v for k, v in asdict(attack.log).items() if k != "losses"}
                       | {"final_loss": float(np.mean(attack.log.losses[-20:])) if attack.log.losses else None})
