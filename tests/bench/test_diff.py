@@ -49,6 +49,19 @@ def test_differences_beyond_tolerance_status_and_missing_cells():
     assert "reconstruction.SSIM: 0.93 vs 0.9" in d.text(1e-3)
 
 
+def test_servers_trained_apart_are_named():
+    """Two runs whose server weights differ (a student trained twice, e.g. under another thread count) say so
+    beside their accuracy difference; same weights say nothing."""
+    a, b = run(), run()
+    a["cells"][0]["result"]["servers"]["frozen"]["model_digest"] = "aaaa"
+    b["cells"][0]["result"]["servers"]["frozen"]["model_digest"] = "aaaa"
+    assert not diff_results(a, b).retrained
+    b["cells"][0]["result"]["servers"]["frozen"] |= {"model_digest": "bbbb", "acc_mean": 0.875}
+    d = diff_results(a, b)
+    assert [(k[1], s, x, y) for k, s, x, y in d.retrained] == [("blur", "frozen", "aaaa", "bbbb")]
+    assert "server weights differ (trained apart; digests aaaa vs bbbb): utility / blur / frozen" in d.text(1e-3)
+
+
 def test_cli_exit_codes(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

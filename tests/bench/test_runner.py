@@ -67,6 +67,25 @@ def test_jobs_merge_the_parts(bench_out, tmp_path):
     assert "## Failed cells" in (tmp_path / "merged" / "report.md").read_text()
 
 
+def test_merge_copies_the_experiments_figures(bench_out, tmp_path):
+    """A worker's experiment figures live in its part folder (not committed); the merged folder gets them, so the
+    merged report's links (by file name) resolve."""
+    import shutil
+
+    from faceveil.bench.runner import merge_runs
+
+    part = tmp_path / "parts" / "none"
+    shutil.copytree(bench_out / "parts" / "none", part)
+    r = json.loads((part / "results.json").read_text())
+    (part / "exp_fig.png").write_bytes(b"\x89PNG fake figure")
+    r["experiments"] = {"none": {"status": "ok", "markdown": "![fig](exp_fig.png)",
+                                 "figures": [str(part / "exp_fig.png"), str(part / "gone.png")]}}
+    (part / "results.json").write_text(json.dumps(r))
+    m = merge_runs([part], tmp_path / "merged")
+    assert (tmp_path / "merged" / "exp_fig.png").read_bytes() == b"\x89PNG fake figure"
+    assert m["experiments"]["none"]["figures"] == [str(tmp_path / "merged" / "exp_fig.png")]  # the missing one dropped
+
+
 def test_unprotected_cell_is_attacked(bench_out):
     r = json.loads((bench_out / "results.json").read_text())
     cell = next(c for c in r["cells"] if c["kind"] == "privacy" and c["setting"] == "none (res1 map)")

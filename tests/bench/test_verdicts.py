@@ -142,3 +142,27 @@ def test_rejudged_table_puts_the_old_verdict_beside_the_new():
     # laplace: nbnet never ran there; the verdict stands
     assert "| not run | — |" in row["laplace"] and row["laplace"].endswith("**holds** |")
     assert "| (none judged) | — | unjudged | not run |" in row["pmt"]
+
+
+def test_target_table_checks_each_bar():
+    """The bar of faceveil's protection on constructed cells: laplace's worst type-II SAR 2 % misses the 1 % bar,
+    its judge COS gap (dn 0.10 over a random person at 0.0, the worst cell; cgan 0.04) misses 0.02; its accuracy is
+    not measured ('—')."""
+    from faceveil.bench.report import utility_rows
+    from faceveil.bench.verdicts import cos_over_random, target_table
+
+    r = results()
+    r["cells"].append(cell("laplace", "ridge", metrics(0.0, 0.0, 0.0, cos=0.015)))
+    for c in r["cells"]:
+        if c["setting"] == "laplace" and c["result"]["attack"]["name"] == "cgan":
+            c["result"]["metrics"]["reconstruction"]["COS"] = 0.04
+    prows = privacy_rows(r)
+    assert cos_over_random(prows, "laplace") == (0.1, "dn")
+    t = target_table(prows, utility_rows(r), "laplace", 0.99, {"laplace": 0.03})
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in t.splitlines()[2:]}
+    assert "2.0 % (cgan): **not met**" in rows["irreversibility: worst type-II SAR @FMR 1e-3 over the suite (≤ 1 %)"]
+    assert "+0.100 (dn): **not met**" in t and "0.030: **met**" in t
+    assert rows["LFW accuracy lost vs the unprotected system's 99.0 % (≤ 2 points)"].endswith("| — |")
+    # blur: 0.99 - 0.91 (its best server) = 8 points lost
+    assert "8.0 points: **not met**" in target_table(prows, utility_rows(r), "blur", 0.99, {})
+    assert target_table(prows, utility_rows(r), "pmt", 0.99, {}) == ""  # no judged cell

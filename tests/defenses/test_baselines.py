@@ -418,6 +418,7 @@ def test_lfw_utility_is_cached_by_defense_and_server_weights(lfw, dlib_model, mo
 
     import faceveil.bench.build as build
     import faceveil.config
+    from faceveil.models.embed import module_digest
 
     real_dir = faceveil.config.cache_dir
     monkeypatch.setattr(faceveil.config, "cache_dir", lambda kind: tmp_path if kind == "utility" else real_dir(kind))
@@ -438,5 +439,7 @@ def test_lfw_utility_is_cached_by_defense_and_server_weights(lfw, dlib_model, mo
     model = copy.deepcopy(sysm.model)
     with torch.no_grad():
         next(model.parameters()).mul_(0.5)
-    lfw_utility(bench_system(get_defense("blur", recognizer=dlib_model, k=9), model=model), lfw, per_fold=2)
+    other = lfw_utility(bench_system(get_defense("blur", recognizer=dlib_model, k=9), model=model), lfw, per_fold=2)
     assert calls == [1, 1]
+    # the result names the server weights it was computed with (report diff: "trained apart")
+    assert first["model_digest"] == module_digest(sysm.model) != other["model_digest"] == module_digest(model)

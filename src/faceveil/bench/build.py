@@ -175,7 +175,8 @@ def lfw_utility(system: ProtectedSystem, lfw: LFW | None = None, per_fold: int |
 
     lfw = lfw or LFW()
     d = system.defense
-    key = config_hash(d.config(), d.recognizer.name, system.server_kind, module_digest(system.model), seed, system.metric,
+    digest = module_digest(system.model)
+    key = config_hash(d.config(), d.recognizer.name, system.server_kind, digest, seed, system.metric,
                       per_fold, str(lfw.base), "utility-v1")
 
     def compute() -> dict:
@@ -185,4 +186,6 @@ def lfw_utility(system: ProtectedSystem, lfw: LFW | None = None, per_fold: int |
         return {**asdict(res), "client_ms": tm.client_ms, "server_ms": tm.server_ms}
 
     out = load_or_compute(cache_dir("utility") / f"{d.name}-{key}.pt", compute, force)
-    return {**out, "storage_bytes": d.storage_bytes(), "server": system.server_kind}
+    # the server's weights digest: two runs whose students were trained apart (e.g. under another thread count,
+    # which changes float rounding) differ in it, and `faceveil report diff` says so beside their accuracies
+    return {**out, "storage_bytes": d.storage_bytes(), "server": system.server_kind, "model_digest": digest}

@@ -57,6 +57,8 @@ class RunDiff:
     status: list[tuple[tuple, str, str]] = field(default_factory=list)  # key, status in A, status in B
     not_comparable: list[tuple[tuple, int | None, int | None]] = field(default_factory=list)  # different steps
     differences: list[tuple[tuple, str, float, float]] = field(default_factory=list)  # key, number, A, B
+    #: utility cells whose server weights differ (trained apart): key, server, digest in A, digest in B
+    retrained: list[tuple[tuple, str, str, str]] = field(default_factory=list)
     compared: int = 0
 
     @property
@@ -72,6 +74,8 @@ class RunDiff:
         lines += [f"status differs: {name(k)}: {a} vs {b}" for k, a, b in self.status]
         lines += [f"not comparable (attacker trained {a} vs {b} steps): {name(k)}" for k, a, b in self.not_comparable]
         lines += [f"{name(k)}: {n}: {a:.6g} vs {b:.6g} (diff {b - a:+.3g})" for k, n, a, b in self.differences]
+        lines += [f"server weights differ (trained apart; digests {a} vs {b}): {name(k)} / {s}"
+                  for k, s, a, b in self.retrained]
         return "\n".join(lines)
 
 
@@ -93,6 +97,11 @@ def diff_results(a: dict, b: dict, tol: float = TOLERANCE) -> RunDiff:
             d.not_comparable.append((k, _steps(x), _steps(y)))
             continue
         d.compared += 1
+        if x["kind"] == "utility":
+            for server, u in ((x.get("result") or {}).get("servers") or {}).items():
+                v = (((y.get("result") or {}).get("servers") or {}).get(server) or {}).get("model_digest")
+                if u.get("model_digest") and v and u["model_digest"] != v:
+                    d.retrained.append((k, server, u["model_digest"], v))
         nx, ny = numbers(x), numbers(y)
         for n in sorted(nx.keys() | ny.keys()):
             va, vb = nx.get(n, math.nan), ny.get(n, math.nan)
@@ -103,6 +112,7 @@ def diff_results(a: dict, b: dict, tol: float = TOLERANCE) -> RunDiff:
     d.status.sort(key=str)
     d.not_comparable.sort(key=str)
     d.differences.sort(key=str)
+    d.retrained.sort(key=str)
     return d
 
 

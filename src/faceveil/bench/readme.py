@@ -220,11 +220,31 @@ def _keyed_block(results_dir: Path) -> str:
                         f"{x.get('attack_per_face', {}).get('queries', float('nan')):.0f} |")
         parts.append("\n".join(rows) + f"\n\nCommands: `results/{folder}/ganinv-es/COMMAND` (seconds per face: run apart, on few pairs).")
     exp = r.get("experiments", {}).get(folder, {})
+    if exp.get("status") == "ok" and exp["data"].get("dlib_acc"):
+        parts.append(_target_block(r, exp["data"]))
     if exp.get("status") == "ok":
         fig = "keyed-projection-curve.png" if (results_dir / folder / "keyed-projection-curve.png").is_file() else None
         parts.append(keyed_markdown(exp["data"], fig and Path(fig), prefix=f"results/{folder}/", heading=False))
     return "\n\n".join(parts) + (f"\n\n{r['profile']} profile, seed {r['seed']}; attacks: {', '.join(r.get('attacks', []))}."
                                   + (f" Command: `{cmd}`." if cmd else "") + f" Data: `results/{folder}/`.")
+
+
+def _target_block(r: dict, data: dict) -> str:
+    """The keyed projection against the bar faceveil set for it (:data:`faceveil.bench.verdicts.TARGET`): the bench
+    cells' worst cases, the accuracy lost against the unprotected embedding (the experiment's, all 6,000 pairs) and
+    D↔sys across two keys from the experiment's large sample (threat model (a) only: with the keys known an attacker
+    inverts both templates and links them through the faces, the irreversibility row)."""
+    from faceveil.bench.report import utility_rows
+    from faceveil.bench.verdicts import target_table
+
+    prows = privacy_rows(r)
+    two = (data.get("unlinkability") or {}).get("two keys") or {}
+    d_sys = {s: two["d_sys"] for s in {p["setting"] for p in prows} if "(a" in s and "d_sys" in two}
+    table = target_table(prows, utility_rows(r), "keyed-projection", data["dlib_acc"], d_sys)
+    return ("**Against the bar** (threat model (a) is the one it is set for; (b) shown for contrast):\n\n" + table
+            + (f"\n\nD↔sys from {two['mated']:,} mated / {two['nonmated']:,} non-mated template pairs under two keys "
+               "(the experiment below; the 24745 table's value comes from the bench's smaller sample, at its "
+               "estimator's floor)." if two else ""))
 
 
 def _experiment_block(folder: str, name: str) -> Callable[[Path], str]:

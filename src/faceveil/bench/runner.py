@@ -43,7 +43,7 @@ from faceveil.context import RunContext
 from faceveil.data.datasets import LFW
 from faceveil.defenses import DEFENSES, Defense
 from faceveil.devices import device_record, use_device
-from faceveil.storage import ensure_dir, save_torch, write_json_atomic
+from faceveil.storage import ensure_dir, save_torch, write_bytes_atomic, write_json_atomic
 
 #: where a bench's cells run: this process (``--jobs`` worker processes for several defenses) or Ray tasks
 EXECUTORS = ("local", "ray")
@@ -274,7 +274,7 @@ def merge_runs(run_dirs: list[Path], out_dir: Path, wall_seconds: float | None =
             raise ValueError(f"cannot merge {d}: profile/seed {r['profile']}/{r['seed']} differ from "
                              f"{merged['profile']}/{merged['seed']}")
         merged["cells"] += r["cells"]
-        merged["experiments"] |= r.get("experiments", {})
+        merged["experiments"] |= {n: _with_figures_in(e, d, out_dir) for n, e in r.get("experiments", {}).items()}
         merged["defenses"] += [n for n in r["defenses"] if n not in merged["defenses"]]
         merged["attacks"] += [a for a in r["attacks"] if a not in merged["attacks"]]
         merged["failed"] += r["failed"]
@@ -288,6 +288,23 @@ def merge_runs(run_dirs: list[Path], out_dir: Path, wall_seconds: float | None =
     ensure_dir(out_dir)
     write_outputs(merged, images, out_dir)
     return merged
+
+
+def _with_figures_in(exp: dict, part: Path, out_dir: Path) -> dict:
+    """A worker's experiment record with its figures copied from its part folder into the merged folder (the
+    experiment's markdown links them by file name, relative to the report beside them; part folders are not
+    committed). Missing figures are left out of the list, not invented."""
+    figures = []
+    for f in exp.get("figures", []):
+        src = part / Path(f).name  # the worker wrote it into its own out_dir (the part folder)
+        if not src.is_file():
+            continue
+        dst = Path(out_dir) / src.name
+        if src.resolve() != dst.resolve():
+            ensure_dir(dst.parent)
+            write_bytes_atomic(dst, src.read_bytes())
+        figures.append(str(dst))
+    return exp | ({"figures": figures} if "figures" in exp else {})
 
 
 def _part_cost(plan: list[PlanItem], part: Path, data) -> float:
