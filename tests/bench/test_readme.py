@@ -56,17 +56,17 @@ def test_missing_results_or_unknown_block_fail_clearly(tmp_path):
 
 
 def test_an_experiment_block_is_its_markdown_under_the_readme_section(tmp_path):
-    folder = tmp_path / "advface-quick"
+    folder = tmp_path / "protection-quick"
     folder.mkdir()
     md = "### Table 1 analogue\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![Fig. 3/4 analogue](advface_fig3_eps.png)\n"
     r = {"profile": "quick", "seed": 0, "cells": [],
          "experiments": {"advface": {"markdown": md, "status": "ok", "seconds": 1800.0, "data": {}, "figures": []}}}
     (folder / "results.json").write_text(json.dumps(r))
-    (folder / "COMMAND").write_text("faceveil bench --profile quick --defenses advface --out results/advface-quick\n")
+    (folder / "COMMAND").write_text("faceveil bench --profile quick --defenses advface --out results/protection-quick\n")
     text = render_readme("<!-- results:advface -->\n<!-- /results:advface -->", tmp_path)
     assert "#### Table 1 analogue" in text and "| 1 | 2 |" in text  # one heading level down
-    assert "![Fig. 3/4 analogue](results/advface-quick/advface_fig3_eps.png)" in text  # links into the folder
-    assert "Command: `faceveil bench --profile quick --defenses advface --out results/advface-quick`." in text
+    assert "![Fig. 3/4 analogue](results/protection-quick/advface_fig3_eps.png)" in text  # links into the folder
+    assert "Command: `faceveil bench --profile quick --defenses advface --out results/protection-quick`." in text
     r["experiments"]["advface"]["status"] = "failed"
     (folder / "results.json").write_text(json.dumps(r))
     with pytest.raises(ValueError, match="no finished 'advface' experiment"):
@@ -78,10 +78,12 @@ def test_a_markdown_file_block_embeds_the_committed_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="deepblur_experiment_50x10.md is missing"):
         render_readme("<!-- results:deepblur -->\n<!-- /results:deepblur -->", tmp_path)
     folder.mkdir()
-    (folder / "deepblur_experiment_50x10.md").write_text("### Table 1 analogue\n\n| m | SSIM |\n|---|---|\n| blur | 0.6 |\n")
+    (folder / "deepblur_experiment_50x10.md").write_text("# DeepBlur experiment (quick)\n\n### Table 1 analogue\n\n| m | SSIM |"
+                                                         "\n|---|---|\n| blur | 0.6 |\n")
     (folder / "COMMAND").write_text("python bench/deepblur.py tables --profile quick --out results/deepblur-quick\n")
     text = render_readme("<!-- results:deepblur -->\n<!-- /results:deepblur -->", tmp_path)
     assert "#### Table 1 analogue" in text and "| blur | 0.6 |" in text
+    assert "DeepBlur experiment (quick)" not in text  # the file's own title: README's section has one
     assert "Command: `python bench/deepblur.py tables --profile quick --out results/deepblur-quick`." in text
 
 

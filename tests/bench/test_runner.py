@@ -185,7 +185,10 @@ def test_fast_profile_covers_every_defense_with_bounded_budgets():
             want = (("adapted",) if d.needs_adapted_server else ("frozen", "adapted") if st.label == "none (image)"
                     else ("frozen",))
             assert servers == want, st.label
-    assert not settings_for("advface", "quick") and not settings_for("pmt", "full")  # the experiments measure them
+    # AdvFace and PMT: generic cells at fast and quick (the seed defenses on a combined run's axes); at full the
+    # experiments alone measure them
+    assert settings_for("advface", "quick") and settings_for("pmt", "quick")
+    assert not settings_for("advface", "full") and not settings_for("pmt", "full")
     b = profile_budget(bp.attack_profile)
     assert b.max_steps == 80 and b.max_seconds >= 4 * 60  # steps define the run; seconds only guard
     assert distill_config(bp.attack_profile).epochs == 1

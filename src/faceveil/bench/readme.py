@@ -263,8 +263,10 @@ def _experiment_block(folder: str, name: str) -> Callable[[Path], str]:
 
 
 def _nested(md: str, folder: str) -> str:
-    """Markdown written for its own report, placed under a README section: headings one level down, image links
-    pointed at the committed folder."""
+    """Markdown written for its own report, placed under a README section: its own title (a leading ``# ``
+    heading: README's section has one) dropped, headings one level down, image links pointed at the committed
+    folder."""
+    md = re.sub(r"\A# [^\n]*\n+", "", md.strip())
     md = re.sub(r"^(#{2,5}) ", lambda m: "#" + m.group(1) + " ", md.strip(), flags=re.M)
     return re.sub(r"\]\((?!https?:|/|results/)([^)]+\.png)\)", rf"](results/{folder}/\1)", md)
 
@@ -289,7 +291,10 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "main-job": _main_job_block,
     "mixing": _per_setting_block("mixing-ci"),
     "keyed-projection": _keyed_block,
-    "advface": _experiment_block("advface-quick", "advface"),
+    "advface": _experiment_block("protection-quick", "advface"),
+    "pmt": _experiment_block("protection-quick", "pmt"),
+    "faceobfuscator": _markdown_file_block("faceobfuscator-quick", "faceobfuscator_table2_table3.md"),
+    "protection": _protection_block("protection-quick"),
     "facemix": _experiment_block("facemix-ci", "facemix"),
     "advface-table2": _advface_table2_block,
     "deepblur": _markdown_file_block("deepblur-quick", "deepblur_experiment_50x10.md"),

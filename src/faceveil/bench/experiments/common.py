@@ -23,6 +23,19 @@ def utility(defense: Defense, server: str, ctx: ExperimentContext) -> dict:
     return out
 
 
+def student_steps(u: dict | None, profile: str) -> str:
+    """How many steps an adapted server's student trained (``u``: :func:`utility`'s result), and of how many its
+    profile plans when its wall-time cap stopped it first (a busy machine): rows compared as same-budget say so."""
+    from faceveil.train.distill import distill_config
+
+    log = (u or {}).get("train_log") or {}
+    if not log.get("steps") or not log.get("images"):
+        return "—"
+    cfg = distill_config(profile)
+    planned = cfg.epochs * max(1, log["images"] // cfg.batch_size)
+    return str(log["steps"]) if log["steps"] >= planned else f"{log['steps']} of {planned} (time cap)"
+
+
 def privacy(defense: Defense, attack: str, ctx: ExperimentContext, view: str | None = None, leakage: str = "channel") -> dict:
     """One attack run (cached attacker) -> the result dict of :func:`faceveil.bench.privacy.run_attack`."""
     from faceveil.bench.privacy import run_attack

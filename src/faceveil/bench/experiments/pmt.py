@@ -91,14 +91,15 @@ from faceveil.defenses.pmt import PMT, gaussian_blur
 from faceveil.models.base import CropSpec, Recognizer
 from faceveil.storage import ensure_dir, write_json_atomic, write_text_atomic
 
-#: generic cells only in the first report (`make run`, the fast profile), on the capped sets of a slow client and
-#: with K = 20 steps of twice the step size (1 s per face instead of 5): at the other profiles the generic bench
-#: would PMT every LFW pair image (and, for attacks, thousands of public faces) at ~1-3 s per face on this CPU, so
-#: this module's experiment runs the white-box and urec reconstructions (Table 6) at :data:`PMT_BUDGETS`.
+#: generic cells in the first report (`make run`, the fast profile) and at the quick profile (PMT on the same axes as
+#: the other defenses in a combined run), on the capped sets of a slow client (:func:`faceveil.bench.plan.setting_sizes`)
+#: and with K = 20 steps of twice the step size (1 s per face instead of 5); the full profile would PMT every LFW pair
+#: image (and, for attacks, thousands of public faces) at ~1-3 s per face on this CPU, so there this module's
+#: experiment alone runs the white-box and urec reconstructions (Table 6) at :data:`PMT_BUDGETS`.
 #: (the cut layer alone, ``aggregate=""``: the configuration the committed default run measured before layer
 #: aggregation became PMT's default; K and the matched layers are both cut for the first report's CPU budget)
 SETTINGS["pmt"] = [Setting("PMT (image upload; K=20, α=0.02)", "pmt", {"iterations": 20, "alpha": 0.02, "aggregate": ""},
-                           profiles=("fast",))]
+                           profiles=("fast", "quick"))]
 
 KAPPA = 0.2
 #: recognisers that can be authorised (they have a shallow model / default cut)
