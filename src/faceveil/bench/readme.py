@@ -239,7 +239,7 @@ def _target_block(r: dict, data: dict) -> str:
 
     prows = privacy_rows(r)
     two = (data.get("unlinkability") or {}).get("two keys") or {}
-    d_sys = {s: two["d_sys"] for s in {p["setting"] for p in prows} if "(a" in s and "d_sys" in two}
+    d_sys = {s: two["d_sys"] for s in {p["setting"] for p in prows} if "(a:" in s and "d_sys" in two}  # threat model (a) settings
     table = target_table(prows, utility_rows(r), "keyed-projection", data["dlib_acc"], d_sys)
     return ("**Against the bar** (threat model (a) is the one it is set for; (b) shown for contrast):\n\n" + table
             + (f"\n\nD↔sys from {two['mated']:,} mated / {two['nonmated']:,} non-mated template pairs under two keys "
