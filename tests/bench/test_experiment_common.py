@@ -23,3 +23,21 @@ def test_student_steps_flags_a_student_stopped_by_its_time_cap():
     assert student_steps({"train_log": {"steps": 93, "images": 3000}}, "quick") == "93"
     assert student_steps({"train_log": {"steps": 5, "images": 3000}}, "quick") == "5 of 93 (time cap)"
     assert student_steps({"train_log": None}, "quick") == student_steps(None, "quick") == "—"
+
+
+def test_student_seconds_caps_the_adapted_servers_student(tmp_path):
+    """``--student-seconds`` reaches the student an experiment's adapted server distils: a cap of a millisecond
+    stops it after its first step, and its steps column says so (the profile's own cap lets it run on)."""
+    from faceveil.bench.build import server_model
+    from faceveil.bench.experiments.common import experiment_context, experiment_parser, student_steps
+    from faceveil.defenses import get_defense
+
+    args = experiment_parser("test", ["ci"], str(tmp_path)).parse_args(["--student-seconds", "0.001"])
+    ctx = experiment_context("ci", tmp_path, student_seconds=args.student_seconds, progress=False)
+    assert ctx.student_overrides() == {"max_seconds": 0.001}
+    assert experiment_context("ci", tmp_path).student_overrides() == {}
+    profile = ctx.bench_profile.attack_profile
+    model = server_model(get_defense("none", transmit="image"), "adapted", profile, 0, None, False,
+                         **ctx.student_overrides())
+    assert model.train_log["steps"] == 1
+    assert student_steps({"train_log": model.train_log}, profile).endswith("(time cap)")

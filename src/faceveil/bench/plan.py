@@ -196,6 +196,13 @@ class ExperimentContext(RunContext):
         return RunContext(self.bench_profile.attack_profile, self.seed, self.data, self.device, self.force,
                           self.progress, out_dir)
 
+    def student_overrides(self) -> dict:
+        """Distillation overrides of this run's adapted servers: ``--student-seconds`` raises (or lowers) the
+        profile's wall-time cap, so a slow client's student trains its planned steps on a slow machine (a cap
+        is part of the student's cache key: such students are trained apart)."""
+        s = self.options.get("student_seconds")
+        return {"max_seconds": float(s)} if s else {}
+
     def cells(self) -> Path:
         """Where the experiment's attack cells write their grids and JSON."""
         return Path(self.out_dir) / "cells"

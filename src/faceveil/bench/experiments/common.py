@@ -16,7 +16,8 @@ from faceveil.storage import ensure_dir
 def utility(defense: Defense, server: str, ctx: ExperimentContext) -> dict:
     """LFW 10-fold utility through the protected path (per the bench profile's pair budget)."""
     bp = ctx.bench_profile
-    system = bench_system(defense, server, bp.attack_profile, ctx.seed, ctx.data)
+    system = bench_system(defense, server, bp.attack_profile, ctx.seed, ctx.data,
+                          **(ctx.student_overrides() if server == "adapted" else {}))
     out = lfw_utility(system, ctx.lfw, per_fold=bp.utility_per_fold, seed=ctx.seed)
     if server == "adapted":
         out["train_log"] = getattr(system.model, "train_log", None)
@@ -77,6 +78,9 @@ def experiment_parser(description: str, profiles: Iterable[str], default_out: st
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--student-seconds", type=float, default=None,
+                    help="wall-time cap of each adapted server's student (default: the profile's; e.g. quick 300 s, "
+                         "which stops 4-10 s/step students before their planned steps on a 2-core CPU)")
     return ap
 
 

@@ -571,7 +571,8 @@ def main() -> None:
                            "results/facemix")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    ctx = experiment_context(args.profile, args.out, args.data_dir, args.seed, args.force)
+    ctx = experiment_context(args.profile, args.out, args.data_dir, args.seed, args.force,
+                             student_seconds=args.student_seconds)
     r = run(ctx)
     write_text_atomic(args.out / "facemix.md", f"# FaceMix experiment ({args.profile})\n\n" + r["markdown"] + "\n")
     print(r["markdown"])

@@ -86,7 +86,19 @@ def _table2(ctx: ExperimentContext, data: dict) -> list[str]:
             md_table(["channel (clean, self-normalised)", "LFW acc % (± std)", "TPR@1e-3 %", "storage KB/face",
                       "student steps"], rows), "",
             "One student per row, distilled with the same budget as Table 3's (compare with its clean-RGB student). "
-            "The paper's point: single AC channels, which carry little visual information, still carry identity.", ""]
+            "The paper's point: single AC channels, which carry little visual information, still carry identity. "
+            + _cap_note(ctx), ""]
+
+
+def _cap_note(ctx: ExperimentContext) -> str:
+    """The students' wall-time cap of this run (the profile's, or ``--student-seconds``)."""
+    from faceveil.train.distill import distill_config
+
+    cap = ctx.student_overrides().get("max_seconds")
+    profile_cap = distill_config(ctx.bench_profile.attack_profile).max_seconds
+    if cap is None:
+        return f"Students' wall-time cap: the {ctx.bench_profile.attack_profile} profile's {profile_cap:g} s."
+    return f"Students' wall-time cap: {cap:g} s (`--student-seconds`; the profile's is {profile_cap:g} s)."
 
 
 def _table3(ctx: ExperimentContext, data: dict) -> list[str]:
@@ -134,8 +146,8 @@ def _table3(ctx: ExperimentContext, data: dict) -> list[str]:
                      "student steps", "paper"], rows), "",
            "Students are distilled from the frozen dlib ResNet on CPU (README: deviation from the papers' "
            "ArcFace/MS1M training); compare FaceObfuscator with the same-budget clean student, not with dlib. "
-           "A student stopped by its profile's wall-time cap before its planned steps (a busy machine) says so in its "
-           "steps column: it is under-trained, not a same-budget row.", ""]
+           "A student stopped by its wall-time cap before its planned steps (a busy or slow machine) says so in its "
+           f"steps column: it is under-trained, not a same-budget row. {_cap_note(ctx)}", ""]
     return md
 
 
@@ -205,7 +217,7 @@ def _without_recovery(ctx: ExperimentContext) -> dict:
     from faceveil.bench.lfw import subset_pairs, verification
 
     bp = ctx.bench_profile
-    trained = server_model(_fo(), "adapted", bp.attack_profile, ctx.seed, ctx.data)
+    trained = server_model(_fo(), "adapted", bp.attack_profile, ctx.seed, ctx.data, **ctx.student_overrides())
     # the same server model, recovery step removed
     norec = bench_system(_fo(recover=False), "frozen", bp.attack_profile, ctx.seed, ctx.data, model=trained)
     pairs = subset_pairs(ctx.lfw.pairs("pairs"), bp.utility_per_fold)
@@ -258,7 +270,8 @@ def main() -> None:
     if bad := [p for p in parts if p not in PARTS]:
         ap.error(f"unknown part(s) {bad}; choose among {PARTS}")
     torch.set_num_threads(1)
-    ctx = experiment_context(args.profile, args.out, args.data_dir, args.seed, args.force, parts=parts)
+    ctx = experiment_context(args.profile, args.out, args.data_dir, args.seed, args.force, parts=parts,
+                             student_seconds=args.student_seconds)
     r = run(ctx)
     stem = "faceobfuscator" + ("" if set(parts) == set(PARTS) else "_" + "_".join(parts))
     write_text_atomic(args.out / f"{stem}.md", f"# FaceObfuscator experiment ({args.profile})\n\n" + r["markdown"] + "\n")
