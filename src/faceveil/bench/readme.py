@@ -296,6 +296,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "faceobfuscator": _markdown_file_block("faceobfuscator-quick", "faceobfuscator_table2_table3.md"),
     "protection": _protection_block("protection-quick"),
     "facemix": _experiment_block("facemix-ci", "facemix"),
+    "facemix-quick": _markdown_file_block("facemix-quick", "facemix.md"),
     "advface-table2": _advface_table2_block,
     "deepblur": _markdown_file_block("deepblur-quick", "deepblur_experiment_50x10.md"),
 }
