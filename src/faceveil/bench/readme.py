@@ -297,6 +297,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "protection": _protection_block("protection-quick"),
     "facemix": _experiment_block("facemix-ci", "facemix"),
     "facemix-quick": _markdown_file_block("facemix-quick", "facemix.md"),
+    "unprotected": _per_setting_block("unprotected-quick"),
     "advface-table2": _advface_table2_block,
     "deepblur": _markdown_file_block("deepblur-quick", "deepblur_experiment_50x10.md"),
 }
