@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -70,6 +71,17 @@ def attempt(fn, *args, **kwargs) -> tuple[object | None, str | None]:
         return None, f"{type(e).__name__}: {e}"
 
 
+def _positive_seconds(text: str) -> float:
+    """``--student-seconds``: a positive, finite number of seconds (argparse reports the bad value)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the cap must be a positive, finite number of seconds")
+    return v
+
+
 def experiment_parser(description: str, profiles: Iterable[str], default_out: str) -> argparse.ArgumentParser:
     """The arguments every experiment script shares: ``--profile --out --data-dir --seed --force``."""
     ap = argparse.ArgumentParser(description=description)
@@ -78,7 +90,7 @@ def experiment_parser(description: str, profiles: Iterable[str], default_out: st
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true")
-    ap.add_argument("--student-seconds", type=float, default=None,
+    ap.add_argument("--student-seconds", type=_positive_seconds, default=None,
                     help="wall-time cap of each adapted server's student (default: the profile's; e.g. quick 300 s, "
                          "which stops 4-10 s/step students before their planned steps on a 2-core CPU)")
     return ap
