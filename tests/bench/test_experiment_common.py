@@ -34,13 +34,15 @@ def test_student_seconds_caps_the_adapted_servers_student(tmp_path):
     from faceveil.bench.experiments.common import experiment_context, experiment_parser, student_steps
     from faceveil.defenses import get_defense
 
-    args = experiment_parser("test", ["ci"], str(tmp_path)).parse_args(["--student-seconds", "0.001"])
+    args = experiment_parser("test", ["ci"], str(tmp_path), students=True).parse_args(["--student-seconds", "0.001"])
     ctx = experiment_context("ci", tmp_path, student_seconds=args.student_seconds, progress=False)
     assert ctx.student_overrides() == {"max_seconds": 0.001}
     assert experiment_context("ci", tmp_path).student_overrides() == {}
     for bad in ("0", "-5", "nan", "soon"):
         with pytest.raises(SystemExit):  # argparse names the bad value and exits 2
-            experiment_parser("test", ["ci"], str(tmp_path)).parse_args(["--student-seconds", bad])
+            experiment_parser("test", ["ci"], str(tmp_path), students=True).parse_args(["--student-seconds", bad])
+    with pytest.raises(SystemExit):  # offered only where an experiment distils students
+        experiment_parser("test", ["ci"], str(tmp_path)).parse_args(["--student-seconds", "60"])
     profile = ctx.bench_profile.attack_profile
     model = server_model(get_defense("none", transmit="image"), "adapted", profile, 0, None, False,
                          **ctx.student_overrides())

@@ -82,17 +82,20 @@ def _positive_seconds(text: str) -> float:
     return v
 
 
-def experiment_parser(description: str, profiles: Iterable[str], default_out: str) -> argparse.ArgumentParser:
-    """The arguments every experiment script shares: ``--profile --out --data-dir --seed --force``."""
+def experiment_parser(description: str, profiles: Iterable[str], default_out: str,
+                      students: bool = False) -> argparse.ArgumentParser:
+    """The arguments every experiment script shares: ``--profile --out --data-dir --seed --force``, and
+    ``--student-seconds`` for those that distil adapted servers (``students``)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--profile", default="ci", choices=sorted(profiles))
     ap.add_argument("--out", type=Path, default=Path(default_out))
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true")
-    ap.add_argument("--student-seconds", type=_positive_seconds, default=None,
-                    help="wall-time cap of each adapted server's student (default: the profile's; e.g. quick 300 s, "
-                         "which stops 4-10 s/step students before their planned steps on a 2-core CPU)")
+    if students:
+        ap.add_argument("--student-seconds", type=_positive_seconds, default=None,
+                        help="wall-time cap of each adapted server's student (default: the profile's; e.g. quick "
+                             "300 s, which stops 4-10 s/step students before their planned steps on a 2-core CPU)")
     return ap
 
 

@@ -571,8 +571,7 @@ def main() -> None:
                            "results/facemix")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    ctx = experiment_context(args.profile, args.out, args.data_dir, args.seed, args.force,
-                             student_seconds=args.student_seconds)
+    ctx = experiment_context(args.profile, args.out, args.data_dir, args.seed, args.force)
     r = run(ctx)
     write_text_atomic(args.out / "facemix.md", f"# FaceMix experiment ({args.profile})\n\n" + r["markdown"] + "\n")
     print(r["markdown"])

@@ -263,7 +263,7 @@ def main() -> None:
 
     from faceveil.bench.plan import BENCH_PROFILES
 
-    ap = experiment_parser(__doc__.split("\n\n")[0], BENCH_PROFILES, "results/faceobfuscator")
+    ap = experiment_parser(__doc__.split("\n\n")[0], BENCH_PROFILES, "results/faceobfuscator", students=True)
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {', '.join(PARTS)}")
     args = ap.parse_args()
     parts = tuple(p for p in args.only.split(",") if p)

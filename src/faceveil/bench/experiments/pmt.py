@@ -709,7 +709,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     ctx = experiment_context(args.profile, args.out, args.data_dir, args.seed, args.force,
-                             student_seconds=args.student_seconds, models=[m for m in args.models.split(",") if m])
+                             models=[m for m in args.models.split(",") if m])
     if args.only == "cut_depth":
         models, _, evaluated, evals = evaluators(ctx)
         res = cut_depth(ctx, PMT_BUDGETS[args.profile], models, evals)
